@@ -1,0 +1,1 @@
+"""Ray cluster files and the spot supervisor; not built yet."""

@@ -1,0 +1,140 @@
+"""Typed run configuration: dataclass defaults, merged with one YAML file, then `section.key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from medscale.core.errors import ConfigError
+
+
+@dataclass
+class SourceOptions:
+    """How one input source is read; `shard.defaults` applies to all, `shard.sources.NAME` to one."""
+
+    modality: Optional[str] = None  # overrides the detected modality (npz/png/NIfTI carry none)
+    window_center: Optional[float] = None  # CT window in HU; both center and width, or neither
+    window_width: Optional[float] = None
+    nifti_axis: int = 2  # slicing axis after canonical (RAS) reorientation; 2 = axial
+    nifti_volume: int = 0  # which volume of a 4D NIfTI
+    labels_from_folders: bool = False  # PNG/JPEG: label = index of the sorted sub-folder name
+    slice_stride: int = 1  # keep every n-th slice of a volume
+
+
+@dataclass
+class ShardConfig:
+    """The sharding service (`medscale shard`)."""
+
+    inputs: List[str] = field(default_factory=list)
+    output: Optional[str] = None
+    prefix: str = "shard"
+    shard_size: int = 1000  # samples per shard
+    shard_bytes: int = 256 * 1024 * 1024  # a shard is cut at whichever limit comes first
+    bit_depth: int = 8  # 8 or 16-bit PNG for grey images (colour stays 8-bit)
+    max_size: Optional[int] = None  # resize so that the longer side is at most this
+    png_compress_level: int = 1  # zlib level 0-9: 1 is ~3x faster than 6 for ~10% more bytes
+    files_per_unit: int = 0  # image files per Ray task; 0 = shard_size
+    executor: str = "ray"  # ray | local (in-process, for debugging and tiny corpora)
+    ray_address: Optional[str] = None  # None starts a local Ray; "auto" or "ray://..." joins a cluster
+    num_cpus: Optional[int] = None  # for a local Ray; None = all cores
+    max_in_flight: int = 0  # tasks submitted at once; 0 = 2 x CPUs (bounds memory)
+    progress: bool = True
+    storage_options: Dict[str, Any] = field(default_factory=dict)  # fsspec options (e.g. S3 endpoint); never logged
+    defaults: SourceOptions = field(default_factory=SourceOptions)
+    sources: Dict[str, SourceOptions] = field(default_factory=dict)
+
+
+@dataclass
+class MedscaleConfig:
+    """One run; each stage reads its own section."""
+
+    shard: ShardConfig = field(default_factory=ShardConfig)
+
+
+def _describe(error: OmegaConfBaseException, origin: str) -> str:
+    key = getattr(error, "full_key", None) or "?"
+    ref = getattr(error, "ref_type", None)
+    msg = str(getattr(error, "msg", error)).splitlines()[0]
+    if "not in struct" in msg or "Key '" in msg and "not in" in msg:
+        return f"{origin}: unknown key '{key}'. Check the spelling against `medscale config --show` or the README."
+    expected = f" (expected {getattr(ref, '__name__', ref)})" if ref is not None else ""
+    return f"{origin}: bad value for key '{key}'{expected}: {msg}"
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> MedscaleConfig:
+    """Defaults <- YAML file at `path` <- `section.key=value` overrides; validated, or ConfigError naming the key."""
+    cfg = OmegaConf.structured(MedscaleConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file (see configs/).")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as exc:  # yaml errors come in several types
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (e.g. `shard:`).")
+        try:
+            cfg = OmegaConf.merge(cfg, loaded)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(_describe(exc, str(path))) from exc
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value (e.g. shard.shard_size=500).")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(_describe(exc, f"override '{item}'")) from exc
+    result: MedscaleConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    validate(result, origin=str(path) if path else "config")
+    return result
+
+
+def _check(ok: bool, origin: str, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{origin}: bad value for key '{key}': {value!r}; expected {expected}.")
+
+
+def _validate_source(opts: SourceOptions, origin: str, key: str) -> None:
+    _check(opts.nifti_axis in (0, 1, 2), origin, f"{key}.nifti_axis", "0, 1 or 2", opts.nifti_axis)
+    _check(opts.nifti_volume >= 0, origin, f"{key}.nifti_volume", "an int >= 0", opts.nifti_volume)
+    _check(opts.slice_stride >= 1, origin, f"{key}.slice_stride", "an int >= 1", opts.slice_stride)
+    has_c, has_w = opts.window_center is not None, opts.window_width is not None
+    _check(has_c == has_w, origin, f"{key}.window_width", "set together with window_center", opts.window_width)
+    _check(not has_w or opts.window_width > 0, origin, f"{key}.window_width", "a width > 0", opts.window_width)
+
+
+def validate(cfg: MedscaleConfig, origin: str = "config") -> None:
+    """Value checks that types alone cannot express; raises ConfigError naming the key."""
+    s = cfg.shard
+    _check(s.shard_size >= 1, origin, "shard.shard_size", "an int >= 1", s.shard_size)
+    _check(s.shard_bytes >= 1024, origin, "shard.shard_bytes", "an int >= 1024", s.shard_bytes)
+    _check(s.bit_depth in (8, 16), origin, "shard.bit_depth", "8 or 16", s.bit_depth)
+    _check(s.max_size is None or s.max_size >= 8, origin, "shard.max_size", "null or an int >= 8", s.max_size)
+    _check(0 <= s.png_compress_level <= 9, origin, "shard.png_compress_level", "0..9", s.png_compress_level)
+    _check(s.files_per_unit >= 0, origin, "shard.files_per_unit", "an int >= 0", s.files_per_unit)
+    _check(s.executor in ("ray", "local"), origin, "shard.executor", "'ray' or 'local'", s.executor)
+    _check(s.max_in_flight >= 0, origin, "shard.max_in_flight", "an int >= 0", s.max_in_flight)
+    _check("/" not in s.prefix and "." not in s.prefix and s.prefix != "", origin, "shard.prefix",
+           "a name without '/' or '.'", s.prefix)
+    _validate_source(s.defaults, origin, "shard.defaults")
+    for name, opts in s.sources.items():
+        _validate_source(opts, origin, f"shard.sources.{name}")
+
+
+def source_options(cfg: ShardConfig, source: str) -> SourceOptions:
+    """The options of `source`: its own entry in `shard.sources`, else `shard.defaults`."""
+    return cfg.sources.get(source, cfg.defaults)
+
+
+def to_yaml(cfg: MedscaleConfig, redact: bool = True) -> str:
+    """The resolved config as YAML; storage options (credentials) are redacted unless asked."""
+    data = dataclasses.asdict(cfg)
+    if redact and data["shard"]["storage_options"]:
+        data["shard"]["storage_options"] = {k: "<redacted>" for k in data["shard"]["storage_options"]}
+    return OmegaConf.to_yaml(OmegaConf.create(data))

@@ -1,0 +1,21 @@
+"""One exception family per failure kind; every message names the file or key and the fix."""
+
+
+class MedscaleError(Exception):
+    """Base class of every error medscale raises on purpose."""
+
+
+class ConfigError(MedscaleError):
+    """A config file or override is wrong (unknown key, bad type, missing value)."""
+
+
+class InputError(MedscaleError):
+    """An input file cannot be read as the kind it claims to be; the run quarantines it."""
+
+
+class StorageError(MedscaleError):
+    """An output or input URL cannot be used (missing bucket, not writable, bad layout)."""
+
+
+class ShardFormatError(MedscaleError):
+    """A shard or manifest does not follow the file contract (bad member name, missing index)."""

@@ -1,0 +1,82 @@
+"""Run a function over many items: as Ray tasks (local cluster on demand, or an existing one), or in-process."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator, Optional, Tuple
+
+logger = logging.getLogger(__name__)
+
+Outcome = Tuple[Any, Any, Optional[BaseException]]  # (item, result, error)
+
+
+class LocalExecutor:
+    """Runs every call in this process, one after another (debugging, tiny corpora, tests)."""
+
+    num_cpus = 1
+
+    def imap_unordered(self, fn: Callable, items: Iterable, *args: Any, max_in_flight: int = 0) -> Iterator[Outcome]:
+        """(item, fn(item, *args), None), or (item, None, error) when fn raised."""
+        for item in items:
+            try:
+                yield item, fn(item, *args), None
+            except Exception as exc:  # reported per item like a failed Ray task
+                yield item, None, exc
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class RayExecutor:
+    """Runs calls as Ray tasks, at most `max_in_flight` at once so that memory stays bounded."""
+
+    def __init__(self, address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
+        import ray
+
+        self._ray = ray
+        self._owns = not ray.is_initialized()
+        if self._owns:
+            kwargs: dict = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
+            if address:
+                kwargs["address"] = address
+            else:
+                kwargs["num_cpus"] = num_cpus or os.cpu_count()
+            ray.init(**kwargs)
+        self.num_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self._remote: dict = {}
+
+    def imap_unordered(self, fn: Callable, items: Iterable, *args: Any, max_in_flight: int = 0) -> Iterator[Outcome]:
+        """(item, result, None) as tasks finish, or (item, None, error) for a task that failed after Ray's retries."""
+        ray = self._ray
+        remote = self._remote.get(fn)
+        if remote is None:
+            remote = self._remote[fn] = ray.remote(max_retries=2)(fn)
+        arg_refs = [ray.put(a) for a in args]
+        limit = max_in_flight or 2 * self.num_cpus
+        pending: dict = {}
+        queue = deque(items)
+        while queue or pending:
+            while queue and len(pending) < limit:
+                item = queue.popleft()
+                pending[remote.remote(item, *arg_refs)] = item
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                item = pending.pop(ref)
+                try:
+                    yield item, ray.get(ref), None
+                except Exception as exc:  # RayTaskError, WorkerCrashedError...
+                    yield item, None, exc
+
+    def close(self) -> None:
+        """Shut down the local Ray this executor started (an existing cluster is left running)."""
+        if self._owns and self._ray.is_initialized():
+            self._ray.shutdown()
+
+
+def create_executor(kind: str, address: Optional[str] = None, num_cpus: Optional[int] = None):
+    """`ray` or `local`; Ray joins `address` when given, else starts (or reuses) a local cluster."""
+    if kind == "local":
+        return LocalExecutor()
+    return RayExecutor(address, num_cpus)

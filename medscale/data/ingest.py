@@ -1,0 +1,219 @@
+"""One work unit, end to end inside a Ray task: read its inputs as 2D slices, encode PNG, write staged shards."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+
+import fsspec
+import numpy as np
+from PIL import Image
+
+from medscale.core.config import ShardConfig, source_options
+from medscale.core.errors import InputError
+from medscale.core.storage import filesystem, is_local, join, put_bytes_atomic, put_file_atomic
+from medscale.data.dicom import read_frames
+from medscale.data.images import read_image
+from medscale.data.intensity import colour_to_output, grey_to_output
+from medscale.data.manifest import KEPT, QUARANTINED
+from medscale.data.nifti import load_volume, volume_to_slices
+from medscale.data.npz import read_npz_rows
+from medscale.data.plan import ImageItem, Item, NiftiItem, NpzItem, SeriesItem, WorkUnit, digest
+from medscale.data.shards import ShardInfo, ShardWriter
+
+STAGING_DIR = "_staging"
+
+
+@dataclass
+class UnitResult:
+    """What a finished unit hands the driver: manifest rows and the staged shards they point into."""
+
+    unit_id: str
+    rows: List[Dict[str, Any]] = field(default_factory=list)
+    staged: List[str] = field(default_factory=list)  # staged tar paths on the output store, `.idx` beside each
+    samples: int = 0
+    quarantined: int = 0
+    bytes: int = 0
+    volumes: int = 0
+
+
+def quarantine_row(source: str, kind: Optional[str], url: str, reason: str, unit: Optional[str]) -> Dict[str, Any]:
+    """A manifest row for an input that could not be used."""
+    return {"status": QUARANTINED, "reason": reason, "source": source, "kind": kind, "path": url, "unit": unit}
+
+
+def encode_png(pixels: np.ndarray, level: int) -> bytes:
+    """`pixels: [H, W]` uint8/uint16 or `[H, W, 3]` uint8 -> PNG bytes."""
+    img = Image.fromarray(pixels)  # uint16 grey becomes mode I;16, which PNG stores as 16-bit
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=level)
+    return buf.getvalue()
+
+
+@contextlib.contextmanager
+def local_copy(url: str, storage_options: Mapping[str, Any]) -> Iterator[str]:
+    """A local path for `url` (the file itself when local, else a temporary download), for readers that need one."""
+    fs, path = filesystem(url, storage_options)
+    if is_local(fs):
+        yield path
+        return
+    suffix = ".nii.gz" if url.endswith(".gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(suffix=suffix)
+    os.close(fd)
+    try:
+        fs.get_file(path, tmp)
+        yield tmp
+    finally:
+        os.unlink(tmp)
+
+
+# Each reader yields (sample fields, output pixels) or a quarantine row (dict with status=quarantined).
+Sample = Tuple[Dict[str, Any], np.ndarray]
+
+
+def _series_samples(item: SeriesItem, cfg: ShardConfig, unit: str) -> Iterator[Any]:
+    opts = source_options(cfg, item.source)
+    index = 0
+    for file, header, position in item.files:
+        first = index
+        index += header.frames
+        try:
+            with fsspec.open(file.url, "rb", **cfg.storage_options) as fh:
+                frames, colour = read_frames(fh, file.url)
+        except InputError as exc:
+            yield quarantine_row(item.source, "dicom", file.url, str(exc).replace(file.url + ": ", ""), unit)
+            continue
+        for f in range(frames.shape[0]):
+            s = first + f
+            if s % opts.slice_stride:
+                continue
+            pixels = (colour_to_output(frames[f], cfg.max_size) if colour else
+                      grey_to_output(frames[f], cfg.bit_depth, cfg.max_size, opts.window_center, opts.window_width))
+            yield {"key": f"{item.volume}_{s:05d}", "kind": "dicom", "path": file.url, "volume": item.volume,
+                   "slice": s, "frame": f, "position": position, "modality": opts.modality or header.modality,
+                   "body_part": header.body_part or None, "spacing": header.spacing or None,
+                   "series_uid": header.series_uid or None, "study_uid": header.study_uid or None,
+                   "order": item.order}, pixels
+
+
+def _nifti_samples(item: NiftiItem, cfg: ShardConfig, unit: str) -> Iterator[Any]:
+    opts = source_options(cfg, item.source)
+    try:
+        with local_copy(item.file.url, cfg.storage_options) as path:
+            voxels, spacing = load_volume(path, opts.nifti_volume)
+    except InputError as exc:
+        yield quarantine_row(item.source, "nifti", item.file.url, str(exc).split(": ", 1)[-1], unit)
+        return
+    in_plane = [s for i, s in enumerate(spacing) if i != opts.nifti_axis]
+    for s, plane in volume_to_slices(voxels, opts.nifti_axis, opts.slice_stride):
+        pixels = grey_to_output(plane, cfg.bit_depth, cfg.max_size, opts.window_center, opts.window_width)
+        yield {"key": f"{item.volume}_{s:05d}", "kind": "nifti", "path": item.file.url, "volume": item.volume,
+               "slice": s, "modality": opts.modality, "spacing": in_plane + [spacing[opts.nifti_axis]]}, pixels
+
+
+def _image_sample(item: ImageItem, cfg: ShardConfig, unit: str) -> Iterator[Any]:
+    try:
+        with fsspec.open(item.file.url, "rb", **cfg.storage_options) as fh:
+            raw, colour, display_max = read_image(fh, item.file.url)
+    except InputError as exc:
+        yield quarantine_row(item.source, "image", item.file.url, str(exc).replace(item.file.url + ": ", ""), unit)
+        return
+    pixels = (colour_to_output(raw, cfg.max_size) if colour else
+              grey_to_output(raw, cfg.bit_depth, cfg.max_size, display_max=display_max))
+    yield {"key": "i" + digest(item.file.url, n=16), "kind": "image", "path": item.file.url,
+           "modality": source_options(cfg, item.source).modality, "label": item.label,
+           "label_name": item.label_name}, pixels
+
+
+def _npz_samples(item: NpzItem, cfg: ShardConfig, unit: str) -> Iterator[Any]:
+    try:
+        with fsspec.open(item.file.url, "rb", **cfg.storage_options) as fh:
+            images, labels = read_npz_rows(fh, item.file.url, item.split, item.start, item.stop)
+    except InputError as exc:
+        yield quarantine_row(item.source, "npz", item.file.url, str(exc).replace(item.file.url + ": ", ""), unit)
+        return
+    modality = source_options(cfg, item.source).modality
+    display_max = 65535.0 if images.dtype == np.uint16 else 255.0
+    prefix = "z" + digest(item.file.url, n=10)
+    for i in range(images.shape[0]):
+        raw = images[i]
+        colour = raw.ndim == 3 and raw.shape[-1] == 3
+        if raw.ndim == 3 and not colour:
+            raw = raw[..., 0]
+        pixels = (colour_to_output(raw, cfg.max_size) if colour else
+                  grey_to_output(raw, cfg.bit_depth, cfg.max_size, display_max=display_max))
+        label = labels[i] if labels is not None else None
+        row = item.start + i
+        yield {"key": f"{prefix}_{item.split or 'all'}_{row:06d}", "kind": "npz", "path": item.file.url,
+               "frame": row, "split": item.split, "modality": modality,
+               "label": label if isinstance(label, int) else None, "labels": label}, pixels
+
+
+_READERS = {SeriesItem: _series_samples, NiftiItem: _nifti_samples, ImageItem: _image_sample, NpzItem: _npz_samples}
+
+
+def iter_item(item: Item, cfg: ShardConfig, unit: str) -> Iterator[Any]:
+    """Samples (fields, pixels) and quarantine rows of one item; an unexpected error quarantines what is left."""
+    try:
+        yield from _READERS[type(item)](item, cfg, unit)
+    except Exception as exc:  # a decoder bug on one file must not take the unit down
+        url = item.file.url if not isinstance(item, SeriesItem) else item.files[0][0].url
+        yield quarantine_row(item.source, None, url, f"unexpected {type(exc).__name__}: {exc}", unit)
+
+
+_JSON_FIELDS = ("key", "source", "kind", "modality", "body_part", "volume", "slice", "position", "frame", "split",
+                "spacing", "path", "label", "labels", "label_name", "series_uid", "study_uid", "order",
+                "height", "width", "channels", "bits")
+
+
+def process_unit(unit: WorkUnit, cfg: ShardConfig, output_url: str) -> UnitResult:
+    """Read, convert and encode every sample of `unit` into staged shards under `output_url/_staging/UNIT/`."""
+    fs, root = filesystem(output_url, cfg.storage_options)
+    staging = join(root, STAGING_DIR, unit.unit_id)
+    local_tmp = staging if is_local(fs) else None
+    if local_tmp:
+        os.makedirs(local_tmp, exist_ok=True)
+    result = UnitResult(unit.unit_id)
+
+    def on_shard(info: ShardInfo) -> None:
+        path = join(staging, f"{len(result.staged):04d}.tar")
+        put_bytes_atomic(fs, path[:-4] + ".idx", info.idx_bytes)
+        put_file_atomic(fs, info.local_path, path)  # the tar last: a staged tar always has its index
+        result.staged.append(path)
+
+    writer = ShardWriter(on_shard, cfg.shard_size, cfg.shard_bytes, tmp_dir=local_tmp)
+    try:
+        for item in unit.items:
+            if isinstance(item, (SeriesItem, NiftiItem)):
+                result.volumes += 1
+            for produced in iter_item(item, cfg, unit.unit_id):
+                if isinstance(produced, dict):
+                    result.rows.append(produced)
+                    result.quarantined += 1
+                    continue
+                fields, pixels = produced
+                fields.update(source=item.source, height=pixels.shape[0], width=pixels.shape[1],
+                              channels=3 if pixels.ndim == 3 else 1, bits=pixels.dtype.itemsize * 8)
+                png = encode_png(pixels, cfg.png_compress_level)
+                members = {"png": png, "json": json.dumps({k: fields.get(k) for k in _JSON_FIELDS
+                                                           if fields.get(k) is not None}).encode()}
+                if fields.get("label") is not None:
+                    members["cls"] = str(fields["label"]).encode()
+                writer.write(fields["key"], members)
+                # after write(): the shards finished so far number the one this sample is in
+                fields.update(status=KEPT, bytes=len(png), unit=unit.unit_id, shard=len(result.staged))
+                fields.pop("labels", None)
+                fields.pop("order", None)
+                result.rows.append(fields)
+                result.samples += 1
+                result.bytes += len(png)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return result

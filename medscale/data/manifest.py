@@ -1,0 +1,116 @@
+"""The Parquet manifest: one row per sample or quarantined input, written as atomic parts under `manifest.parquet/`."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
+
+from medscale.core.errors import ShardFormatError
+from medscale.core.storage import join, put_bytes_atomic
+
+MANIFEST_DIR = "manifest.parquet"
+KEPT, QUARANTINED = "kept", "quarantined"
+
+SCHEMA = pa.schema([
+    ("key", pa.string()),  # sample key; null for a quarantined input
+    ("shard", pa.string()),  # shard file name relative to the output URL
+    ("status", pa.string()),  # kept | quarantined (dedup adds duplicate-of KEY)
+    ("reason", pa.string()),  # why an input was quarantined
+    ("source", pa.string()),
+    ("kind", pa.string()),  # dicom | nifti | image | npz
+    ("modality", pa.string()),
+    ("body_part", pa.string()),
+    ("path", pa.string()),  # the input file
+    ("volume", pa.string()),  # volume id (series / NIfTI file); null for 2D images
+    ("slice", pa.int32()),  # index in anatomical order within the volume
+    ("position", pa.float64()),  # mm along the slice normal, when known
+    ("frame", pa.int32()),  # frame within a multi-frame file, row within an npz split
+    ("split", pa.string()),  # npz split (train/val/test)
+    ("label", pa.int64()),
+    ("label_name", pa.string()),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    ("channels", pa.int8()),
+    ("bits", pa.int8()),
+    ("bytes", pa.int64()),  # size of the stored PNG
+    ("spacing", pa.list_(pa.float64())),
+    ("series_uid", pa.string()),
+    ("study_uid", pa.string()),
+    ("unit", pa.string()),  # the work unit that produced the row (resume bookkeeping)
+])
+
+
+def rows_to_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Rows (dicts; missing columns are null) -> a table in the manifest schema."""
+    columns = {name: [row.get(name) for row in rows] for name in SCHEMA.names}
+    return pa.table(columns, schema=SCHEMA)
+
+
+def write_part(fs: AbstractFileSystem, root: str, part: int, rows: Sequence[Mapping[str, Any]]) -> str:
+    """Write one manifest part atomically (it is the commit record of the shards it names); returns its path."""
+    buf = io.BytesIO()
+    pq.write_table(rows_to_table(rows), buf, compression="zstd")
+    path = join(root, MANIFEST_DIR, f"part-{part:06d}.parquet")
+    put_bytes_atomic(fs, path, buf.getvalue())
+    return path
+
+
+def list_parts(fs: AbstractFileSystem, root: str) -> List[str]:
+    """Committed part files, in commit order (temp files start with '.' and are ignored, as pyarrow does)."""
+    directory = join(root, MANIFEST_DIR)
+    if not fs.exists(directory):
+        return []
+    names = [p for p in fs.ls(directory, detail=False) if p.rsplit("/", 1)[-1].startswith("part-")]
+    return sorted(names)
+
+
+def read_manifest(fs: AbstractFileSystem, root: str, columns: Optional[List[str]] = None) -> pa.Table:
+    """The whole manifest (all parts) as one table; an empty table in the schema when nothing is committed."""
+    parts = list_parts(fs, root)
+    if not parts:
+        return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
+    try:
+        return pads.dataset(parts, filesystem=fs, format="parquet", schema=SCHEMA).to_table(columns=columns)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ShardFormatError(f"manifest under {root}/{MANIFEST_DIR} is unreadable ({exc}); "
+                               "remove the damaged part file named above and rerun to redo its inputs") from exc
+
+
+@dataclass
+class CommittedState:
+    """What a previous run committed: enough to resume, skip finished work, and find orphans."""
+
+    parts: int = 0
+    done_units: Set[str] = field(default_factory=set)
+    done_paths: Set[str] = field(default_factory=set)  # files fully handled (npz files are tracked per unit)
+    shards: Set[str] = field(default_factory=set)
+    next_shard: int = 0
+    samples: int = 0
+    quarantined: int = 0
+
+
+def committed_state(fs: AbstractFileSystem, root: str, prefix: str) -> CommittedState:
+    """Read the manifest's bookkeeping columns into a `CommittedState`."""
+    table = read_manifest(fs, root, columns=["status", "path", "kind", "shard", "unit"])
+    state = CommittedState(parts=len(list_parts(fs, root)))
+    cols: Dict[str, list] = table.to_pydict()
+    for status, path, kind, shard, unit in zip(cols["status"], cols["path"], cols["kind"], cols["shard"], cols["unit"]):
+        if unit:
+            state.done_units.add(unit)
+        if path and (kind != "npz" or (status == QUARANTINED and not unit)):
+            state.done_paths.add(path)  # an npz is done per unit (row range), unless the whole file was rejected
+        if shard:
+            state.shards.add(shard)
+        if status == QUARANTINED:
+            state.quarantined += 1
+        else:
+            state.samples += 1
+    indices = [int(s[len(prefix) + 1: -4]) for s in state.shards if s.startswith(prefix + "-")]
+    state.next_shard = max(indices) + 1 if indices else 0
+    return state

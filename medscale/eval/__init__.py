@@ -1,0 +1,1 @@
+"""Downstream evaluation pool over checkpoints; not built yet."""

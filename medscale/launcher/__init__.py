@@ -1,0 +1,1 @@
+"""torchrun / deepspeed / sbatch command lines from one config; not built yet."""

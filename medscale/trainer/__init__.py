@@ -1,0 +1,1 @@
+"""Self-supervised trainers (MAE, SimCLR, MoCo, BYOL, SwAV) on DeepSpeed; not built yet."""
