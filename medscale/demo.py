@@ -23,7 +23,7 @@ def demo_inputs() -> List[str]:
         inputs.append(f"dicomdir={pydicom_dir / 'data' / 'test_files' / 'dicomdirtests'}")
     store = _package_dir("data_store")  # the pydicom-data package
     if store and (store / "data").is_dir():
-        for name in ("liver.dcm", "emri_small.dcm", "US1_UNCR.dcm", "RG1_UNCR.dcm", "color3d_jpeg_baseline.dcm"):
+        for name in ("emri_small.dcm", "US1_UNCR.dcm", "RG1_UNCR.dcm", "MR2_UNCR.dcm", "color3d_jpeg_baseline.dcm"):
             if (store / "data" / name).exists():
                 inputs.append(f"pydicom-data={store / 'data' / name}")
     nib_dir = _package_dir("nibabel")

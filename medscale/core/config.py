@@ -56,14 +56,31 @@ class MedscaleConfig:
     shard: ShardConfig = field(default_factory=ShardConfig)
 
 
+def _expected_type(full_key: str) -> Optional[str]:
+    """The declared type of a dotted key, read off the dataclasses (`shard.sources.ct.nifti_axis` -> 'int')."""
+    cls: Any = MedscaleConfig
+    parts = full_key.split(".")
+    i = 0
+    while i < len(parts) and dataclasses.is_dataclass(cls):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if parts[i] not in fields:
+            return None
+        cls = fields[parts[i]].type
+        cls = eval(cls, globals()) if isinstance(cls, str) else cls  # postponed annotations
+        if getattr(cls, "__origin__", None) in (dict, Dict) and i + 1 < len(parts):
+            cls = cls.__args__[1]
+            i += 1  # skip the free-form dict key (a source name)
+        i += 1
+    return str(cls).replace("typing.", "") if not isinstance(cls, type) else cls.__name__
+
+
 def _describe(error: OmegaConfBaseException, origin: str) -> str:
     key = getattr(error, "full_key", None) or "?"
-    ref = getattr(error, "ref_type", None)
     msg = str(getattr(error, "msg", error)).splitlines()[0]
     if "not in struct" in msg or "Key '" in msg and "not in" in msg:
-        return f"{origin}: unknown key '{key}'. Check the spelling against `medscale config --show` or the README."
-    expected = f" (expected {getattr(ref, '__name__', ref)})" if ref is not None else ""
-    return f"{origin}: bad value for key '{key}'{expected}: {msg}"
+        return f"{origin}: unknown key '{key}'. Check the spelling against `medscale config` or the README."
+    expected = _expected_type(key)
+    return f"{origin}: bad value for key '{key}'" + (f" (expected {expected})" if expected else "") + f": {msg}"
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> MedscaleConfig:

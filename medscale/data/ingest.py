@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
@@ -27,6 +28,7 @@ from medscale.data.plan import ImageItem, Item, NiftiItem, NpzItem, SeriesItem, 
 from medscale.data.shards import ShardInfo, ShardWriter
 
 STAGING_DIR = "_staging"
+_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
 @dataclass
@@ -43,7 +45,8 @@ class UnitResult:
 
 
 def quarantine_row(source: str, kind: Optional[str], url: str, reason: str, unit: Optional[str]) -> Dict[str, Any]:
-    """A manifest row for an input that could not be used."""
+    """A manifest row for an input that could not be used (object reprs scrubbed so reasons are reproducible)."""
+    reason = _OBJECT_REPR.sub("<file>", reason)
     return {"status": QUARANTINED, "reason": reason, "source": source, "kind": kind, "path": url, "unit": unit}
 
 
@@ -189,8 +192,7 @@ def process_unit(unit: WorkUnit, cfg: ShardConfig, output_url: str) -> UnitResul
     writer = ShardWriter(on_shard, cfg.shard_size, cfg.shard_bytes, tmp_dir=local_tmp)
     try:
         for item in unit.items:
-            if isinstance(item, (SeriesItem, NiftiItem)):
-                result.volumes += 1
+            before = result.samples
             for produced in iter_item(item, cfg, unit.unit_id):
                 if isinstance(produced, dict):
                     result.rows.append(produced)
@@ -212,6 +214,8 @@ def process_unit(unit: WorkUnit, cfg: ShardConfig, output_url: str) -> UnitResul
                 result.rows.append(fields)
                 result.samples += 1
                 result.bytes += len(png)
+            if isinstance(item, (SeriesItem, NiftiItem)) and result.samples > before:
+                result.volumes += 1
         writer.close()
     except BaseException:
         writer.abort()

@@ -1,0 +1,106 @@
+"""Shared fixtures: real data shipped by installed packages, a local Ray, a moto S3 server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from medscale.core.config import ShardConfig
+from medscale.demo import DEMO_DATA
+
+PYDICOM_FILES = Path(__import__("pydicom").__file__).parent / "data" / "test_files"
+PYDICOM_DATA = Path(__import__("data_store").__file__).parent / "data"
+NIBABEL_DATA = Path(__import__("nibabel").__file__).parent / "tests" / "data"
+MEDMNIST = DEMO_DATA / "medmnist"
+
+
+def shard_config(inputs, output, **kwargs) -> ShardConfig:
+    """A quiet in-process config for tests."""
+    kwargs.setdefault("executor", "local")
+    kwargs.setdefault("progress", False)
+    return ShardConfig(inputs=[str(i) for i in inputs], output=None if output is None else str(output), **kwargs)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray cluster (2 CPUs) for the whole session; its files in a temp dir."""
+    ray = pytest.importorskip("ray")
+    tmp = tempfile.mkdtemp(prefix="ray-")
+    os.environ["RAY_TMPDIR"] = tmp
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, configure_logging=False)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1 with bucket `medscale-test`; yields fsspec storage options."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    import s3fs
+
+    options = {"client_kwargs": {"endpoint_url": endpoint}, "key": "testing", "secret": "testing"}
+    fs = s3fs.S3FileSystem(**options)
+    fs.mkdir("medscale-test")
+    yield options
+    server.stop()
+
+
+def make_corpus(root: Path, bad: bool = True) -> dict:
+    """A small real multi-source corpus (+ one file of every bad kind); returns {source: path}."""
+    import numpy as np
+    import pydicom
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    ct = root / "ct"
+    shutil.copytree(PYDICOM_FILES / "dicomdirtests" / "98892001" / "CT5N", ct / "series1")
+    shutil.copy(PYDICOM_DATA / "emri_small.dcm", ct / "multiframe.dcm")
+    nifti = root / "mri"
+    nifti.mkdir()
+    shutil.copy(NIBABEL_DATA / "example4d.nii.gz", nifti / "example4d.nii.gz")
+    pngs = root / "xray"
+    data = np.load(MEDMNIST / "breastmnist_28.npz")
+    for label in (0, 1):
+        (pngs / f"class{label}").mkdir(parents=True)
+    for i in range(12):
+        Image.fromarray(data["val_images"][i]).save(pngs / f"class{int(data['val_labels'][i])}" / f"img{i}.png")
+    npz = root / "npz"
+    npz.mkdir()
+    shutil.copy(MEDMNIST / "breastmnist_28.npz", npz / "breastmnist_28.npz")
+    sources = {"ct": ct, "mri": nifti, "xray": pngs, "npz": npz}
+    if bad:
+        junk = root / "bad"
+        junk.mkdir()
+        raw = (PYDICOM_FILES / "CT_small.dcm").read_bytes()
+        (junk / "truncated.dcm").write_bytes(raw[: len(raw) // 2])
+        (junk / "not_dicom.dcm").write_text("hello, not a DICOM file")
+        gz = (NIBABEL_DATA / "example4d.nii.gz").read_bytes()
+        (junk / "broken.nii.gz").write_bytes(gz[: len(gz) // 3])
+        png = (pngs / "class0").iterdir().__next__().read_bytes()
+        (junk / "corrupt.png").write_bytes(png[:40] + b"\0" * 20)
+        (junk / "empty.png").write_bytes(b"")
+        ds = pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm")
+        del ds.PixelData
+        ds.save_as(junk / "nopixels.dcm")
+        sources["bad"] = junk
+    return sources

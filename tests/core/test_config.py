@@ -1,0 +1,62 @@
+"""Config: YAML + overrides merged onto typed defaults; bad keys and values are errors that name them."""
+
+import pytest
+
+from medscale.core.config import load_config, to_yaml
+from medscale.core.errors import ConfigError
+
+
+def test_defaults_yaml_and_overrides_merge(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("shard:\n  shard_size: 500\n  sources:\n    ct:\n      window_center: 40\n      window_width: 400\n")
+    cfg = load_config(path, ["shard.bit_depth=16", "shard.output=s3://bucket/x"])
+    assert cfg.shard.shard_size == 500
+    assert cfg.shard.bit_depth == 16
+    assert cfg.shard.output == "s3://bucket/x"
+    assert cfg.shard.sources["ct"].window_width == 400.0
+    assert cfg.shard.prefix == "shard"  # untouched default
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("shard:\n  shard_sise: 5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "shard.shard_sise" in str(info.value) and str(path) in str(info.value)
+
+
+def test_wrong_type_names_key_and_expected_type(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("shard:\n  shard_size: many\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert "shard.shard_size" in msg and "int" in msg and str(path) in msg
+
+
+@pytest.mark.parametrize("override, key", [
+    ("shard.bit_depth=12", "shard.bit_depth"),
+    ("shard.executor=spark", "shard.executor"),
+    ("shard.defaults.window_width=400", "shard.defaults.window_width"),  # width without center
+    ("shard.nope=1", "shard.nope"),
+])
+def test_bad_overrides_are_named(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert key in str(info.value)
+
+
+def test_override_needs_equals_sign():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["shard.bit_depth"])
+
+
+def test_missing_file_is_clear(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
+
+
+def test_resolved_yaml_redacts_storage_credentials():
+    cfg = load_config(None, ["shard.storage_options.secret=hunter2"])
+    text = to_yaml(cfg)
+    assert "hunter2" not in text and "<redacted>" in text
