@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import re
@@ -13,7 +12,6 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import fsspec
 import numpy as np
-from PIL import Image
 
 from medscale.core.config import ShardConfig, source_options
 from medscale.core.errors import InputError
@@ -24,6 +22,7 @@ from medscale.data.intensity import colour_to_output, grey_to_output
 from medscale.data.manifest import KEPT, QUARANTINED
 from medscale.data.nifti import load_volume, volume_to_slices
 from medscale.data.npz import read_npz_rows
+from medscale.data.png import encode_png
 from medscale.data.plan import ImageItem, Item, NiftiItem, NpzItem, SeriesItem, WorkUnit, digest
 from medscale.data.shards import ShardInfo, ShardWriter
 
@@ -48,14 +47,6 @@ def quarantine_row(source: str, kind: Optional[str], url: str, reason: str, unit
     """A manifest row for an input that could not be used (object reprs scrubbed so reasons are reproducible)."""
     reason = _OBJECT_REPR.sub("<file>", reason)
     return {"status": QUARANTINED, "reason": reason, "source": source, "kind": kind, "path": url, "unit": unit}
-
-
-def encode_png(pixels: np.ndarray, level: int) -> bytes:
-    """`pixels: [H, W]` uint8/uint16 or `[H, W, 3]` uint8 -> PNG bytes."""
-    img = Image.fromarray(pixels)  # uint16 grey becomes mode I;16, which PNG stores as 16-bit
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=level)
-    return buf.getvalue()
 
 
 @contextlib.contextmanager

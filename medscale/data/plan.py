@@ -77,6 +77,7 @@ class NpzItem:
     split: str
     start: int
     stop: int
+    row_pixels: int = 1
 
 
 Item = Union[SeriesItem, NiftiItem, ImageItem, NpzItem]
@@ -90,6 +91,7 @@ class WorkUnit:
     kind: str
     items: List[Item] = field(default_factory=list)
     est_samples: int = 0
+    cost: float = 0.0  # rough pixel count, to start the longest units first
 
     def paths(self) -> List[str]:
         """Input files this unit reads."""
@@ -241,11 +243,25 @@ def plan_units(scans: Sequence[ScanResult], shard_size: int, files_per_unit: int
             units.append(_unit("images", chunk, len(chunk)))
 
     for r in by_kind[detect.NPZ]:
-        for split, (rows, _, _) in sorted(r.npz.items()):
+        for split, (rows, shape, _) in sorted(r.npz.items()):
+            pixels = 1
+            for d in shape:
+                pixels *= d
             for start in range(0, rows, shard_size):
                 stop = min(rows, start + shard_size)
-                units.append(_unit("npz", [NpzItem(r.file.source, r.file, split, start, stop)], stop - start))
-    return [u for u in units if u.unit_id not in done_units]
+                item = NpzItem(r.file.source, r.file, split, start, stop, pixels)
+                units.append(_unit("npz", [item], stop - start))
+    todo = [u for u in units if u.unit_id not in done_units]
+    # longest first: the last tasks to finish are then short ones, so no worker idles on a long tail
+    return sorted(todo, key=lambda u: -u.cost)
+
+
+def _cost(item: Item) -> float:
+    if isinstance(item, SeriesItem):
+        return float(sum(h.rows * h.columns * h.frames for _, h, _ in item.files))
+    if isinstance(item, NpzItem):
+        return float((item.stop - item.start) * item.row_pixels)
+    return 2.0 * item.file.size  # compressed bytes of a PNG/JPEG/NIfTI: about half a byte per pixel
 
 
 def _unit(kind: str, items: List[Item], est: int) -> WorkUnit:
@@ -257,4 +273,4 @@ def _unit(kind: str, items: List[Item], est: int) -> WorkUnit:
             ident.append((item.file.url, item.split, item.start, item.stop))
         else:
             ident.append(item.file.url)
-    return WorkUnit("u" + digest(kind, *ident, n=16), kind, items, est)
+    return WorkUnit("u" + digest(kind, *ident, n=16), kind, items, est, sum(_cost(i) for i in items))

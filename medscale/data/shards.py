@@ -27,6 +27,28 @@ def idx_name(tar_name: str) -> str:
     return tar_name[:-4] + ".idx"
 
 
+def ustar_header(name: str, size: int) -> bytes:
+    """A 512-byte ustar header for a regular file (mode 0444, mtime 0, owner medscale): what tarfile would write
+    for these fields, built directly because this runs once per member on the hot path."""
+    encoded = name.encode()
+    if len(encoded) > 100:
+        raise ShardFormatError(f"tar member name {name!r} is longer than 100 bytes; use a shorter key")
+    header = bytearray(512)
+    header[0:len(encoded)] = encoded
+    header[100:108] = b"0000444\0"
+    header[108:116] = b"0000000\0"
+    header[116:124] = b"0000000\0"
+    header[124:136] = b"%011o\0" % size
+    header[136:148] = b"00000000000\0"
+    header[148:156] = b"        "  # checksum is computed with this field as spaces
+    header[156:157] = b"0"
+    header[257:265] = b"ustar\x0000"
+    header[265:273] = b"medscale"
+    header[297:305] = b"medscale"
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
 def check_member_name(name: str) -> Tuple[str, str]:
     """(key, extension) of a tar member name; ShardFormatError for absolute paths, `..`, or odd characters."""
     if name.startswith("/") or ".." in name.split("/") or "/" in name or "\\" in name:
@@ -82,10 +104,7 @@ class ShardWriter:
         for ext, data in members.items():
             name = f"{key}.{ext}"
             check_member_name(name)
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode, info.mtime, info.uname, info.gname = 0o444, 0, "medscale", "medscale"
-            header = info.tobuf(format=tarfile.USTAR_FORMAT)
+            header = ustar_header(name, len(data))
             self._fh.write(header)
             data_offset = self._offset + len(header)
             self._fh.write(data)

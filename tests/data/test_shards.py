@@ -117,3 +117,12 @@ def test_reader_rejects_traversal_member(tmp_path):
     buf.seek(0)
     with pytest.raises(ShardFormatError, match="unsafe"):
         list(iter_shard(buf))
+
+
+def test_ustar_header_matches_tarfile():
+    from medscale.data.shards import ustar_header
+
+    for name, size in [("abc_00001.png", 12345), ("k.json", 0), ("x" * 90 + ".cls", 10**9)]:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime, info.uname, info.gname = size, 0o444, 0, "medscale", "medscale"
+        assert ustar_header(name, size) == info.tobuf(format=tarfile.USTAR_FORMAT)
