@@ -1,0 +1,34 @@
+"""The `medscale` command line: the demo (the README's main command) and clear errors with exit code 2."""
+
+import pytest
+
+from medscale.cli import main, split_overrides
+from medscale.data.manifest import read_manifest
+from medscale.core.storage import filesystem
+
+
+def test_overrides_are_told_apart_from_inputs():
+    inputs, overrides = split_overrides(["ct=/data/ct", "/x/y.nii", "shard.bit_depth=16", "s3://b/k=v"])
+    assert inputs == ["ct=/data/ct", "/x/y.nii", "s3://b/k=v"]
+    assert overrides == ["shard.bit_depth=16"]
+
+
+def test_bad_override_exits_2_naming_the_key(tmp_path, capsys):
+    code = main(["shard", str(tmp_path), "--output", str(tmp_path / "o"), "shard.bit_depth=12"])
+    assert code == 2
+    assert "shard.bit_depth" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_shards_the_bundled_real_corpus(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--output", str(out), "shard.executor=local", "shard.progress=false",
+                 "shard.max_size=128"]) == 0
+    text = capsys.readouterr().out
+    assert "images/s" in text and "quarantined" in text
+    rows = read_manifest(*filesystem(str(out))).to_pylist()
+    kinds = {r["kind"] for r in rows if r["status"] == "kept"}
+    assert kinds == {"npz", "dicom", "nifti"}
+    modalities = {r["modality"] for r in rows if r["status"] == "kept"}
+    assert {"US", "CR", "CT", "MR"} <= modalities
+    assert max(r["width"] for r in rows if r["status"] == "kept") <= 128
