@@ -213,3 +213,16 @@ def test_kill_minus_nine_then_resume_is_exactly_once(corpus, tmp_path, executor)
     assert sorted(int(p.name[6:12]) for p in out.glob("*.tar")) == list(range(len(list(out.glob("*.tar")))))
     final = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert "slices 0" in final.stdout  # a completed run rerun does nothing
+
+
+def test_slice_stride_and_window_per_source(corpus, tmp_path):
+    from medscale.core.config import SourceOptions
+
+    cfg = shard_config([f"ct={corpus['ct']}"], tmp_path / "out",
+                       sources={"ct": SourceOptions(slice_stride=2, window_center=40, window_width=400)})
+    run_sharding(cfg)
+    rows = [r for r in read_manifest(*filesystem(str(tmp_path / "out"))).to_pylist() if r["status"] == "kept"]
+    by_volume = {}
+    for r in rows:
+        by_volume.setdefault(r["volume"], []).append(r["slice"])
+    assert sorted(sorted(v) for v in by_volume.values()) == [[0, 2, 4], [0, 2, 4, 6, 8]]
