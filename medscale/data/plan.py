@@ -93,14 +93,14 @@ class WorkUnit:
     est_samples: int = 0
     cost: float = 0.0  # rough pixel count, to start the longest units first
 
-    def paths(self) -> List[str]:
-        """Input files this unit reads."""
+    def inputs(self) -> List[Tuple[str, str]]:
+        """(source, file URL) of every input file this unit reads."""
         out = []
         for item in self.items:
             if isinstance(item, SeriesItem):
-                out.extend(f.url for f, _, _ in item.files)
+                out.extend((item.source, f.url) for f, _, _ in item.files)
             else:
-                out.append(item.file.url)
+                out.append((item.source, item.file.url))
         return out
 
 

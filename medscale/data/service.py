@@ -160,9 +160,8 @@ def _run_units(executor, units: List[WorkUnit], cfg: ShardConfig, committer: _Co
         if error is not None:  # the task died (after Ray's retries): quarantine its inputs, keep going
             logger.error("unit %s failed: %s", unit.unit_id, error)
             reason = f"worker failed: {type(error).__name__}: {str(error).splitlines()[0][:300]}"
-            result = UnitResult(unit.unit_id, rows=[quarantine_row(getattr(i, "source", ""), None, url, reason,
-                                                                   unit.unit_id)
-                                                    for i in unit.items[:1] for url in unit.paths()])
+            result = UnitResult(unit.unit_id, rows=[quarantine_row(source, None, url, reason, unit.unit_id)
+                                                    for source, url in unit.inputs()])
             result.quarantined = len(result.rows)
         names = committer.commit(result.rows, result.staged)
         committer.drop_staging(unit.unit_id)
