@@ -59,6 +59,30 @@ def _demo(args: argparse.Namespace, extra: List[str]) -> int:
     return 0
 
 
+def _dedup(args: argparse.Namespace, extra: List[str]) -> int:
+    from medscale.dedup.contamination import run_contamination
+    from medscale.dedup.service import rehash, run_dedup
+
+    _, overrides = split_overrides(extra)
+    for flag, key in [("strategy", "strategy"), ("hash", "hash"), ("threshold", "threshold"), ("every_n", "every_n"),
+                      ("embeddings", "embeddings"), ("eps", "eps"), ("executor", "executor"),
+                      ("ray_address", "ray_address")]:
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"dedup.{key}={value}")
+    for flag in ("exclude", "dry_run"):
+        if getattr(args, flag):
+            overrides.append(f"dedup.{flag}=true")
+    cfg = load_config(args.config, overrides).dedup
+    if args.against:
+        cfg.against = list(args.against)
+    if args.rehash:
+        print(f"hashed {rehash(args.url, cfg)} samples from the shards of {args.url}")
+    summary = run_contamination(args.url, cfg) if cfg.against else run_dedup(args.url, cfg)
+    print(json.dumps(summary.as_dict()) if args.json else summary.format())
+    return 0
+
+
 def _config(args: argparse.Namespace, extra: List[str]) -> int:
     print(to_yaml(load_config(args.config, extra)), end="")
     return 0
@@ -86,6 +110,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="output folder (default outputs/demo)")
     p.add_argument("--config", "-c", default=None, help="YAML config (default: built-in defaults)")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("dedup", help="reduce a sharded corpus (duplicates recorded in its manifest) or check "
+                                     "evaluation sets for contamination",
+                       epilog="Strategies: hash-volume (Less is More, per volume), hash-global (LSH across the "
+                              "corpus), embedding (SemDeDup on --embeddings), every-n. Extra dedup.key=value "
+                              "arguments override the config.")
+    p.add_argument("url", help="a sharding output (folder or s3://...)")
+    p.add_argument("--strategy", "-s", choices=["hash-volume", "hash-global", "embedding", "every-n"])
+    p.add_argument("--hash", choices=["ahash", "dhash", "phash"], help="which 64-bit hash (default dhash)")
+    p.add_argument("--threshold", "-k", type=int, help="Hamming distance for near-duplicates (default 6)")
+    p.add_argument("--every-n", type=int, help="every-n: keep every n-th slice of a volume")
+    p.add_argument("--embeddings", help="embedding: Parquet file with key, embedding")
+    p.add_argument("--eps", type=float, help="embedding: duplicates when cosine similarity > 1 - eps")
+    p.add_argument("--against", nargs="+", metavar="SOURCE",
+                   help="contamination check: evaluation sets (npz, folders, files; NAME=PATH names a set)")
+    p.add_argument("--exclude", action="store_true", help="with --against: mark matching corpus samples excluded")
+    p.add_argument("--rehash", action="store_true", help="first compute the manifest's hashes from the shards")
+    p.add_argument("--dry-run", action="store_true", help="report only; leave the manifest unchanged")
+    p.add_argument("--config", "-c", help="YAML config file")
+    p.add_argument("--executor", choices=["ray", "local"])
+    p.add_argument("--ray-address")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_dedup)
 
     p = sub.add_parser("config", help="print the resolved config")
     p.add_argument("--config", "-c", default=None)

@@ -12,6 +12,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from medscale.core.errors import ConfigError
 
+HASH_NAMES = ("ahash", "dhash", "phash")
+STRATEGY_NAMES = ("hash-volume", "hash-global", "embedding", "every-n")
+
 
 @dataclass
 class SourceOptions:
@@ -45,8 +48,36 @@ class ShardConfig:
     max_in_flight: int = 0  # tasks submitted at once; 0 = 2 x CPUs (bounds memory)
     progress: bool = True
     storage_options: Dict[str, Any] = field(default_factory=dict)  # fsspec options (e.g. S3 endpoint); never logged
+    reduce: Optional[str] = None  # hash-volume: drop Less-is-More duplicates while sharding (recorded, not written)
+    reduce_hash: str = "dhash"  # ahash | dhash | phash
+    reduce_threshold: int = 6  # Hamming distance (bits of 64) at or under which slices are duplicates
     defaults: SourceOptions = field(default_factory=SourceOptions)
     sources: Dict[str, SourceOptions] = field(default_factory=dict)
+
+
+@dataclass
+class DedupConfig:
+    """Corpus reduction and the contamination check (`medscale dedup`)."""
+
+    strategy: str = "hash-volume"  # hash-volume | hash-global | embedding | every-n
+    hash: str = "dhash"  # ahash | dhash | phash (64-bit, from the manifest)
+    threshold: int = 6  # Hamming distance at or under which two slices are near-duplicates (Hash-6)
+    every_n: int = 2  # every-n: keep slices 0, n, 2n... of each volume
+    lsh_recall: float = 0.995  # hash-global / contamination: expected recall of pairs at `threshold`
+    lsh_seed: int = 0
+    groups: str = "star"  # hash-global: star (each duplicate within threshold of its exemplar) | connected
+    embeddings: Optional[str] = None  # embedding: Parquet with `key` and `embedding` (list of floats)
+    eps: float = 0.05  # embedding: duplicates when cosine similarity > 1 - eps
+    clusters: int = 0  # embedding: k-means clusters; 0 = about sqrt(N)
+    against: List[str] = field(default_factory=list)  # evaluation sets for the contamination check
+    exclude: bool = False  # contamination: mark corpus samples near an evaluation image as excluded
+    dry_run: bool = False  # report only; leave the manifest as it is
+    examples: int = 6  # duplicate groups drawn in the report's PNG grid
+    executor: str = "ray"  # ray | local
+    ray_address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    progress: bool = True
+    storage_options: Dict[str, Any] = field(default_factory=dict)  # fsspec options; never logged
 
 
 @dataclass
@@ -54,6 +85,7 @@ class MedscaleConfig:
     """One run; each stage reads its own section."""
 
     shard: ShardConfig = field(default_factory=ShardConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
 
 
 def _expected_type(full_key: str) -> Optional[str]:
@@ -139,9 +171,26 @@ def validate(cfg: MedscaleConfig, origin: str = "config") -> None:
     _check(s.max_in_flight >= 0, origin, "shard.max_in_flight", "an int >= 0", s.max_in_flight)
     _check("/" not in s.prefix and "." not in s.prefix and s.prefix != "", origin, "shard.prefix",
            "a name without '/' or '.'", s.prefix)
+    _check(s.reduce in (None, "hash-volume"), origin, "shard.reduce", "null or 'hash-volume'", s.reduce)
+    _check(s.reduce_hash in HASH_NAMES, origin, "shard.reduce_hash", " | ".join(HASH_NAMES), s.reduce_hash)
+    _check(0 <= s.reduce_threshold < 32, origin, "shard.reduce_threshold", "0..31", s.reduce_threshold)
     _validate_source(s.defaults, origin, "shard.defaults")
     for name, opts in s.sources.items():
         _validate_source(opts, origin, f"shard.sources.{name}")
+    _validate_dedup(cfg.dedup, origin)
+
+
+def _validate_dedup(d: DedupConfig, origin: str) -> None:
+    _check(d.strategy in STRATEGY_NAMES, origin, "dedup.strategy", " | ".join(STRATEGY_NAMES), d.strategy)
+    _check(d.hash in HASH_NAMES, origin, "dedup.hash", " | ".join(HASH_NAMES), d.hash)
+    _check(0 <= d.threshold < 32, origin, "dedup.threshold", "0..31 (bits of a 64-bit hash)", d.threshold)
+    _check(d.groups in ("star", "connected"), origin, "dedup.groups", "'star' or 'connected'", d.groups)
+    _check(d.every_n >= 1, origin, "dedup.every_n", "an int >= 1", d.every_n)
+    _check(0.0 < d.lsh_recall < 1.0, origin, "dedup.lsh_recall", "a number in (0, 1)", d.lsh_recall)
+    _check(0.0 <= d.eps < 1.0, origin, "dedup.eps", "a number in [0, 1)", d.eps)
+    _check(d.clusters >= 0, origin, "dedup.clusters", "an int >= 0", d.clusters)
+    _check(d.examples >= 0, origin, "dedup.examples", "an int >= 0", d.examples)
+    _check(d.executor in ("ray", "local"), origin, "dedup.executor", "'ray' or 'local'", d.executor)
 
 
 def source_options(cfg: ShardConfig, source: str) -> SourceOptions:
@@ -152,6 +201,7 @@ def source_options(cfg: ShardConfig, source: str) -> SourceOptions:
 def to_yaml(cfg: MedscaleConfig, redact: bool = True) -> str:
     """The resolved config as YAML; storage options (credentials) are redacted unless asked."""
     data = dataclasses.asdict(cfg)
-    if redact and data["shard"]["storage_options"]:
-        data["shard"]["storage_options"] = {k: "<redacted>" for k in data["shard"]["storage_options"]}
+    for section in ("shard", "dedup"):
+        if redact and data[section]["storage_options"]:
+            data[section]["storage_options"] = {k: "<redacted>" for k in data[section]["storage_options"]}
     return OmegaConf.to_yaml(OmegaConf.create(data))

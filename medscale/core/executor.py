@@ -75,6 +75,20 @@ class RayExecutor:
             self._ray.shutdown()
 
 
+def _indexed(pair: Tuple[int, Any], fn: Callable, *args: Any) -> Tuple[int, Any]:
+    return pair[0], fn(pair[1], *args)
+
+
+def ordered_map(executor, fn: Callable, items: list, *args: Any) -> list:
+    """`[fn(item, *args) for item in items]`, fanned out; results in item order whatever order tasks finish in."""
+    results: list = [None] * len(items)
+    for _, result, error in executor.imap_unordered(_indexed, list(enumerate(items)), fn, *args):
+        if error is not None:
+            raise error
+        results[result[0]] = result[1]
+    return results
+
+
 def create_executor(kind: str, address: Optional[str] = None, num_cpus: Optional[int] = None):
     """`ray` or `local`; Ray joins `address` when given, else starts (or reuses) a local cluster."""
     if kind == "local":

@@ -19,12 +19,14 @@ from medscale.core.storage import filesystem, is_local, join, put_bytes_atomic, 
 from medscale.data.dicom import read_frames
 from medscale.data.images import read_image
 from medscale.data.intensity import colour_to_output, grey_to_output
-from medscale.data.manifest import KEPT, QUARANTINED
+from medscale.data.manifest import DUPLICATE, KEPT, QUARANTINED
 from medscale.data.nifti import load_volume, volume_to_slices
 from medscale.data.npz import read_npz_rows
 from medscale.data.png import encode_png
 from medscale.data.plan import ImageItem, Item, NiftiItem, NpzItem, SeriesItem, WorkUnit, digest
 from medscale.data.shards import ShardInfo, ShardWriter
+from medscale.dedup.hashes import hash_images
+from medscale.dedup.volume import VolumeReducer
 
 STAGING_DIR = "_staging"
 _OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
@@ -165,6 +167,45 @@ _JSON_FIELDS = ("key", "source", "kind", "modality", "body_part", "volume", "sli
                 "height", "width", "channels", "bits")
 
 
+HASH_BATCH = 256  # samples hashed together (the batched hashes amortise their numpy calls)
+
+
+def _write_samples(samples: List[Sample], source: str, cfg: ShardConfig, unit_id: str, writer: ShardWriter,
+                   result: UnitResult, reducer: Optional[VolumeReducer], volume_keys: List[str]) -> None:
+    """Hash a batch of samples, drop Less-is-More duplicates when reducing, encode and write the rest in order."""
+    if not samples:
+        return
+    hashes = hash_images([pixels for _, pixels in samples])
+    for i, (fields, pixels) in enumerate(samples):
+        fields.update({name: int(values[i]) for name, values in hashes.items()})
+        fields.update(source=source, height=pixels.shape[0], width=pixels.shape[1],
+                      channels=3 if pixels.ndim == 3 else 1, bits=pixels.dtype.itemsize * 8, unit=unit_id)
+        if reducer is not None:
+            ref, dist = reducer.offer(fields[cfg.reduce_hash], len(volume_keys))
+            volume_keys.append(fields["key"])
+            if ref is not None:  # recorded in the manifest, not written to a shard
+                fields.pop("order", None)
+                fields.pop("labels", None)
+                fields.update(status=DUPLICATE, duplicate_of=volume_keys[ref], dedup_distance=float(dist),
+                              dedup_strategy=f"hash-volume {cfg.reduce_hash}<={cfg.reduce_threshold} (sharding)")
+                result.rows.append(fields)
+                continue
+            fields["dedup_strategy"] = f"hash-volume {cfg.reduce_hash}<={cfg.reduce_threshold} (sharding)"
+        png = encode_png(pixels, cfg.png_compress_level)
+        members = {"png": png, "json": json.dumps({k: fields.get(k) for k in _JSON_FIELDS
+                                                   if fields.get(k) is not None}).encode()}
+        if fields.get("label") is not None:
+            members["cls"] = str(fields["label"]).encode()
+        writer.write(fields["key"], members)
+        # after write(): the shards finished so far number the one this sample is in
+        fields.update(status=KEPT, bytes=len(png), shard=len(result.staged))
+        fields.pop("labels", None)
+        fields.pop("order", None)
+        result.rows.append(fields)
+        result.samples += 1
+        result.bytes += len(png)
+
+
 def process_unit(unit: WorkUnit, cfg: ShardConfig, output_url: str) -> UnitResult:
     """Read, convert and encode every sample of `unit` into staged shards under `output_url/_staging/UNIT/`."""
     fs, root = filesystem(output_url, cfg.storage_options)
@@ -184,27 +225,20 @@ def process_unit(unit: WorkUnit, cfg: ShardConfig, output_url: str) -> UnitResul
     try:
         for item in unit.items:
             before = result.samples
+            reducer = (VolumeReducer(cfg.reduce_threshold)
+                       if cfg.reduce == "hash-volume" and isinstance(item, (SeriesItem, NiftiItem)) else None)
+            volume_keys: List[str] = []
+            pending: List[Sample] = []
             for produced in iter_item(item, cfg, unit.unit_id):
                 if isinstance(produced, dict):
                     result.rows.append(produced)
                     result.quarantined += 1
                     continue
-                fields, pixels = produced
-                fields.update(source=item.source, height=pixels.shape[0], width=pixels.shape[1],
-                              channels=3 if pixels.ndim == 3 else 1, bits=pixels.dtype.itemsize * 8)
-                png = encode_png(pixels, cfg.png_compress_level)
-                members = {"png": png, "json": json.dumps({k: fields.get(k) for k in _JSON_FIELDS
-                                                           if fields.get(k) is not None}).encode()}
-                if fields.get("label") is not None:
-                    members["cls"] = str(fields["label"]).encode()
-                writer.write(fields["key"], members)
-                # after write(): the shards finished so far number the one this sample is in
-                fields.update(status=KEPT, bytes=len(png), unit=unit.unit_id, shard=len(result.staged))
-                fields.pop("labels", None)
-                fields.pop("order", None)
-                result.rows.append(fields)
-                result.samples += 1
-                result.bytes += len(png)
+                pending.append(produced)
+                if len(pending) >= HASH_BATCH:
+                    _write_samples(pending, item.source, cfg, unit.unit_id, writer, result, reducer, volume_keys)
+                    pending = []
+            _write_samples(pending, item.source, cfg, unit.unit_id, writer, result, reducer, volume_keys)
             if isinstance(item, (SeriesItem, NiftiItem)) and result.samples > before:
                 result.volumes += 1
         writer.close()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
@@ -15,12 +16,13 @@ from medscale.core.errors import ShardFormatError
 from medscale.core.storage import join, put_bytes_atomic
 
 MANIFEST_DIR = "manifest.parquet"
-KEPT, QUARANTINED = "kept", "quarantined"
+KEPT, DUPLICATE, EXCLUDED, QUARANTINED = "kept", "duplicate", "excluded", "quarantined"
+HASH_COLUMNS = ("ahash", "dhash", "phash")
 
 SCHEMA = pa.schema([
     ("key", pa.string()),  # sample key; null for a quarantined input
     ("shard", pa.string()),  # shard file name relative to the output URL
-    ("status", pa.string()),  # kept | quarantined (dedup adds duplicate-of KEY)
+    ("status", pa.string()),  # kept | duplicate (of `duplicate_of`) | excluded (contamination) | quarantined
     ("reason", pa.string()),  # why an input was quarantined
     ("source", pa.string()),
     ("kind", pa.string()),  # dicom | nifti | image | npz
@@ -43,6 +45,12 @@ SCHEMA = pa.schema([
     ("series_uid", pa.string()),
     ("study_uid", pa.string()),
     ("unit", pa.string()),  # the work unit that produced the row (resume bookkeeping)
+    ("ahash", pa.uint64()),  # 64-bit perceptual hashes of the stored slice (imagehash's bits, hex = its string)
+    ("dhash", pa.uint64()),
+    ("phash", pa.uint64()),
+    ("duplicate_of", pa.string()),  # the exemplar KEY (duplicate) or the evaluation image (excluded)
+    ("dedup_strategy", pa.string()),  # which reduction decided the status, with its parameters
+    ("dedup_distance", pa.float32()),  # Hamming bits or cosine distance to the exemplar
 ])
 
 
@@ -109,8 +117,37 @@ def committed_state(fs: AbstractFileSystem, root: str, prefix: str) -> Committed
             state.shards.add(shard)
         if status == QUARANTINED:
             state.quarantined += 1
-        else:
+        elif shard:
             state.samples += 1
     indices = [int(s[len(prefix) + 1: -4]) for s in state.shards if s.startswith(prefix + "-")]
     state.next_shard = max(indices) + 1 if indices else 0
     return state
+
+
+def update_rows(fs: AbstractFileSystem, root: str, updates: pa.Table) -> int:
+    """Set columns of existing rows, matched by `key`, part by part (each part rewritten atomically); returns
+    the number of rows changed. `updates` has a `key` column and any manifest columns; shards are untouched."""
+    columns = [c for c in updates.column_names if c != "key"]
+    unknown = [c for c in columns if c not in SCHEMA.names]
+    if unknown:
+        raise ValueError(f"not manifest columns: {unknown}")
+    updates = updates.cast(pa.schema([SCHEMA.field(c) for c in updates.column_names]))
+    changed = 0
+    for path in list_parts(fs, root):
+        with fs.open(path, "rb") as fh:
+            part = pq.read_table(fh, schema=SCHEMA)
+        index = pc.index_in(part["key"], value_set=updates["key"])
+        hit = pc.is_valid(index)
+        count = pc.sum(hit).as_py() or 0
+        if not count:
+            continue
+        taken = pc.fill_null(index, 0)
+        for name in columns:
+            new = pc.take(updates[name], taken)
+            part = part.set_column(part.schema.get_field_index(name), SCHEMA.field(name),
+                                   pc.if_else(hit, new, part[name]))
+        buf = io.BytesIO()
+        pq.write_table(part, buf, compression="zstd")
+        put_bytes_atomic(fs, path, buf.getvalue())
+        changed += count
+    return changed

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from medscale.core.errors import ShardFormatError
+from medscale.core.storage import join
 
 IDX_VERSION = "v1.2"  # the format DALI's wds2idx writes and fn.readers.webdataset reads
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -155,3 +156,37 @@ def iter_shard(fileobj: io.BufferedIOBase, name: str = "shard") -> Iterator[Tupl
         raise ShardFormatError(f"{name}: corrupt tar ({exc})") from exc
     if current is not None:
         yield current, members
+
+
+def parse_idx(text: str, name: str = "index") -> Dict[str, Dict[str, Tuple[int, int]]]:
+    """A DALI v1.2 index -> `{key: {ext: (offset, size)}}`."""
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("v1.2"):
+        raise ShardFormatError(f"{name}: not a DALI v1.2 index (first line {lines[0] if lines else ''!r})")
+    samples: Dict[str, Dict[str, Tuple[int, int]]] = {}
+    for line in lines[1:]:
+        fields = line.split()
+        members: Dict[str, Tuple[int, int]] = {}
+        key = None
+        for i in range(0, len(fields) - 3, 4):
+            ext, offset, size, member = fields[i:i + 4]
+            key = check_member_name(member)[0]
+            members[ext] = (int(offset), int(size))
+        if key is not None:
+            samples[key] = members
+    return samples
+
+
+def read_members(fs, root: str, shard: str, keys: List[str], ext: str = "png") -> Dict[str, bytes]:
+    """One member (`ext`) of each of `keys` from a committed shard, by the offsets of its `.idx` (no full read)."""
+    with fs.open(join(root, idx_name(shard)), "rb") as fh:
+        index = parse_idx(fh.read().decode(), idx_name(shard))
+    out = {}
+    with fs.open(join(root, shard), "rb") as fh:
+        for key in keys:
+            if key not in index or ext not in index[key]:
+                raise ShardFormatError(f"{shard}: no member {key}.{ext}")
+            offset, size = index[key][ext]
+            fh.seek(offset)
+            out[key] = fh.read(size)
+    return out

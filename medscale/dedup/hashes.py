@@ -11,6 +11,7 @@ import math
 from functools import lru_cache
 
 import numpy as np
+from scipy.fftpack import dct
 
 _PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c, 8 bits per channel
 _LANCZOS_SUPPORT = 3.0
@@ -48,20 +49,63 @@ def resample_matrix(in_size: int, out_size: int) -> np.ndarray:
     return matrix
 
 
-def _clip8(acc: np.ndarray) -> np.ndarray:
-    return np.clip((acc + (1 << (_PRECISION_BITS - 1))) >> _PRECISION_BITS, 0, 255)
+def _round_clip(acc: np.ndarray) -> np.ndarray:
+    """Exact integer accumulators -> Pillow's `clip8((acc + 2**21) >> 22)`."""
+    return np.clip((acc.astype(np.int64) + (1 << (_PRECISION_BITS - 1))) >> _PRECISION_BITS, 0, 255)
+
+
+_CHUNK_PIXELS = 1 << 20  # pixels per chunk: the chunk's float32 copy (4 MiB) stays in cache
+
+
+@lru_cache(maxsize=256)
+def _pass_operands(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """(exact float64 `[in, out]`, float32 `[in, out]` scaled by 2**-22, float32 error bound in output units)."""
+    matrix = resample_matrix(in_size, out_size)
+    exact = np.ascontiguousarray(matrix.T, dtype=np.float64)
+    scaled = (exact / (1 << _PRECISION_BITS)).astype(np.float32)  # exact: coefficients are integers < 2**23
+    # bound of a float32 dot product of n nonzero terms (zeros add exactly): n * 2**-24 * sum|x * c|, plus the + 0.5
+    taps = int((matrix != 0).sum(axis=1).max())
+    worst = 255 * np.abs(matrix).sum(axis=1).max() / (1 << _PRECISION_BITS)
+    return exact, scaled, (taps + 2) * 2.0 ** -24 * worst + 2.0 ** -14
+
+
+def _resample_rows(rows: np.ndarray, in_size: int, out_size: int) -> np.ndarray:
+    """`rows: [R, in_size]` uint8 -> `[R, out_size]` uint8, exactly as one of Pillow's LANCZOS passes rounds.
+
+    A float32 product first; the outputs that lie within its worst-case error of a rounding boundary are
+    recomputed in float64, which is exact here (every partial sum is an integer below 2**39).
+    """
+    exact, scaled, tolerance = _pass_operands(in_size, out_size)
+    if tolerance > 0.05:  # very wide images: too many outputs would be unsure, go straight to float64
+        return _round_clip(rows.astype(np.float64) @ exact).astype(np.uint8)
+    approx = rows.astype(np.float32) @ scaled
+    approx += np.float32(0.5)
+    floor = np.floor(approx)
+    out = np.clip(floor, 0, 255).astype(np.uint8)
+    approx -= floor  # the fractional part; unsure when within tolerance of 0 or 1
+    approx -= np.float32(0.5)
+    unsure = np.flatnonzero(np.abs(approx) >= np.float32(0.5 - tolerance))
+    if len(unsure):
+        r, c = np.divmod(unsure, out_size)
+        sums = np.einsum("ij,ji->i", rows[r].astype(np.float64), exact[:, c])
+        out.reshape(-1)[unsure] = _round_clip(sums)
+    return out
 
 
 def resize_lanczos(images: np.ndarray, height: int, width: int) -> np.ndarray:
     """`images: [N, H, W]` uint8 -> `[N, height, width]` uint8, equal to Pillow's `resize(..., LANCZOS)` per image."""
-    # float64 BLAS products are exact here: every product and partial sum is an integer below 2**39 < 2**53
-    x = images.astype(np.float64)
-    n, h, w = x.shape
-    if width != w:  # Pillow: horizontal pass first, then vertical, each rounded and clipped to 8 bits
-        x = _clip8((x @ resample_matrix(w, width).T.astype(np.float64)).astype(np.int64)).astype(np.float64)
-    if height != h:
-        x = _clip8((resample_matrix(h, height).astype(np.float64) @ x).astype(np.int64))
-    return x.astype(np.uint8)
+    n, h, w = images.shape
+    chunk = max(1, _CHUNK_PIXELS // (h * w))
+    parts = []
+    for start in range(0, n, chunk):  # Pillow: horizontal pass first, then vertical, each rounded to 8 bits
+        x = images[start:start + chunk]
+        if width != w:
+            x = _resample_rows(x.reshape(-1, w), w, width).reshape(len(x), h, width)
+        if height != h:  # the vertical pass as a row pass over the transposed chunk
+            cols = np.ascontiguousarray(x.transpose(0, 2, 1)).reshape(-1, h)
+            x = _resample_rows(cols, h, height).reshape(len(x), width, height).transpose(0, 2, 1)
+        parts.append(np.ascontiguousarray(x, dtype=np.uint8))
+    return np.concatenate(parts) if parts else np.zeros((0, height, width), np.uint8)
 
 
 def to_grey(images: np.ndarray) -> np.ndarray:
@@ -91,8 +135,6 @@ def dhash(images: np.ndarray, hash_size: int = 8) -> np.ndarray:
 
 def phash(images: np.ndarray, hash_size: int = 8, highfreq_factor: int = 4) -> np.ndarray:
     """pHash (low frequencies of a 2D DCT above their median) -> `[N, hash_size**2 / 8]` (imagehash.phash)."""
-    from scipy.fftpack import dct
-
     size = hash_size * highfreq_factor
     pixels = resize_lanczos(to_grey(images), size, size).astype(np.float64)
     low = dct(dct(pixels, axis=1), axis=2)[:, :hash_size, :hash_size]
@@ -103,3 +145,42 @@ def phash(images: np.ndarray, hash_size: int = 8, highfreq_factor: int = 4) -> n
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bit distance between packed hashes `a: [N, B]` and `b: [N, B]` (or broadcastable) -> `[N]`."""
     return np.unpackbits(np.bitwise_xor(a, b), axis=-1).sum(axis=-1)
+
+
+HASHES = {"ahash": average_hash, "dhash": dhash, "phash": phash}
+
+
+def to_uint64(packed: np.ndarray) -> np.ndarray:
+    """64-bit packed hashes `[N, 8]` uint8 -> `[N]` uint64 whose hex equals imagehash's string."""
+    if packed.ndim != 2 or packed.shape[1] != 8:
+        raise ValueError(f"expected [N, 8] packed 64-bit hashes, got shape {packed.shape}")
+    return np.ascontiguousarray(packed).view(">u8").reshape(-1).astype(np.uint64)
+
+
+def to_8bit(pixels: np.ndarray) -> np.ndarray:
+    """One stored slice `[H, W]` or `[H, W, 3]`, 8- or 16-bit -> uint8 (16-bit keeps its top 8 bits)."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype == np.uint16:
+        return (pixels >> 8).astype(np.uint8)
+    raise ValueError(f"hashes need uint8 or uint16 pixels, got {pixels.dtype}")
+
+
+def hash_images(images: list, names: tuple = ("ahash", "dhash", "phash")) -> dict:
+    """64-bit hashes of a list of slices of any shapes -> `{name: uint64[N]}` (batched per shape)."""
+    out = {name: np.zeros(len(images), np.uint64) for name in names}
+    by_shape: dict = {}
+    for i, img in enumerate(images):
+        img = to_grey(to_8bit(img)[None])[0]
+        by_shape.setdefault(img.shape, []).append((i, img))
+    for group in by_shape.values():
+        idx = np.array([i for i, _ in group])
+        batch = np.stack([img for _, img in group])
+        for name in names:
+            out[name][idx] = to_uint64(HASHES[name](batch))
+    return out
+
+
+def popcount64(x: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 -> uint8 array of the same shape."""
+    return np.bitwise_count(x)

@@ -1,0 +1,143 @@
+"""Contamination check: which evaluation images have a near-duplicate among the pre-training shards.
+
+Evaluation sets are read exactly as sharding reads inputs (npz splits, image folders, DICOM, NIfTI), hashed,
+and matched against the manifest's hashes with the same LSH search as `hash-global`, keeping only cross pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from medscale.core.config import DedupConfig, ShardConfig
+from medscale.core.errors import InputError
+from medscale.core.executor import create_executor, ordered_map
+from medscale.core.storage import filesystem, full_url, join, put_bytes_atomic
+from medscale.data.ingest import iter_item
+from medscale.data.manifest import EXCLUDED, read_manifest, update_rows
+from medscale.data.plan import WorkUnit, expand_inputs, plan_units, scan_batch
+from medscale.dedup.hashes import hash_images
+from medscale.dedup.lsh import merge_pairs, plan_lsh
+from medscale.dedup.report import REPORT_DIR
+from medscale.dedup.strategies import cross_table_task
+
+
+@dataclass
+class ContaminationSummary:
+    """Per evaluation set (and split): how many of its images the pre-training corpus contains."""
+
+    output: str
+    hash: str
+    threshold: int
+    sets: List[Dict[str, Any]] = field(default_factory=list)
+    excluded: int = 0  # corpus samples marked excluded
+    seconds: float = 0.0
+    report: str = ""
+
+    def format(self) -> str:
+        """A few human lines."""
+        lines = [f"medscale dedup --against: {self.hash}<={self.threshold} vs {self.output}"]
+        for s in self.sets:
+            lines.append(f"  {s['set']:<24} {s['split'] or '-':<6} {s['contaminated']:>7} of {s['images']:>7} "
+                         f"({100 * s['fraction']:.1f}%) have a near-duplicate in the corpus")
+        lines.append(f"  corpus samples marked excluded: {self.excluded}; report: {self.report}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> Dict[str, Any]:
+        """JSON-ready."""
+        return asdict(self)
+
+
+def hash_eval_unit(unit: WorkUnit, shard_cfg: ShardConfig, hash_name: str) -> Tuple[List[Tuple], np.ndarray]:
+    """([(set, split, image id)], uint64 hashes) of every image of one unit of an evaluation set (a Ray task)."""
+    ids, images = [], []
+    for item in unit.items:
+        for produced in iter_item(item, shard_cfg, unit.unit_id):
+            if isinstance(produced, dict):
+                continue  # unreadable evaluation files are skipped (they cannot leak)
+            fields, pixels = produced
+            image_id = fields["path"] + (f"#{fields['split']}[{fields['frame']}]" if fields.get("split") else
+                                         (f"#{fields['slice']}" if fields.get("slice") is not None else ""))
+            ids.append((item.source, fields.get("split"), image_id))
+            images.append(pixels)
+    return ids, hash_images(images, (hash_name,))[hash_name]
+
+
+def _eval_hashes(cfg: DedupConfig, executor) -> Tuple[List[Tuple], np.ndarray]:
+    shard_cfg = ShardConfig(storage_options=cfg.storage_options, progress=False)
+    files = expand_inputs(cfg.against, cfg.storage_options)
+    scans = [r for batch in ordered_map(executor, scan_batch, [files[i:i + 256] for i in range(0, len(files), 256)],
+                                 cfg.storage_options) for r in batch]
+    bad = [r for r in scans if r.error]
+    if bad and len(bad) == len(scans):
+        raise InputError(f"no readable evaluation images in {cfg.against}: {bad[0].file.url}: {bad[0].error}")
+    units = plan_units(scans, 2000, 0, set(), {}, {})
+    ids: List[Tuple] = []
+    hashes = []
+    for unit_ids, unit_hashes in ordered_map(executor, hash_eval_unit, units, shard_cfg, cfg.hash):
+        ids.extend(unit_ids)
+        hashes.append(unit_hashes)
+    return ids, (np.concatenate(hashes) if hashes else np.zeros(0, np.uint64))
+
+
+def run_contamination(url: str, cfg: DedupConfig) -> ContaminationSummary:
+    """Match every image of `cfg.against` against the shards at `url`; optionally mark corpus hits excluded."""
+    start = time.perf_counter()
+    fs, root = filesystem(url, cfg.storage_options)
+    table = read_manifest(fs, root, columns=["key", "shard", "status", cfg.hash])
+    table = table.filter(pc.is_valid(table["shard"]))
+    if not len(table):
+        raise InputError(f"{url}: no manifest with samples; run `medscale shard` into this URL first")
+    if table[cfg.hash].null_count:
+        raise InputError(f"{url}: samples without {cfg.hash} in the manifest; run `medscale dedup {url} --rehash`")
+    corpus = table[cfg.hash].to_numpy(zero_copy_only=False).astype(np.uint64)
+    keys = table["key"].to_pylist()
+    executor = create_executor(cfg.executor, cfg.ray_address, cfg.num_cpus)
+    try:
+        ids, evals = _eval_hashes(cfg, executor)
+        hashes = np.concatenate([corpus, evals])
+        groups = np.concatenate([np.zeros(len(corpus), np.int8), np.ones(len(evals), np.int8)])
+        plan = plan_lsh(len(hashes), cfg.threshold, cfg.lsh_recall, seed=cfg.lsh_seed)
+        pairs = merge_pairs(ordered_map(executor, cross_table_task, list(range(plan.tables)), hashes, plan, groups))
+    finally:
+        executor.close()
+    summary = ContaminationSummary(output=full_url(fs, root), hash=cfg.hash, threshold=cfg.threshold)
+    matches: Dict[int, Tuple[int, int]] = {}  # eval index -> (corpus index, distance), the closest
+    corpus_hits: Dict[int, Tuple[int, int]] = {}
+    for i, j, d in pairs.tolist():  # i < j: i is the corpus sample, j the evaluation image
+        e = j - len(corpus)
+        if e not in matches or d < matches[e][1]:
+            matches[e] = (i, d)
+        if i not in corpus_hits or d < corpus_hits[i][1]:
+            corpus_hits[i] = (e, d)
+    per_set: Dict[Tuple, List[int]] = defaultdict(lambda: [0, 0])
+    examples: Dict[Tuple, List[Dict]] = defaultdict(list)
+    for e, (source, split, image_id) in enumerate(ids):
+        per_set[(source, split)][0] += 1
+        if e in matches:
+            per_set[(source, split)][1] += 1
+            if len(examples[(source, split)]) < 10:
+                c, d = matches[e]
+                examples[(source, split)].append({"image": image_id, "corpus_key": keys[c], "distance": d})
+    summary.sets = [{"set": s, "split": sp, "images": n, "contaminated": hit, "fraction": hit / n if n else 0.0,
+                     "examples": examples[(s, sp)]} for (s, sp), (n, hit) in sorted(per_set.items(), key=str)]
+    if cfg.exclude and not cfg.dry_run and corpus_hits:
+        hit = sorted(corpus_hits)
+        update_rows(fs, root, pa.table({
+            "key": [keys[i] for i in hit], "status": [EXCLUDED] * len(hit),
+            "duplicate_of": [ids[corpus_hits[i][0]][2] for i in hit],
+            "dedup_strategy": [f"contamination {cfg.hash}<={cfg.threshold}"] * len(hit),
+            "dedup_distance": np.array([corpus_hits[i][1] for i in hit], np.float32)}))
+        summary.excluded = len(hit)
+    summary.seconds = time.perf_counter() - start
+    path = join(root, REPORT_DIR, "contamination.json")
+    put_bytes_atomic(fs, path, json.dumps(summary.as_dict(), indent=1).encode())
+    summary.report = full_url(fs, path)
+    return summary

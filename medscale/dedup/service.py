@@ -1,0 +1,184 @@
+"""`medscale dedup`: read a sharding output's manifest, decide duplicates with a strategy, record them in the
+manifest (shards untouched) and write a report; resumable by construction (a rerun recomputes and rewrites)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from medscale.core.config import DedupConfig
+from medscale.core.errors import InputError
+from medscale.core.executor import create_executor
+from medscale.core.storage import filesystem, full_url
+from medscale.data.manifest import DUPLICATE, HASH_COLUMNS, KEPT, read_manifest, update_rows
+from medscale.dedup.rehash import hash_shard
+from medscale.dedup.report import write_report
+from medscale.dedup.strategies import Corpus, create_strategy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DedupSummary:
+    """What a dedup run decided."""
+
+    output: str
+    strategy: str
+    samples: int = 0
+    kept: int = 0
+    duplicates: int = 0
+    groups: int = 0  # groups with at least one duplicate
+    seconds: float = 0.0
+    written: bool = False  # decisions recorded in the manifest (False for a dry run)
+    report: Optional[str] = None
+    by_source: List[Dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def reduction(self) -> float:
+        """Fraction of samples removed."""
+        return self.duplicates / self.samples if self.samples else 0.0
+
+    def format(self) -> str:
+        """A few human lines."""
+        lines = [f"medscale dedup {self.strategy} -> {self.output}",
+                 f"  {self.samples} samples: kept {self.kept}, duplicates {self.duplicates} "
+                 f"({100 * self.reduction:.1f}% removed) in {self.groups} groups, {self.seconds:.1f} s"
+                 + ("" if self.written else " (dry run: manifest unchanged)")]
+        for row in self.by_source:
+            lines.append(f"  {row['source']:<20} {row['modality'] or '-':<6} {row['samples']:>8} -> {row['kept']:>8}"
+                         f"  ({100 * row['reduction']:.1f}% removed)")
+        if self.report:
+            lines.append(f"  report: {self.report}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> Dict[str, Any]:
+        """JSON-ready."""
+        return {**asdict(self), "reduction": self.reduction}
+
+
+def eligible_mask(table: pa.Table) -> np.ndarray:
+    """Rows a strategy decides on: samples in shards whose status is kept or duplicate (not excluded or
+    quarantined; rows dropped while sharding have no shard)."""
+    status = table["status"].to_numpy(zero_copy_only=False)
+    has_shard = pc.is_valid(table["shard"]).to_numpy(zero_copy_only=False)
+    return has_shard & np.isin(status, [KEPT, DUPLICATE])
+
+
+def load_embeddings(url: str, keys: np.ndarray, storage_options: Dict[str, Any]) -> np.ndarray:
+    """`[N, D]` float32 rows of a Parquet file (`key`, `embedding`) aligned to `keys`; every key must be there."""
+    fs, path = filesystem(url, storage_options)
+    if not fs.exists(path):
+        raise InputError(f"embeddings file {url} does not exist; pass a Parquet file with columns key, embedding")
+    with fs.open(path, "rb") as fh:
+        table = pq.read_table(fh)
+    missing_cols = {"key", "embedding"} - set(table.column_names)
+    if missing_cols:
+        raise InputError(f"{url}: missing column(s) {sorted(missing_cols)}; expected key (string) and "
+                         f"embedding (list of floats)")
+    try:
+        matrix = np.stack(table["embedding"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{url}: column 'embedding' must hold equal-length lists of floats ({exc})") from exc
+    index = {k: i for i, k in enumerate(table["key"].to_pylist())}
+    missing = [k for k in keys if k not in index]
+    if missing:
+        raise InputError(f"{url}: no embedding for {len(missing)} of {len(keys)} samples (e.g. {missing[0]!r}); "
+                         "compute embeddings for every kept sample of the manifest")
+    return matrix[[index[k] for k in keys]]
+
+
+def rehash(url: str, cfg: DedupConfig) -> int:
+    """Compute the manifest's hash columns from the shards (Ray task per shard); returns samples hashed."""
+    fs, root = filesystem(url, cfg.storage_options)
+    table = read_manifest(fs, root, columns=["key", "shard"])
+    shards = sorted(set(s for s in table["shard"].to_pylist() if s))
+    executor = create_executor(cfg.executor, cfg.ray_address, cfg.num_cpus)
+    keys, values = [], {name: [] for name in HASH_COLUMNS}
+    try:
+        bar = tqdm(total=len(shards), desc="hash", unit="shard", disable=not cfg.progress)
+        for shard, result, error in executor.imap_unordered(hash_shard, shards, full_url(fs, root),
+                                                            cfg.storage_options):
+            if error is not None:
+                raise error
+            keys.extend(result[0])
+            for name in HASH_COLUMNS:
+                values[name].append(result[1][name])
+            bar.update(1)
+        bar.close()
+    finally:
+        executor.close()
+    if keys:
+        update = pa.table({"key": keys, **{n: np.concatenate(values[n]) for n in HASH_COLUMNS}})
+        update_rows(fs, root, update)
+    return len(keys)
+
+
+def _corpus(table: pa.Table, cfg: DedupConfig, url: str) -> Corpus:
+    hashes = table[cfg.hash]
+    if hashes.null_count:
+        raise InputError(
+            f"{url}: {hashes.null_count} of {len(table)} samples have no {cfg.hash} in the manifest (it was written "
+            f"before sharding computed hashes); run `medscale dedup {url} --rehash` to compute them from the shards")
+    if not pa.types.is_unsigned_integer(hashes.type) and not pa.types.is_integer(hashes.type):
+        raise InputError(f"{url}: manifest column {cfg.hash} has type {hashes.type}; expected uint64 hashes")
+    slices = table["slice"].to_numpy(zero_copy_only=False)
+    return Corpus(keys=np.array(table["key"].to_pylist(), dtype=object),
+                  hashes=hashes.to_numpy(zero_copy_only=False).astype(np.uint64),
+                  volumes=np.array(table["volume"].to_pylist(), dtype=object),
+                  slices=np.where(np.isnan(slices.astype(np.float64)), -1, slices).astype(np.int64))
+
+
+def run_dedup(url: str, cfg: DedupConfig) -> DedupSummary:
+    """Decide duplicates among the samples of the sharding output at `url` with `cfg.strategy`."""
+    start = time.perf_counter()
+    fs, root = filesystem(url, cfg.storage_options)
+    full = read_manifest(fs, root)
+    if not len(full):
+        raise InputError(f"{url}: no manifest with samples (looked for {url}/manifest.parquet); "
+                         "run `medscale shard` into this URL first")
+    strategy = create_strategy(cfg.strategy, **asdict(cfg))
+    table = full.filter(pa.array(eligible_mask(full)))
+    corpus = _corpus(table, cfg, url)
+    if cfg.strategy == "embedding":
+        if not cfg.embeddings:
+            raise InputError("strategy 'embedding' needs dedup.embeddings=PATH (Parquet with key, embedding)")
+        corpus.embeddings = load_embeddings(cfg.embeddings, corpus.keys, cfg.storage_options)
+    executor = create_executor(cfg.executor, cfg.ray_address, cfg.num_cpus)
+    try:
+        exemplar, distance = strategy.reduce(corpus, executor)
+    finally:
+        executor.close()
+    is_dup = exemplar != np.arange(len(corpus))
+    decisions = pa.table({
+        "key": corpus.keys.tolist(),
+        "status": np.where(is_dup, DUPLICATE, KEPT).tolist(),
+        "duplicate_of": [corpus.keys[e] if d else None for e, d in zip(exemplar, is_dup)],
+        "dedup_strategy": [strategy.describe()] * len(corpus),
+        "dedup_distance": distance.astype(np.float32),
+    })
+    summary = DedupSummary(output=full_url(fs, root), strategy=strategy.describe(), samples=len(corpus),
+                           kept=int((~is_dup).sum()), duplicates=int(is_dup.sum()),
+                           groups=len(np.unique(exemplar[is_dup])))
+    if not cfg.dry_run:
+        update_rows(fs, root, decisions)
+        summary.written = True
+    decided = _merge(table, decisions)
+    summary.by_source, summary.report = write_report(fs, root, decided, cfg, summary.strategy, cfg.examples)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _merge(table: pa.Table, decisions: pa.Table) -> pa.Table:
+    """`table` (the eligible rows, same order as `decisions`) with the decision columns replaced."""
+    for name in decisions.column_names[1:]:
+        table = table.set_column(table.schema.get_field_index(name), table.schema.field(name),
+                                 decisions[name].cast(table.schema.field(name).type))
+    return table

@@ -1,0 +1,162 @@
+"""The reduction strategies, one registry and one factory: `create_strategy("hash-volume", threshold=6)`.
+
+A strategy maps the eligible samples of a corpus to (exemplar index, distance) per sample; a sample whose
+exemplar is itself is kept. Work is fanned out through an executor (Ray tasks or in-process).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from medscale.core.executor import ordered_map
+from medscale.dedup.groups import exemplars, star_exemplars
+from medscale.dedup.lsh import LshPlan, merge_pairs, plan_lsh, table_pairs
+from medscale.dedup.semantic import cluster_duplicates, normalize, spherical_kmeans
+from medscale.dedup.volume import every_n, greedy_volume
+
+Decisions = Tuple[np.ndarray, np.ndarray]  # (exemplar index [N], distance [N])
+VOLUMES_PER_TASK = 256
+
+
+@dataclass
+class Corpus:
+    """The samples a strategy decides on, as aligned arrays."""
+
+    keys: np.ndarray  # [N] str
+    hashes: np.ndarray  # [N] uint64, the chosen hash
+    volumes: np.ndarray  # [N] volume id or None (2D images)
+    slices: np.ndarray  # [N] slice index within the volume (-1 for 2D images)
+    embeddings: Optional[np.ndarray] = None  # [N, D] for `embedding`
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def volume_groups(self) -> List[np.ndarray]:
+        """Indices of each volume's samples in slice order (2D images belong to none)."""
+        has = np.array([v is not None for v in self.volumes], bool)
+        idx = np.flatnonzero(has)
+        if not len(idx):
+            return []
+        vols = self.volumes[idx].astype(str)
+        order = idx[np.lexsort((self.slices[idx], vols))]
+        vols_sorted = self.volumes[order].astype(str)
+        cuts = np.flatnonzero(vols_sorted[1:] != vols_sorted[:-1]) + 1
+        return np.split(order, cuts)
+
+
+def _volume_task(batch: List[np.ndarray], threshold: int) -> List[Decisions]:
+    return [greedy_volume(hashes, threshold) for hashes in batch]
+
+
+def _table_task(table: int, hashes: np.ndarray, plan: LshPlan) -> np.ndarray:
+    return table_pairs(hashes, plan, table)
+
+
+def cross_table_task(table: int, hashes: np.ndarray, plan: LshPlan, groups: np.ndarray) -> np.ndarray:
+    return table_pairs(hashes, plan, table, groups)
+
+
+def _cluster_task(item: Tuple[np.ndarray, np.ndarray], eps: float) -> Decisions:
+    x, centroid = item
+    return cluster_duplicates(x, centroid, eps)
+
+
+class HashVolume:
+    """Less is More's Hash-k: greedy per volume in slice order; 2D images are left alone."""
+
+    def __init__(self, hash: str = "dhash", threshold: int = 6, **_: object) -> None:
+        self.hash, self.threshold = hash, threshold
+
+    def describe(self) -> str:
+        return f"hash-volume {self.hash}<={self.threshold}"
+
+    def reduce(self, corpus: Corpus, executor) -> Decisions:
+        exemplar, distance = np.arange(len(corpus)), np.zeros(len(corpus), np.float32)
+        groups = corpus.volume_groups()
+        batches = [groups[i:i + VOLUMES_PER_TASK] for i in range(0, len(groups), VOLUMES_PER_TASK)]
+        items = [[corpus.hashes[g] for g in batch] for batch in batches]
+        for batch, decided in zip(batches, ordered_map(executor, _volume_task, items, self.threshold)):
+            for members, (ex, dist) in zip(batch, decided):
+                exemplar[members] = members[ex]
+                distance[members] = dist
+        return exemplar, distance
+
+
+class HashGlobal:
+    """Near-duplicates across the whole corpus: LSH candidates verified by exact Hamming, connected groups."""
+
+    def __init__(self, hash: str = "dhash", threshold: int = 6, lsh_recall: float = 0.995, lsh_seed: int = 0,
+                 groups: str = "star", **_: object) -> None:
+        if groups not in ("star", "connected"):
+            raise ValueError(f"groups must be 'star' or 'connected', got {groups!r}")
+        self.hash, self.threshold, self.recall, self.seed, self.groups = hash, threshold, lsh_recall, lsh_seed, groups
+
+    def describe(self) -> str:
+        return f"hash-global {self.hash}<={self.threshold} {self.groups}"
+
+    def reduce(self, corpus: Corpus, executor) -> Decisions:
+        # equal hashes are duplicates at distance 0: search among distinct values, each stood for by its first row
+        unique, first, inverse = np.unique(corpus.hashes, return_index=True, return_inverse=True)
+        plan = plan_lsh(len(unique), self.threshold, self.recall, seed=self.seed)
+        pairs = merge_pairs(ordered_map(executor, _table_task, list(range(plan.tables)), unique, plan))
+        if self.groups == "star":
+            value_exemplar = star_exemplars(len(unique), pairs, rank=first)
+        else:
+            value_exemplar = exemplars(len(unique), pairs, rank=first)[0]
+        exemplar = first[value_exemplar[inverse.reshape(-1)]]
+        distance = np.bitwise_count(corpus.hashes ^ corpus.hashes[exemplar]).astype(np.float32)
+        return exemplar, distance
+
+
+class EveryN:
+    """Keep slices 0, n, 2n... of each volume (the baseline of the Less-is-More paper); 2D images stay."""
+
+    def __init__(self, every_n: int = 2, **_: object) -> None:
+        self.n = every_n
+
+    def describe(self) -> str:
+        return f"every-n n={self.n}"
+
+    def reduce(self, corpus: Corpus, executor) -> Decisions:
+        exemplar = np.arange(len(corpus))
+        for members in corpus.volume_groups():
+            exemplar[members] = members[every_n(len(members), self.n)]
+        return exemplar, np.zeros(len(corpus), np.float32)
+
+
+class Embedding:
+    """SemDeDup: spherical k-means on embeddings, then cosine similarity > 1 - eps inside a cluster."""
+
+    def __init__(self, eps: float = 0.05, clusters: int = 0, lsh_seed: int = 0, **_: object) -> None:
+        self.eps, self.clusters, self.seed = eps, clusters, lsh_seed
+
+    def describe(self) -> str:
+        return f"embedding cos>{1 - self.eps:.4g}"
+
+    def reduce(self, corpus: Corpus, executor) -> Decisions:
+        if corpus.embeddings is None:
+            raise ValueError("the embedding strategy needs embeddings (dedup.embeddings)")
+        x = normalize(corpus.embeddings)
+        k = self.clusters or max(1, int(round(np.sqrt(len(x)))))
+        centroids, assign = spherical_kmeans(x, k, seed=self.seed)
+        clusters = [np.flatnonzero(assign == c) for c in np.unique(assign)]
+        items = [(x[m], centroids[assign[m[0]]]) for m in clusters]
+        exemplar, distance = np.arange(len(x)), np.zeros(len(x), np.float32)
+        for members, (ex, dist) in zip(clusters, ordered_map(executor, _cluster_task, items, self.eps)):
+            exemplar[members] = members[ex]
+            distance[members] = dist
+        return exemplar, distance
+
+
+STRATEGIES: Dict[str, type] = {"hash-volume": HashVolume, "hash-global": HashGlobal, "every-n": EveryN,
+                               "embedding": Embedding}
+
+
+def create_strategy(name: str, **params: object):
+    """The strategy registered as `name`, built with its parameters (unknown parameters are ignored)."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name](**params)
