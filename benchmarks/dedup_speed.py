@@ -1,10 +1,16 @@
-"""Hashing speed: medscale's batched aHash/dHash/pHash vs `imagehash` called per image, on the same decoded images.
+"""Dedup speed, each figure beside a baseline run in the same process.
 
-Run: `python benchmarks/dedup_speed.py`. (The global-search part of issue 3's benchmark is not built yet.)
+1. Hashing: medscale's batched aHash/dHash/pHash vs `imagehash` called per image, on the same decoded images.
+2. Global search: all pairs within Hamming distance k among 1,000,000 64-bit hashes with planted near pairs:
+   LSH + exact verification vs exact brute force on a subsample, scaled up by (N / n)^2. Time, peak RSS, recall.
+
+Run: `python benchmarks/dedup_speed.py [--n 1000000] [--skip-hashing] [--ray]`.
 """
 
 from __future__ import annotations
 
+import argparse
+import resource
 import sys
 import time
 from pathlib import Path
@@ -14,11 +20,13 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from medscale.core.executor import LocalExecutor, RayExecutor, ordered_map  # noqa: E402
 from medscale.dedup.hashes import average_hash, dhash, phash  # noqa: E402
+from medscale.dedup.lsh import brute_force_pairs, merge_pairs, plan_lsh, table_pairs  # noqa: E402
 from medscale.demo import DEMO_DATA  # noqa: E402
 
 
-def main() -> None:
+def hashing() -> None:
     base = np.load(DEMO_DATA / "medmnist" / "pneumoniamnist_28.npz")["train_images"]
     batches = {
         "28 px (MedMNIST)": base[:4000],
@@ -41,6 +49,63 @@ def main() -> None:
             assert [bytes(h).hex() for h in got] == [str(r) for r in ref]  # same bits, or the race means nothing
             n = len(images)
             print(f"| {label} | {ours.__name__} | {n / base_s:.0f} | {n / ours_s:.0f} | {base_s / ours_s:.1f}x |")
+
+
+def planted_hashes(n: int, pairs: int, k: int, seed: int = 0):
+    """`n` random 64-bit hashes where `pairs` later ones are copies of earlier ones with 0..k bits flipped."""
+    rng = np.random.default_rng(seed)
+    hashes = rng.integers(0, 2 ** 64, n, dtype=np.uint64)
+    src = rng.choice(n // 2, pairs, replace=False)
+    dst = n // 2 + rng.choice(n - n // 2, pairs, replace=False)
+    flips = np.zeros(pairs, np.uint64)
+    for i, count in enumerate(rng.integers(0, k + 1, pairs)):
+        for bit in rng.choice(64, count, replace=False):
+            flips[i] |= np.uint64(1) << np.uint64(bit)
+    hashes[dst] = hashes[src] ^ flips
+    return hashes, src, dst
+
+
+def global_search(n: int, k: int, use_ray: bool) -> None:
+    hashes, src, dst = planted_hashes(n, pairs=n // 100, k=k)
+    sub = 40_000
+    t = time.perf_counter()
+    brute_force_pairs(hashes[:sub], k)
+    brute_s = (time.perf_counter() - t) * (n / sub) ** 2
+    executor = RayExecutor() if use_ray else LocalExecutor()
+    try:
+        t = time.perf_counter()
+        plan = plan_lsh(n, k, recall=0.995)
+        pairs = merge_pairs(ordered_map(executor, _table, list(range(plan.tables)), hashes, plan))
+        lsh_s = time.perf_counter() - t
+    finally:
+        executor.close()
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    code = set((np.minimum(src, dst) * n + np.maximum(src, dst)).tolist())
+    found = set((pairs[:, 0] * n + pairs[:, 1]).tolist())
+    recall = len(code & found) / len(code)
+    where = "Ray (all cores)" if use_ray else "1 process"
+    print(f"\n| hashes | k | method | seconds | peak RSS (driver) | recall of {len(code)} planted pairs |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {n:,} | {k} | brute force (measured on {sub:,}, x(N/n)^2) | {brute_s:,.0f} | - | 1.0 |")
+    print(f"| {n:,} | {k} | LSH {plan.tables} tables x {plan.bits} bits, {where} | {lsh_s:.1f} | "
+          f"{peak_gib:.2f} GiB | {recall:.4f} |")
+    print(f"speed-up vs brute force: {brute_s / lsh_s:,.0f}x; pairs found {len(pairs):,}")
+
+
+def _table(table: int, hashes: np.ndarray, plan) -> np.ndarray:
+    return table_pairs(hashes, plan, table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("-k", type=int, default=6)
+    parser.add_argument("--skip-hashing", action="store_true")
+    parser.add_argument("--ray", action="store_true", help="run the LSH tables as Ray tasks")
+    args = parser.parse_args()
+    if not args.skip_hashing:
+        hashing()
+    global_search(args.n, args.k, args.ray)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,13 @@ def _demo(args: argparse.Namespace, extra: List[str]) -> int:
     print(f"demo corpus: {len(cfg.shard.inputs)} inputs -> {cfg.shard.output}")
     summary = run_sharding(cfg.shard)
     print(summary.format())
+    # then the Less-is-More reduction of the same corpus, recorded in its manifest (the shards stay as they are)
+    from medscale.dedup.service import run_dedup
+
+    if cfg.dedup.strategy in ("hash-volume", "every-n"):
+        cfg.dedup.executor = "local"  # a few ms of work: not worth starting Ray again
+    cfg.dedup.progress = cfg.shard.progress
+    print(run_dedup(cfg.shard.output, cfg.dedup).format())
     return 0
 
 

@@ -26,9 +26,12 @@ def test_demo_shards_the_bundled_real_corpus(tmp_path, capsys):
                  "shard.max_size=128"]) == 0
     text = capsys.readouterr().out
     assert "images/s" in text and "quarantined" in text
+    assert "medscale dedup hash-volume dhash<=6" in text and (out / "dedup" / "groups.png").exists()
     rows = read_manifest(*filesystem(str(out))).to_pylist()
     kinds = {r["kind"] for r in rows if r["status"] == "kept"}
     assert kinds == {"npz", "dicom", "nifti"}
     modalities = {r["modality"] for r in rows if r["status"] == "kept"}
     assert {"US", "CR", "CT", "MR"} <= modalities
     assert max(r["width"] for r in rows if r["status"] == "kept") <= 128
+    dups = [r for r in rows if r["status"] == "duplicate"]
+    assert dups and all(r["volume"] is not None and r["shard"] for r in dups)  # decided per volume, in shards
