@@ -72,7 +72,7 @@ def _dedup(args: argparse.Namespace, extra: List[str]) -> int:
 
     _, overrides = split_overrides(extra)
     for flag, key in [("strategy", "strategy"), ("hash", "hash"), ("threshold", "threshold"), ("every_n", "every_n"),
-                      ("embeddings", "embeddings"), ("eps", "eps"), ("executor", "executor"),
+                      ("embeddings", "embeddings"), ("backbone", "backbone"), ("eps", "eps"), ("verify", "verify"), ("executor", "executor"),
                       ("ray_address", "ray_address")]:
         value = getattr(args, flag)
         if value is not None:
@@ -127,8 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", "-s", choices=["hash-volume", "hash-global", "embedding", "every-n"])
     p.add_argument("--hash", choices=["ahash", "dhash", "phash"], help="which 64-bit hash (default dhash)")
     p.add_argument("--threshold", "-k", type=int, help="Hamming distance for near-duplicates (default 6)")
+    p.add_argument("--verify", help="also require a summed distance on other hashes, e.g. 'dhash+ahash<=16'")
     p.add_argument("--every-n", type=int, help="every-n: keep every n-th slice of a volume")
     p.add_argument("--embeddings", help="embedding: Parquet file with key, embedding")
+    p.add_argument("--backbone", help="embedding: an exported backbone folder (card.json + backbone.safetensors)")
     p.add_argument("--eps", type=float, help="embedding: duplicates when cosine similarity > 1 - eps")
     p.add_argument("--against", nargs="+", metavar="SOURCE",
                    help="contamination check: evaluation sets (npz, folders, files; NAME=PATH names a set)")

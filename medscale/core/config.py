@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -65,8 +65,10 @@ class DedupConfig:
     every_n: int = 2  # every-n: keep slices 0, n, 2n... of each volume
     lsh_recall: float = 0.995  # hash-global / contamination: expected recall of pairs at `threshold`
     lsh_seed: int = 0
+    verify: Optional[str] = None  # hash-global / contamination: also require e.g. "dhash+ahash<=16"
     groups: str = "star"  # hash-global: star (each duplicate within threshold of its exemplar) | connected
     embeddings: Optional[str] = None  # embedding: Parquet with `key` and `embedding` (list of floats)
+    backbone: Optional[str] = None  # embedding: an exported backbone folder (card.json + backbone.safetensors)
     eps: float = 0.05  # embedding: duplicates when cosine similarity > 1 - eps
     clusters: int = 0  # embedding: k-means clusters; 0 = about sqrt(N)
     against: List[str] = field(default_factory=list)  # evaluation sets for the contamination check
@@ -180,11 +182,29 @@ def validate(cfg: MedscaleConfig, origin: str = "config") -> None:
     _validate_dedup(cfg.dedup, origin)
 
 
+def parse_verify(spec: str, names: Tuple[str, ...] = HASH_NAMES) -> Tuple[Tuple[str, ...], int]:
+    """`"dhash+ahash<=16"` -> (("dhash", "ahash"), 16): a pair also needs the summed distance of these hashes."""
+    try:
+        left, bound = spec.replace(" ", "").split("<=")
+        hashes, limit = tuple(left.split("+")), int(bound)
+    except ValueError:
+        raise ValueError(f"verify rule {spec!r} must look like 'dhash+ahash<=16'") from None
+    unknown = [h for h in hashes if h not in names]
+    if unknown or limit < 0:
+        raise ValueError(f"verify rule {spec!r}: hashes must be among {', '.join(names)} and the bound >= 0")
+    return hashes, limit
+
+
 def _validate_dedup(d: DedupConfig, origin: str) -> None:
     _check(d.strategy in STRATEGY_NAMES, origin, "dedup.strategy", " | ".join(STRATEGY_NAMES), d.strategy)
     _check(d.hash in HASH_NAMES, origin, "dedup.hash", " | ".join(HASH_NAMES), d.hash)
     _check(0 <= d.threshold < 32, origin, "dedup.threshold", "0..31 (bits of a 64-bit hash)", d.threshold)
     _check(d.groups in ("star", "connected"), origin, "dedup.groups", "'star' or 'connected'", d.groups)
+    if d.verify is not None:
+        try:
+            parse_verify(d.verify, HASH_NAMES)
+        except ValueError as exc:
+            raise ConfigError(f"{origin}: bad value for key 'dedup.verify': {exc}") from None
     _check(d.every_n >= 1, origin, "dedup.every_n", "an int >= 1", d.every_n)
     _check(0.0 < d.lsh_recall < 1.0, origin, "dedup.lsh_recall", "a number in (0, 1)", d.lsh_recall)
     _check(0.0 <= d.eps < 1.0, origin, "dedup.eps", "a number in [0, 1)", d.eps)

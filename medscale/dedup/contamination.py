@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from medscale.core.config import DedupConfig, ShardConfig
+from medscale.core.config import DedupConfig, ShardConfig, parse_verify
 from medscale.core.errors import InputError
 from medscale.core.executor import create_executor, ordered_map
 from medscale.core.storage import filesystem, full_url, join, put_bytes_atomic
@@ -24,7 +24,7 @@ from medscale.data.ingest import iter_item
 from medscale.data.manifest import EXCLUDED, read_manifest, update_rows
 from medscale.data.plan import WorkUnit, expand_inputs, plan_units, scan_batch
 from medscale.dedup.hashes import hash_images
-from medscale.dedup.lsh import merge_pairs, plan_lsh
+from medscale.dedup.lsh import merge_pairs, plan_lsh, verified
 from medscale.dedup.report import REPORT_DIR
 from medscale.dedup.strategies import cross_table_task
 
@@ -55,8 +55,8 @@ class ContaminationSummary:
         return asdict(self)
 
 
-def hash_eval_unit(unit: WorkUnit, shard_cfg: ShardConfig, hash_name: str) -> Tuple[List[Tuple], np.ndarray]:
-    """([(set, split, image id)], uint64 hashes) of every image of one unit of an evaluation set (a Ray task)."""
+def hash_eval_unit(unit: WorkUnit, shard_cfg: ShardConfig, names: Tuple[str, ...]) -> Tuple[List[Tuple], np.ndarray]:
+    """([(set, split, image id)], uint64 hashes `[N, len(names)]`) of every image of one evaluation-set unit."""
     ids, images = [], []
     for item in unit.items:
         for produced in iter_item(item, shard_cfg, unit.unit_id):
@@ -67,10 +67,11 @@ def hash_eval_unit(unit: WorkUnit, shard_cfg: ShardConfig, hash_name: str) -> Tu
                                          (f"#{fields['slice']}" if fields.get("slice") is not None else ""))
             ids.append((item.source, fields.get("split"), image_id))
             images.append(pixels)
-    return ids, hash_images(images, (hash_name,))[hash_name]
+    hashes = hash_images(images, names)
+    return ids, np.stack([hashes[n] for n in names], axis=1) if images else np.zeros((0, len(names)), np.uint64)
 
 
-def _eval_hashes(cfg: DedupConfig, executor) -> Tuple[List[Tuple], np.ndarray]:
+def _eval_hashes(cfg: DedupConfig, executor, names: Tuple[str, ...]) -> Tuple[List[Tuple], np.ndarray]:
     shard_cfg = ShardConfig(storage_options=cfg.storage_options, progress=False)
     files = expand_inputs(cfg.against, cfg.storage_options)
     scans = [r for batch in ordered_map(executor, scan_batch, [files[i:i + 256] for i in range(0, len(files), 256)],
@@ -81,31 +82,37 @@ def _eval_hashes(cfg: DedupConfig, executor) -> Tuple[List[Tuple], np.ndarray]:
     units = plan_units(scans, 2000, 0, set(), {}, {})
     ids: List[Tuple] = []
     hashes = []
-    for unit_ids, unit_hashes in ordered_map(executor, hash_eval_unit, units, shard_cfg, cfg.hash):
+    for unit_ids, unit_hashes in ordered_map(executor, hash_eval_unit, units, shard_cfg, names):
         ids.extend(unit_ids)
         hashes.append(unit_hashes)
-    return ids, (np.concatenate(hashes) if hashes else np.zeros(0, np.uint64))
+    return ids, (np.concatenate(hashes) if hashes else np.zeros((0, len(names)), np.uint64))
 
 
 def run_contamination(url: str, cfg: DedupConfig) -> ContaminationSummary:
     """Match every image of `cfg.against` against the shards at `url`; optionally mark corpus hits excluded."""
     start = time.perf_counter()
     fs, root = filesystem(url, cfg.storage_options)
-    table = read_manifest(fs, root, columns=["key", "shard", "status", cfg.hash])
+    verify, limit = parse_verify(cfg.verify) if cfg.verify else ((), 0)
+    names = (cfg.hash,) + tuple(verify)
+    table = read_manifest(fs, root, columns=["key", "shard", "status", *dict.fromkeys(names)])
     table = table.filter(pc.is_valid(table["shard"]))
     if not len(table):
         raise InputError(f"{url}: no manifest with samples; run `medscale shard` into this URL first")
-    if table[cfg.hash].null_count:
-        raise InputError(f"{url}: samples without {cfg.hash} in the manifest; run `medscale dedup {url} --rehash`")
-    corpus = table[cfg.hash].to_numpy(zero_copy_only=False).astype(np.uint64)
+    for name in names:
+        if table[name].null_count:
+            raise InputError(f"{url}: samples without {name} in the manifest; run `medscale dedup {url} --rehash`")
+    corpus_all = np.stack([table[n].to_numpy(zero_copy_only=False).astype(np.uint64) for n in names], axis=1)
+    corpus = corpus_all[:, 0]
     keys = table["key"].to_pylist()
     executor = create_executor(cfg.executor, cfg.ray_address, cfg.num_cpus)
     try:
-        ids, evals = _eval_hashes(cfg, executor)
+        ids, eval_all = _eval_hashes(cfg, executor, names)
+        evals = eval_all[:, 0]
         hashes = np.concatenate([corpus, evals])
         groups = np.concatenate([np.zeros(len(corpus), np.int8), np.ones(len(evals), np.int8)])
         plan = plan_lsh(len(hashes), cfg.threshold, cfg.lsh_recall, seed=cfg.lsh_seed)
         pairs = merge_pairs(ordered_map(executor, cross_table_task, list(range(plan.tables)), hashes, plan, groups))
+        pairs = verified(pairs, np.concatenate([corpus_all, eval_all])[:, 1:], limit)
     finally:
         executor.close()
     summary = ContaminationSummary(output=full_url(fs, root), hash=cfg.hash, threshold=cfg.threshold)

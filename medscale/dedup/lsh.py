@@ -127,3 +127,11 @@ def brute_force_pairs(hashes: np.ndarray, threshold: int, block: int = 2048) -> 
         i, j = i[keep], j[keep]
         found.append(np.stack([i + s, j + s, dist[i, j].astype(np.int64)], axis=1))
     return np.concatenate(found) if found else np.zeros((0, 3), np.int64)
+
+
+def verified(pairs: np.ndarray, extra: np.ndarray, limit: int) -> np.ndarray:
+    """Keep the pairs whose summed Hamming distance over the columns of `extra: [N, m]` uint64 is <= limit."""
+    if not len(pairs) or extra.shape[1] == 0:
+        return pairs
+    dist = np.bitwise_count(extra[pairs[:, 0]] ^ extra[pairs[:, 1]]).sum(axis=1)
+    return pairs[dist <= limit]

@@ -3,6 +3,7 @@ manifest (shards untouched) and write a report; resumable by construction (a rer
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,13 +15,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from medscale.core.config import DedupConfig
+from medscale.core.config import DedupConfig, parse_verify
 from medscale.core.errors import InputError
-from medscale.core.executor import create_executor
-from medscale.core.storage import filesystem, full_url
+from medscale.core.card import load_backbone
+from medscale.core.executor import create_executor, ordered_map
+from medscale.core.storage import filesystem, full_url, join, put_bytes_atomic
 from medscale.data.manifest import DUPLICATE, HASH_COLUMNS, KEPT, read_manifest, update_rows
+from medscale.dedup.embed import embed_shard
 from medscale.dedup.rehash import hash_shard
-from medscale.dedup.report import write_report
+from medscale.dedup.report import REPORT_DIR, write_report
 from medscale.dedup.strategies import Corpus, create_strategy
 
 logger = logging.getLogger(__name__)
@@ -121,6 +124,28 @@ def rehash(url: str, cfg: DedupConfig) -> int:
     return len(keys)
 
 
+def embed_corpus(fs, root: str, shards: List[str], cfg: DedupConfig, executor) -> str:
+    """Embed every sample of `shards` with `cfg.backbone` (Ray task per shard); write and return
+    `ROOT/dedup/embeddings.parquet` (key, embedding)."""
+    keys: List[str] = []
+    parts = []
+    bar = tqdm(total=len(shards), desc="embed", unit="shard", disable=not cfg.progress)
+    for shard_keys, vectors in ordered_map(executor, embed_shard, shards, full_url(fs, root), cfg.backbone,
+                                           cfg.storage_options):
+        keys.extend(shard_keys)
+        parts.append(vectors)
+        bar.update(1)
+    bar.close()
+    matrix = np.concatenate(parts)
+    table = pa.table({"key": keys, "embedding": pa.FixedSizeListArray.from_arrays(
+        pa.array(matrix.reshape(-1), pa.float32()), matrix.shape[1])})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    path = join(root, REPORT_DIR, "embeddings.parquet")
+    put_bytes_atomic(fs, path, buf.getvalue())
+    return full_url(fs, path)
+
+
 def _corpus(table: pa.Table, cfg: DedupConfig, url: str) -> Corpus:
     hashes = table[cfg.hash]
     if hashes.null_count:
@@ -130,7 +155,14 @@ def _corpus(table: pa.Table, cfg: DedupConfig, url: str) -> Corpus:
     if not pa.types.is_unsigned_integer(hashes.type) and not pa.types.is_integer(hashes.type):
         raise InputError(f"{url}: manifest column {cfg.hash} has type {hashes.type}; expected uint64 hashes")
     slices = table["slice"].to_numpy(zero_copy_only=False)
-    return Corpus(keys=np.array(table["key"].to_pylist(), dtype=object),
+    verify = parse_verify(cfg.verify)[0] if cfg.verify else ()
+    for name in verify:
+        if table[name].null_count:
+            raise InputError(f"{url}: samples without {name} (needed by dedup.verify); run `medscale dedup {url} "
+                             "--rehash`")
+    extra = np.stack([table[n].to_numpy(zero_copy_only=False).astype(np.uint64) for n in verify], axis=1) \
+        if verify else None
+    return Corpus(extra=extra, keys=np.array(table["key"].to_pylist(), dtype=object),
                   hashes=hashes.to_numpy(zero_copy_only=False).astype(np.uint64),
                   volumes=np.array(table["volume"].to_pylist(), dtype=object),
                   slices=np.where(np.isnan(slices.astype(np.float64)), -1, slices).astype(np.int64))
@@ -147,12 +179,17 @@ def run_dedup(url: str, cfg: DedupConfig) -> DedupSummary:
     strategy = create_strategy(cfg.strategy, **asdict(cfg))
     table = full.filter(pa.array(eligible_mask(full)))
     corpus = _corpus(table, cfg, url)
-    if cfg.strategy == "embedding":
-        if not cfg.embeddings:
-            raise InputError("strategy 'embedding' needs dedup.embeddings=PATH (Parquet with key, embedding)")
+    if cfg.strategy == "embedding" and not (cfg.embeddings or cfg.backbone):
+        raise InputError("strategy 'embedding' needs dedup.embeddings=PATH (Parquet with key, embedding) or "
+                         "dedup.backbone=DIR (an exported backbone: card.json + backbone.safetensors)")
+    if cfg.strategy == "embedding" and cfg.embeddings:
         corpus.embeddings = load_embeddings(cfg.embeddings, corpus.keys, cfg.storage_options)
     executor = create_executor(cfg.executor, cfg.ray_address, cfg.num_cpus)
     try:
+        if cfg.strategy == "embedding" and corpus.embeddings is None:
+            load_backbone(cfg.backbone)  # fail early, in the driver, on a wrong folder
+            path = embed_corpus(fs, root, sorted(set(table["shard"].to_pylist())), cfg, executor)
+            corpus.embeddings = load_embeddings(path, corpus.keys, cfg.storage_options)
         exemplar, distance = strategy.reduce(corpus, executor)
     finally:
         executor.close()

@@ -13,7 +13,8 @@ import numpy as np
 
 from medscale.core.executor import ordered_map
 from medscale.dedup.groups import exemplars, star_exemplars
-from medscale.dedup.lsh import LshPlan, merge_pairs, plan_lsh, table_pairs
+from medscale.core.config import parse_verify
+from medscale.dedup.lsh import LshPlan, merge_pairs, plan_lsh, table_pairs, verified
 from medscale.dedup.semantic import cluster_duplicates, normalize, spherical_kmeans
 from medscale.dedup.volume import every_n, greedy_volume
 
@@ -30,6 +31,7 @@ class Corpus:
     volumes: np.ndarray  # [N] volume id or None (2D images)
     slices: np.ndarray  # [N] slice index within the volume (-1 for 2D images)
     embeddings: Optional[np.ndarray] = None  # [N, D] for `embedding`
+    extra: Optional[np.ndarray] = None  # [N, m] uint64: the hashes a `verify` rule checks
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -89,19 +91,28 @@ class HashGlobal:
     """Near-duplicates across the whole corpus: LSH candidates verified by exact Hamming, connected groups."""
 
     def __init__(self, hash: str = "dhash", threshold: int = 6, lsh_recall: float = 0.995, lsh_seed: int = 0,
-                 groups: str = "star", **_: object) -> None:
+                 groups: str = "star", verify: Optional[str] = None, **_: object) -> None:
         if groups not in ("star", "connected"):
             raise ValueError(f"groups must be 'star' or 'connected', got {groups!r}")
         self.hash, self.threshold, self.recall, self.seed, self.groups = hash, threshold, lsh_recall, lsh_seed, groups
+        self.verify = verify
+        self.verify_hashes, self.verify_limit = parse_verify(verify) if verify else ((), 0)
 
     def describe(self) -> str:
-        return f"hash-global {self.hash}<={self.threshold} {self.groups}"
+        check = f" verify {self.verify.replace(' ', '')}" if self.verify else ""
+        return f"hash-global {self.hash}<={self.threshold}{check} {self.groups}"
 
     def reduce(self, corpus: Corpus, executor) -> Decisions:
-        # equal hashes are duplicates at distance 0: search among distinct values, each stood for by its first row
-        unique, first, inverse = np.unique(corpus.hashes, return_index=True, return_inverse=True)
+        extra = corpus.extra if self.verify else np.zeros((len(corpus), 0), np.uint64)
+        if extra is None or extra.shape != (len(corpus), len(self.verify_hashes)):
+            raise ValueError(f"verify rule {self.verify!r} needs the hashes {self.verify_hashes} in corpus.extra")
+        # equal hash rows are duplicates at distance 0: search among distinct rows, each stood for by its first row
+        rows = np.concatenate([corpus.hashes[:, None], extra], axis=1)
+        unique, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
         plan = plan_lsh(len(unique), self.threshold, self.recall, seed=self.seed)
-        pairs = merge_pairs(ordered_map(executor, _table_task, list(range(plan.tables)), unique, plan))
+        pairs = merge_pairs(ordered_map(executor, _table_task, list(range(plan.tables)),
+                                        np.ascontiguousarray(unique[:, 0]), plan))
+        pairs = verified(pairs, unique[:, 1:], self.verify_limit)
         if self.groups == "star":
             value_exemplar = star_exemplars(len(unique), pairs, rank=first)
         else:

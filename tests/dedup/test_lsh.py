@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from medscale.dedup.groups import exemplars, star_exemplars
 from medscale.dedup.lsh import brute_force_pairs, near_pairs, plan_lsh, table_pairs, table_recall
@@ -51,3 +52,16 @@ def test_star_vs_connected_on_a_chain():
     assert connected.tolist() == [0, 0, 0, 0]
     assert star_exemplars(4, pairs).tolist() == [0, 0, 2, 2]  # 2 is not within reach of 0: its own exemplar
     assert star_exemplars(5, np.zeros((0, 3), int)).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_verify_rule_filters_pairs_and_is_validated():
+    from medscale.core.config import load_config, parse_verify
+    from medscale.core.errors import ConfigError
+    from medscale.dedup.lsh import verified
+
+    assert parse_verify("dhash + ahash<=16") == (("dhash", "ahash"), 16)
+    with pytest.raises(ConfigError, match="dedup.verify"):
+        load_config(None, ["dedup.verify=colour<=3"])
+    pairs = np.array([[0, 1, 2], [0, 2, 2]])
+    extra = np.array([[0], [0b111], [0b1]], np.uint64)  # item 1 is 3 bits away on the second hash, item 2 one bit
+    assert verified(pairs, extra, 2).tolist() == [[0, 2, 2]]

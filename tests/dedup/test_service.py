@@ -101,6 +101,23 @@ def test_hash_global_finds_planted_copies_across_sources(corpus, tmp_path):
     assert Image.open(report / "groups.png").size[0] > 0
 
 
+def test_verified_phash_finds_the_planted_copies(corpus, tmp_path):
+    out = _fresh(corpus, tmp_path)
+    summary = run_dedup(str(out), DedupConfig(strategy="hash-global", hash="phash", threshold=4,
+                                              verify="dhash+ahash<=16", executor="local", progress=False))
+    assert "verify dhash+ahash<=16" in summary.strategy
+    rows = _table(out)
+    orig = {r["frame"]: r for r in rows.values() if r["source"] == "breast" and r["split"] == "test"}
+    copies = [r for r in rows.values() if r["source"] == "copies"]
+    grouped = 0
+    for r in copies:
+        o = orig[int(r["path"].rsplit("copy", 1)[1][:3])]
+        ex_copy = r["duplicate_of"] or r["key"]
+        ex_orig = o["duplicate_of"] or o["key"]
+        grouped += ex_copy == ex_orig
+    assert grouped >= 0.9 * PLANTED
+
+
 def test_hash_volume_is_per_volume_in_slice_order(corpus, tmp_path):
     out = _fresh(corpus, tmp_path)
     run_dedup(str(out), DedupConfig(strategy="hash-volume", threshold=12, executor="local", progress=False))
@@ -198,6 +215,28 @@ def test_embedding_strategy_with_an_embeddings_file(corpus, tmp_path):
     summary = run_dedup(str(out), DedupConfig(strategy="embedding", embeddings=str(tmp_path / "e.parquet"),
                                               eps=0.01, executor="local", progress=False))
     assert summary.samples == len(keys) and summary.duplicates >= 1
+
+
+def test_embedding_strategy_with_an_exported_backbone(corpus, tmp_path):
+    import timm
+    import torch
+
+    from medscale.core.card import save_backbone
+    from tests.core.test_card import CARD
+
+    torch.manual_seed(0)
+    save_backbone(timm.create_model(CARD["model"], pretrained=False, **CARD["kwargs"]), tmp_path / "export", CARD)
+    out = _fresh(corpus, tmp_path)
+    summary = run_dedup(str(out), DedupConfig(strategy="embedding", backbone=str(tmp_path / "export"), eps=0.002,
+                                              executor="local", progress=False))
+    import pyarrow.parquet as pq
+    emb = pq.read_table(out / "dedup" / "embeddings.parquet")
+    assert emb.num_rows == summary.samples and len(emb["embedding"][0]) == 512
+    rows = _table(out)
+    dups = [r for r in rows.values() if r["status"] == "duplicate"]
+    assert all(rows[r["duplicate_of"]]["status"] == "kept" and r["dedup_distance"] >= 0 for r in dups)
+    with pytest.raises(InputError, match="not an exported backbone"):
+        run_dedup(str(out), DedupConfig(strategy="embedding", backbone=str(tmp_path), executor="local"))
 
 
 @pytest.mark.slow
