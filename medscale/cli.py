@@ -87,6 +87,11 @@ def _dedup(args: argparse.Namespace, extra: List[str]) -> int:
         print(f"hashed {rehash(args.url, cfg)} samples from the shards of {args.url}")
     summary = run_contamination(args.url, cfg) if cfg.against else run_dedup(args.url, cfg)
     print(json.dumps(summary.as_dict()) if args.json else summary.format())
+    if args.write_kept:
+        from medscale.dedup.compact import write_kept
+
+        compacted = write_kept(args.url, args.write_kept, cfg)
+        print(json.dumps(compacted.as_dict()) if args.json else compacted.format())
     return 0
 
 
@@ -135,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--against", nargs="+", metavar="SOURCE",
                    help="contamination check: evaluation sets (npz, folders, files; NAME=PATH names a set)")
     p.add_argument("--exclude", action="store_true", help="with --against: mark matching corpus samples excluded")
+    p.add_argument("--write-kept", metavar="OUTPUT", help="then write new shards holding only the kept samples")
     p.add_argument("--rehash", action="store_true", help="first compute the manifest's hashes from the shards")
     p.add_argument("--dry-run", action="store_true", help="report only; leave the manifest unchanged")
     p.add_argument("--config", "-c", help="YAML config file")

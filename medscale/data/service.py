@@ -53,7 +53,7 @@ class ShardSummary:
         return asdict(self)
 
 
-class _Committer:
+class ShardCommitter:
     """Moves staged shards to their final names and writes the manifest part that commits them (driver side)."""
 
     def __init__(self, fs, root: str, prefix: str, next_shard: int, next_part: int) -> None:
@@ -85,7 +85,7 @@ class _Committer:
             self.fs.rm(path, recursive=True)
 
 
-def _clean_orphans(fs, root: str, prefix: str, committed: set) -> int:
+def clean_orphans(fs, root: str, prefix: str, committed: set) -> int:
     """Remove staged leftovers and shards that no manifest part names (a run killed mid-commit)."""
     removed = 0
     staging = join(root, STAGING_DIR)
@@ -109,7 +109,7 @@ def run_sharding(cfg: ShardConfig) -> ShardSummary:
     fs, root = filesystem(cfg.output, cfg.storage_options)
     check_writable(fs, root, cfg.output)
     state = committed_state(fs, root, cfg.prefix)
-    orphans = _clean_orphans(fs, root, cfg.prefix, state.shards)
+    orphans = clean_orphans(fs, root, cfg.prefix, state.shards)
     if orphans:
         logger.info("removed %d uncommitted shard files left by an interrupted run", orphans)
     summary = ShardSummary(output=full_url(fs, root))
@@ -117,7 +117,7 @@ def run_sharding(cfg: ShardConfig) -> ShardSummary:
     files = expand_inputs(cfg.inputs, cfg.storage_options)
     todo = [f for f in files if f.url not in state.done_paths]
     summary.inputs, summary.skipped_inputs = len(todo), len(files) - len(todo)
-    committer = _Committer(fs, root, cfg.prefix, state.next_shard, state.parts)
+    committer = ShardCommitter(fs, root, cfg.prefix, state.next_shard, state.parts)
     executor = create_executor(cfg.executor, cfg.ray_address, cfg.num_cpus)
     try:
         scans = []
@@ -150,7 +150,7 @@ def run_sharding(cfg: ShardConfig) -> ShardSummary:
     return summary
 
 
-def _run_units(executor, units: List[WorkUnit], cfg: ShardConfig, committer: _Committer,
+def _run_units(executor, units: List[WorkUnit], cfg: ShardConfig, committer: ShardCommitter,
                summary: ShardSummary) -> None:
     bar = tqdm(total=sum(u.est_samples for u in units), desc="shard", unit="img",
                disable=not cfg.progress or not units)

@@ -256,3 +256,26 @@ def test_cli_dedup(corpus, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["dedup", str(out), "--strategy", "nonsense"])
     assert main(["dedup", str(tmp_path / "missing"), "--executor", "local"]) == 2
+
+
+def test_write_kept_shards_hold_only_kept_samples_and_resume(corpus, tmp_path):
+    from medscale.dedup.compact import write_kept
+    from tests.data.test_service import check_exactly_once, shard_contents
+
+    out = _fresh(corpus, tmp_path)
+    run_dedup(str(out), DedupConfig(strategy="hash-global", executor="local", progress=False))
+    before = _table(out)
+    kept = {k for k, r in before.items() if r["status"] == "kept"}
+    target = tmp_path / "kept"
+    summary = write_kept(str(out), str(target), DedupConfig(executor="local", progress=False), shard_size=200)
+    contents = shard_contents(target)  # fails on a key seen twice
+    assert set(contents) == kept and summary.kept == len(kept)
+    old = shard_contents(out)
+    assert all(contents[k][1] == old[k][1] for k in kept)  # members copied byte for byte
+    check_exactly_once(target)
+    after = _table(target)
+    assert set(after) == set(before) and all((r["shard"] is not None) == (r["status"] == "kept")
+                                             for r in after.values())
+    # a rerun finds everything committed and writes nothing new
+    again = write_kept(str(out), str(target), DedupConfig(executor="local", progress=False), shard_size=200)
+    assert again.shards == 0 and set(shard_contents(target)) == kept

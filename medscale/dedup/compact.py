@@ -1,0 +1,140 @@
+"""Apply dedup decisions by writing new shards that hold only the kept samples (members copied, not re-encoded).
+
+Each old shard is one Ray task; the driver commits the new shards and manifest parts with the sharding service's
+protocol, so a killed run resumes where it stopped. The new manifest keeps every row of the old one: kept samples
+point into the new shards, the others (duplicate, excluded, quarantined) keep their decision with no shard.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Mapping, Tuple
+
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from medscale.core.config import DedupConfig
+from medscale.core.errors import InputError, ShardFormatError
+from medscale.core.executor import create_executor
+from medscale.core.storage import check_writable, filesystem, full_url, is_local, join, put_bytes_atomic, \
+    put_file_atomic
+from medscale.data.ingest import STAGING_DIR
+from medscale.data.manifest import KEPT, committed_state, read_manifest
+from medscale.data.plan import digest
+from medscale.data.service import ShardCommitter, clean_orphans
+from medscale.data.shards import ShardInfo, ShardWriter, iter_shard
+
+
+@dataclass
+class CompactSummary:
+    """What a compaction wrote."""
+
+    output: str
+    kept: int = 0
+    dropped: int = 0
+    shards: int = 0
+    seconds: float = 0.0
+
+    def format(self) -> str:
+        """One human line."""
+        return (f"medscale dedup --write-kept -> {self.output}: {self.kept} kept samples in {self.shards} shards "
+                f"({self.dropped} rows without a shard), {self.seconds:.1f} s")
+
+    def as_dict(self) -> Dict[str, Any]:
+        """JSON-ready."""
+        return asdict(self)
+
+
+def copy_kept(task: Tuple[str, str, List[str]], source_url: str, output_url: str,
+              storage_options: Mapping[str, Any], shard_size: int) -> Tuple[List[str], List[Tuple[str, int]]]:
+    """(staged tar paths, [(key, staged shard index)]) for the `keep` keys of one old shard (a Ray task)."""
+    unit_id, shard, keep = task
+    wanted = set(keep)
+    src_fs, src_root = filesystem(source_url, storage_options)
+    fs, root = filesystem(output_url, storage_options)
+    staging = join(root, STAGING_DIR, unit_id)
+    local_tmp = staging if is_local(fs) else None
+    if local_tmp:
+        os.makedirs(local_tmp, exist_ok=True)
+    staged: List[str] = []
+    placed: List[Tuple[str, int]] = []
+
+    def on_shard(info: ShardInfo) -> None:
+        path = join(staging, f"{len(staged):04d}.tar")
+        put_bytes_atomic(fs, path[:-4] + ".idx", info.idx_bytes)
+        put_file_atomic(fs, info.local_path, path)
+        staged.append(path)
+
+    writer = ShardWriter(on_shard, shard_size, 1 << 62, tmp_dir=local_tmp)
+    try:
+        with src_fs.open(join(src_root, shard), "rb") as fh:
+            for key, members in iter_shard(fh, shard):
+                if key in wanted:
+                    writer.write(key, members)
+                    placed.append((key, len(staged)))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return staged, placed
+
+
+def write_kept(url: str, output: str, cfg: DedupConfig, shard_size: int = 1000, prefix: str = "shard"
+               ) -> CompactSummary:
+    """New shards under `output` with only the rows of `url` whose status is kept; resumable."""
+    start = time.perf_counter()
+    src_fs, src_root = filesystem(url, cfg.storage_options)
+    table = read_manifest(src_fs, src_root)
+    if not len(table):
+        raise InputError(f"{url}: no manifest with samples; run `medscale shard` into this URL first")
+    fs, root = filesystem(output, cfg.storage_options)
+    if full_url(fs, root) == full_url(src_fs, src_root):
+        raise InputError(f"--write-kept {output}: the output must differ from the input {url}")
+    check_writable(fs, root, output)
+    state = committed_state(fs, root, prefix)
+    clean_orphans(fs, root, prefix, state.shards)
+    rows = table.to_pylist()
+    by_shard: Dict[str, List[dict]] = {}
+    loose: List[dict] = []
+    for row in rows:
+        (by_shard.setdefault(row["shard"], []) if row["shard"] else loose).append(row)
+    tasks = [("c" + digest(url, shard, n=16), shard, [r["key"] for r in members if r["status"] == KEPT])
+             for shard, members in sorted(by_shard.items())]
+    tasks = [t for t in tasks if t[0] not in state.done_units]
+    summary = CompactSummary(output=full_url(fs, root))
+    committer = ShardCommitter(fs, root, prefix, state.next_shard, state.parts)
+    executor = create_executor(cfg.executor, cfg.ray_address, cfg.num_cpus)
+    try:
+        bar = tqdm(total=len(tasks), desc="compact", unit="shard", disable=not cfg.progress)
+        for task, result, error in executor.imap_unordered(copy_kept, tasks, full_url(src_fs, src_root),
+                                                           summary.output, cfg.storage_options, shard_size):
+            if error is not None:
+                raise error
+            unit_id, shard, _ = task
+            staged, placed = result
+            index = dict(placed)
+            new_rows = []
+            for row in by_shard[shard]:
+                row = dict(row, unit=unit_id)
+                if row["status"] == KEPT and row["key"] not in index:
+                    raise ShardFormatError(f"{url}/{shard}: sample {row['key']} is in the manifest but not in the "
+                                           "shard; the output is damaged, reshard its inputs")
+                row["shard"] = index.get(row["key"]) if row["status"] == KEPT else None
+                new_rows.append(row)
+            summary.shards += len(committer.commit(new_rows, staged))
+            committer.drop_staging(unit_id)
+            bar.update(1)
+        bar.close()
+        meta = "c" + digest(url, "rows-without-shards", n=16)
+        if loose and meta not in state.done_units:
+            committer.commit([dict(r, unit=meta) for r in loose], [])
+    finally:
+        executor.close()
+    if is_local(fs) and fs.exists(join(root, STAGING_DIR)) and not fs.ls(join(root, STAGING_DIR)):
+        fs.rm(join(root, STAGING_DIR), recursive=True)
+    kept = int(pc.sum(pc.equal(table["status"], KEPT)).as_py() or 0)
+    summary.kept, summary.dropped = kept, len(table) - kept
+    summary.seconds = time.perf_counter() - start
+    return summary
