@@ -26,6 +26,9 @@ from medscale.dedup.lsh import brute_force_pairs, merge_pairs, plan_lsh, table_p
 from medscale.demo import DEMO_DATA  # noqa: E402
 
 
+REPEATS = 3
+
+
 def hashing() -> None:
     base = np.load(DEMO_DATA / "medmnist" / "pneumoniamnist_28.npz")["train_images"]
     batches = {
@@ -40,12 +43,14 @@ def hashing() -> None:
         for ours, theirs in [(average_hash, imagehash.average_hash), (dhash, imagehash.dhash),
                              (phash, imagehash.phash)]:
             theirs(pil[0]), ours(images[:8])  # warm both (imports, cached coefficient matrices)
-            t = time.perf_counter()
-            ref = [theirs(p) for p in pil]
-            base_s = time.perf_counter() - t
-            t = time.perf_counter()
-            got = np.concatenate([ours(images[i:i + 512]) for i in range(0, len(images), 512)])
-            ours_s = time.perf_counter() - t
+            base_s, ours_s = float("inf"), float("inf")
+            for _ in range(REPEATS):  # best of a few runs for both: this machine is shared and noisy
+                t = time.perf_counter()
+                ref = [theirs(p) for p in pil]
+                base_s = min(base_s, time.perf_counter() - t)
+                t = time.perf_counter()
+                got = np.concatenate([ours(images[i:i + 512]) for i in range(0, len(images), 512)])
+                ours_s = min(ours_s, time.perf_counter() - t)
             assert [bytes(h).hex() for h in got] == [str(r) for r in ref]  # same bits, or the race means nothing
             n = len(images)
             print(f"| {label} | {ours.__name__} | {n / base_s:.0f} | {n / ours_s:.0f} | {base_s / ours_s:.1f}x |")

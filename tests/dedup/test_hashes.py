@@ -43,3 +43,16 @@ def test_hamming_distance():
     assert hamming(a, b).tolist() == [2 + 4]
     img = _real_batches()["medmnist28"][:1]
     assert hamming(dhash(img), dhash(img)).tolist() == [0]
+
+
+def test_bit_identical_on_degenerate_images():
+    """Flat, mirror-symmetric and two-level images put DCT coefficients on the median: the exact fallback path."""
+    flat = np.full((28, 28), 77, np.uint8)
+    ramp = np.tile(np.arange(28, dtype=np.uint8) * 9, (28, 1))
+    mirror = np.concatenate([ramp[:, :14], ramp[:, :14][:, ::-1]], axis=1)
+    halves = np.zeros((28, 28), np.uint8)
+    halves[:, 14:] = 255
+    batch = np.stack([flat, ramp, mirror, halves, np.zeros((28, 28), np.uint8)])
+    for ours, theirs in PAIRS:
+        expected = [str(theirs(Image.fromarray(img))) for img in batch]
+        assert [bytes(h).hex() for h in ours(batch)] == expected, ours.__name__
