@@ -1,5 +1,7 @@
-"""Corpus ingestion (DICOM, NIfTI, PNG/JPEG, npz) into WebDataset shards with a Parquet manifest."""
+"""Corpus ingestion (DICOM, NIfTI, PNG/JPEG, npz) into WebDataset shards with a Parquet manifest, and the loaders
+that feed trainers from them."""
 
+from medscale.data.loader import ShardDataset, ShardLoader
 from medscale.data.service import ShardSummary, run_sharding
 
-__all__ = ["ShardSummary", "run_sharding"]
+__all__ = ["ShardDataset", "ShardLoader", "ShardSummary", "run_sharding"]

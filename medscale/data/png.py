@@ -1,12 +1,14 @@
 """A vectorised PNG encoder: one "Up" filter for the whole image (numpy) + zlib, ~2x faster than PIL's per-row
-adaptive filtering at compress level 1, with smaller files on medical images."""
+adaptive filtering at compress level 1, with smaller files on medical images; and the matching decoder."""
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
 import numpy as np
+from PIL import Image
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IEND = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
@@ -36,3 +38,10 @@ def encode_png(pixels: np.ndarray, level: int = 1) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
     return b"".join((_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", zlib.compress(raw.tobytes(), level)),
                      _IEND))
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """A stored PNG -> `[H, W]` uint8/uint16 or `[H, W, 3]` uint8."""
+    img = Image.open(io.BytesIO(data))
+    arr = np.asarray(img)
+    return arr.astype(np.uint16) if arr.dtype.kind in "iu" and arr.dtype.itemsize > 1 else arr

@@ -9,7 +9,7 @@ import numpy as np
 from medscale.core.card import load_backbone
 from medscale.core.storage import filesystem, join
 from medscale.data.shards import iter_shard
-from medscale.dedup.rehash import decode_png
+from medscale.data.png import decode_png
 
 
 def preprocess(image: np.ndarray, card: Mapping[str, Any]) -> np.ndarray:

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any, Dict, List, Mapping, Tuple
 
 import numpy as np
-from PIL import Image
 
 from medscale.core.storage import filesystem, join
+from medscale.data.png import decode_png
 from medscale.data.shards import iter_shard
 from medscale.dedup.hashes import hash_images
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    """A stored PNG -> `[H, W]` uint8/uint16 or `[H, W, 3]` uint8."""
-    img = Image.open(io.BytesIO(data))
-    arr = np.asarray(img)
-    return arr.astype(np.uint16) if arr.dtype.kind in "iu" and arr.dtype.itemsize > 1 else arr
 
 
 def hash_shard(shard: str, root_url: str, storage_options: Mapping[str, Any]) -> Tuple[List[str], Dict[str, Any]]:

@@ -15,7 +15,7 @@ from medscale.core.storage import full_url, join, put_bytes_atomic
 from medscale.data.manifest import DUPLICATE
 from medscale.data.shards import read_members
 from medscale.dedup.hashes import to_8bit
-from medscale.dedup.rehash import decode_png
+from medscale.data.png import decode_png
 
 REPORT_DIR = "dedup"
 TILE = 112

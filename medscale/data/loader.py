@@ -1,0 +1,176 @@
+"""`ShardDataset`: a torch IterableDataset over the shards of `medscale shard`, deterministic, exactly-once across
+ranks and workers, resumable mid-epoch (also with another world size); `ShardLoader` keeps its state in step.
+
+    ds = ShardDataset("s3://bucket/corpus", seed=0, batch_size=64, transform=mae_transform(224))
+    loader = ShardLoader(ds, num_workers=4)
+    for epoch in range(epochs):
+        ds.set_epoch(epoch)
+        for batch in loader: ...          # batch["image"]: [64, 3, 224, 224], batch["key"], batch["label"]
+        state = loader.state_dict()       # save with the checkpoint; loader.load_state_dict(state) resumes
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from medscale.core.errors import ConfigError, MedscaleError
+from medscale.data.augment import to_tensor
+from medscale.data.index import SampleIndex, ShardReader, load_index
+from medscale.data.order import REMAINDERS, epoch_order, rank_stream, remaining, worker_stream
+from medscale.data.png import decode_png
+
+logger = logging.getLogger(__name__)
+
+
+def _dist_default(rank: Optional[int], world_size: Optional[int]) -> tuple:
+    """Rank and world size from the arguments, else torch.distributed, else the torchrun environment, else (0, 1)."""
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    env_rank, env_world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if env_rank is not None and env_world is not None:
+        return int(env_rank), int(env_world)
+    return 0, 1
+
+
+class ShardDataset(IterableDataset):
+    """Samples `{"key", "image", "label", "index"}` of the kept rows of a sharding output, in the (seed, epoch) order.
+
+    Every kept sample is delivered once per epoch across all ranks and workers; `remainder` says what happens when
+    the count does not divide by the world size: `pad` (repeat the epoch's first samples so every rank has as many
+    batches; the DDP default), `drop` (leave them out), `uneven` (exactly once, ranks may differ by one sample).
+    Pass the DataLoader's batch size as `batch_size` so that workers split the stream in whole batches.
+    """
+
+    def __init__(self, url: str, *, seed: int = 0, shuffle: bool = True, rank: Optional[int] = None,
+                 world_size: Optional[int] = None, batch_size: int = 1, shuffle_window: int = 4096,
+                 remainder: str = "pad", transform: Optional[Callable[[np.ndarray], Any]] = None,
+                 storage_options: Optional[Mapping[str, Any]] = None, cache_dir: Optional[str] = None) -> None:
+        super().__init__()
+        if remainder not in REMAINDERS:
+            raise ConfigError(f"remainder must be one of {', '.join(REMAINDERS)}, got {remainder!r}")
+        if batch_size < 1 or shuffle_window < 1:
+            raise ConfigError("batch_size and shuffle_window must be >= 1")
+        self.url = url
+        self.seed, self.shuffle, self.window, self.remainder = seed, shuffle, shuffle_window, remainder
+        self.rank, self.world_size = _dist_default(rank, world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise ConfigError(f"rank {self.rank} is outside world size {self.world_size}")
+        self.batch_size = batch_size
+        self.transform = transform or to_tensor
+        self.storage_options = dict(storage_options or {})
+        self.cache_dir = cache_dir
+        self.index: SampleIndex = load_index(url, self.storage_options)
+        self.epoch = 0
+        self._start = 0  # global samples of this epoch consumed before this run (a resume point)
+        self._delivered = 0  # samples this rank delivered since `_start` (counted in the main process)
+        self._completed = False
+        self.skipped = 0
+
+    # -- order ------------------------------------------------------------------------------------------------
+    def _rank_samples(self) -> np.ndarray:
+        order = epoch_order(self.index.sizes, self.seed, self.epoch, self.shuffle, self.window)
+        rest = remaining(order, self._start + self._delivered * self.world_size, self.world_size, self.remainder)
+        return rank_stream(rest, self.rank, self.world_size)
+
+    def __len__(self) -> int:
+        """Samples this rank still delivers in the current epoch."""
+        return len(self._rank_samples())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` (its own order); the current epoch is kept as is, so a resumed run can call this too."""
+        if epoch != self.epoch:
+            self.epoch, self._start, self._delivered, self._completed = epoch, 0, 0, False
+
+    def _begin(self) -> None:
+        """Called in the main process when an iteration starts: after a finished epoch, move on to the next."""
+        if self._completed:
+            self.set_epoch(self.epoch + 1)
+
+    # -- state ------------------------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """Where this epoch stands, in global samples (valid for any world size)."""
+        return {"epoch": self.epoch, "seed": self.seed, "consumed": self._start + self._delivered * self.world_size,
+                "num_samples": len(self.index), "completed": self._completed}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume: the rest of the epoch is what the uninterrupted run would have delivered."""
+        if state.get("seed", self.seed) != self.seed:
+            raise ConfigError(f"state was saved with seed {state['seed']}, this dataset has seed {self.seed}")
+        if state.get("num_samples", len(self.index)) != len(self.index):
+            logger.warning("the corpus changed since the state was saved (%s -> %d samples): the epoch order differs",
+                           state.get("num_samples"), len(self.index))
+        self.epoch, self._start, self._delivered = int(state["epoch"]), int(state["consumed"]), 0
+        self._completed = bool(state.get("completed", False))
+
+    def _count(self, n: int) -> None:
+        self._delivered += n
+
+    # -- iteration --------------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        info = get_worker_info()
+        if info is None:
+            self._begin()
+        stream = self._rank_samples()
+        if info is not None:
+            stream = worker_stream(stream, info.id, info.num_workers, self.batch_size)
+        reader = ShardReader(self.index.root_url, self.storage_options, self.cache_dir)
+        try:
+            for i in stream:
+                sample = self._load(reader, int(i))
+                if info is None:
+                    self._count(1)
+                if sample is not None:
+                    yield sample
+        finally:
+            reader.close()
+        if info is None:
+            self._completed = True
+
+    def _load(self, reader: ShardReader, i: int) -> Optional[Dict[str, Any]]:
+        ix = self.index
+        shard, key = ix.shards[ix.shard_of[i]], ix.keys[i]
+        try:
+            pixels = decode_png(reader.read(shard, int(ix.offsets[i]), int(ix.lengths[i])))
+        except (OSError, MedscaleError, ValueError) as exc:  # a missing or damaged shard: log it, count, go on
+            self.skipped += 1
+            logger.error("skipping sample %s of %s: %s", key, shard, exc)
+            return None
+        return {"key": key, "image": self.transform(pixels), "label": int(ix.labels[i]), "index": i}
+
+
+class ShardLoader(DataLoader):
+    """A DataLoader over a `ShardDataset` that counts delivered batches in the main process, so that
+    `state_dict()` is exact with any number of workers."""
+
+    def __init__(self, dataset: ShardDataset, num_workers: int = 0, **kwargs: Any) -> None:
+        if kwargs.pop("persistent_workers", False):
+            raise ConfigError("ShardLoader needs fresh workers each epoch (persistent_workers=False)")
+        kwargs.setdefault("pin_memory", torch.cuda.is_available())
+        super().__init__(dataset, batch_size=dataset.batch_size, num_workers=num_workers, **kwargs)
+
+    def __iter__(self):
+        dataset: ShardDataset = self.dataset  # type: ignore[assignment]
+        if self.num_workers == 0:
+            yield from super().__iter__()  # the dataset counts in this process
+            return
+        dataset._begin()
+        for batch in super().__iter__():
+            dataset._count(len(batch["key"]))
+            yield batch
+        dataset._completed = True
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The dataset's position (global samples consumed in the epoch)."""
+        return self.dataset.state_dict()  # type: ignore[union-attr]
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from `state`."""
+        self.dataset.load_state_dict(state)  # type: ignore[union-attr]

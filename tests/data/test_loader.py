@@ -1,0 +1,160 @@
+"""ShardDataset / ShardLoader on a real sharded corpus: exactly once across ranks and workers, resume mid-epoch with
+the same or another world size, dedup honoured, S3, clear errors, skipped damaged shards."""
+
+import shutil
+
+import pytest
+import torch
+
+from medscale.core.config import DedupConfig
+from medscale.core.errors import InputError
+from medscale.data.augment import resize_transform
+from medscale.data.loader import ShardDataset, ShardLoader
+from medscale.data.service import run_sharding
+from tests.conftest import MEDMNIST, PYDICOM_DATA, shard_config
+
+BATCH = 16
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loader")
+    shutil.copy(MEDMNIST / "breastmnist_28.npz", root / "breast.npz")
+    shutil.copy(PYDICOM_DATA / "emri_small.dcm", root / "mr.dcm")
+    out = root / "out"
+    run_sharding(shard_config([root / "breast.npz", root / "mr.dcm"], out, shard_size=100))
+    return out
+
+
+def _dataset(url, **kwargs):
+    kwargs.setdefault("batch_size", BATCH)
+    kwargs.setdefault("transform", resize_transform(16))
+    kwargs.setdefault("shuffle_window", 128)
+    return ShardDataset(str(url), **kwargs)
+
+
+def _keys(loader):
+    return [list(batch["key"]) for batch in loader]
+
+
+def _all_keys(url):
+    return set(_dataset(url, rank=0, world_size=1).index.keys.tolist())
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_exactly_once_across_ranks_and_workers(corpus, world, workers):
+    seen = []
+    for rank in range(world):
+        ds = _dataset(corpus, rank=rank, world_size=world, remainder="uneven", seed=5)
+        batches = _keys(ShardLoader(ds, num_workers=workers))
+        seen.extend(k for b in batches for k in b)
+        assert ds.state_dict()["completed"]
+    assert len(seen) == len(set(seen)) == len(_all_keys(corpus)) == 790
+
+
+def test_pad_gives_every_rank_the_same_batches(corpus):
+    counts, union = [], set()
+    for rank in range(3):
+        keys = [k for b in _keys(ShardLoader(_dataset(corpus, rank=rank, world_size=3))) for k in b]
+        counts.append(len(keys))
+        union |= set(keys)
+    assert len(set(counts)) == 1 and union == _all_keys(corpus)
+
+
+def test_order_is_deterministic_and_changes_with_the_epoch(corpus):
+    a = _keys(ShardLoader(_dataset(corpus, seed=1, rank=0, world_size=1)))
+    b = _keys(ShardLoader(_dataset(corpus, seed=1, rank=0, world_size=1)))
+    assert a == b
+    ds = _dataset(corpus, seed=1, rank=0, world_size=1)
+    ds.set_epoch(1)
+    assert _keys(ShardLoader(ds)) != a
+    loader = ShardLoader(_dataset(corpus, seed=1, rank=0, world_size=1))
+    first, second = _keys(loader), _keys(loader)  # without set_epoch the next iteration is the next epoch
+    assert first == a and second != a and sorted(sum(second, [])) == sorted(sum(a, []))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_mid_epoch_gives_the_same_remaining_batches(corpus, workers):
+    full = _keys(ShardLoader(_dataset(corpus, seed=2, rank=0, world_size=1), num_workers=workers))
+    ds = _dataset(corpus, seed=2, rank=0, world_size=1)
+    loader = ShardLoader(ds, num_workers=workers)
+    head = []
+    for batch in loader:
+        head.append(list(batch["key"]))
+        if len(head) == 7:
+            break
+    state = loader.state_dict()
+    assert state["consumed"] == 7 * BATCH
+    resumed = ShardLoader(_dataset(corpus, seed=2, rank=0, world_size=1), num_workers=workers)
+    resumed.load_state_dict(state)
+    resumed.dataset.set_epoch(0)  # what a training loop does after loading: must not restart the epoch
+    assert head + _keys(resumed) == full
+
+
+def test_world_size_change_mid_epoch_loses_and_repeats_nothing(corpus):
+    delivered = []
+    states = []
+    for rank in range(2):  # 2 ranks run 5 steps each, then the job stops
+        ds = _dataset(corpus, seed=3, rank=rank, world_size=2, remainder="uneven")
+        for step, batch in enumerate(ShardLoader(ds)):
+            delivered.extend(batch["key"])
+            if step == 4:
+                break
+        states.append(ds.state_dict())
+    assert states[0] == states[1] and states[0]["consumed"] == 2 * 5 * BATCH
+    for rank in range(3):  # 3 ranks resume
+        ds = _dataset(corpus, seed=3, rank=rank, world_size=3, remainder="uneven")
+        ds.load_state_dict(states[0])
+        delivered.extend(k for b in _keys(ShardLoader(ds, num_workers=2 if rank == 1 else 0)) for k in b)
+    assert len(delivered) == len(set(delivered)) == len(_all_keys(corpus))
+
+
+def test_dedup_decisions_are_honoured(corpus, tmp_path):
+    from medscale.dedup.service import run_dedup
+
+    out = tmp_path / "out"
+    shutil.copytree(corpus, out)
+    summary = run_dedup(str(out), DedupConfig(strategy="hash-volume", threshold=12, executor="local", progress=False))
+    assert summary.duplicates > 0
+    keys = [k for b in _keys(ShardLoader(_dataset(out, rank=0, world_size=1))) for k in b]
+    assert len(keys) == summary.kept and len(keys) < len(_all_keys(corpus))
+
+
+def test_batches_carry_keys_images_and_labels(corpus):
+    batch = next(iter(ShardLoader(_dataset(corpus, rank=0, world_size=1, shuffle=False))))
+    assert batch["image"].shape == (BATCH, 3, 16, 16) and batch["image"].dtype == torch.float32
+    assert batch["label"].dtype == torch.int64 and set(batch["label"].tolist()) <= {-1, 0, 1}
+
+
+def test_rank_from_the_torchrun_environment(corpus, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    ds = _dataset(corpus)
+    assert (ds.rank, ds.world_size) == (1, 2)
+
+
+def test_errors_and_damaged_shards(corpus, tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        ShardDataset(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no kept samples"):
+        ShardDataset(str(tmp_path / "empty"))
+    out = tmp_path / "damaged"
+    shutil.copytree(corpus, out)
+    (out / "shard-000001.tar").unlink()
+    ds = _dataset(out, rank=0, world_size=1, remainder="uneven")
+    keys = [k for b in _keys(ShardLoader(ds)) for k in b]
+    assert ds.skipped == 100 and len(keys) == 790 - 100
+
+
+@pytest.mark.slow
+def test_reads_from_s3(corpus, s3_server):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_server)
+    fs.put(str(corpus), "medscale-test/loader", recursive=True)
+    ds = ShardDataset("s3://medscale-test/loader", storage_options=s3_server, batch_size=BATCH,
+                      transform=resize_transform(16), rank=0, world_size=1)
+    keys = [k for b in _keys(ShardLoader(ds, num_workers=2)) for k in b]
+    assert sorted(keys) == sorted(_all_keys(corpus))
