@@ -83,11 +83,32 @@ class DedupConfig:
 
 
 @dataclass
+class LoaderConfig:
+    """How trainers read shards (`medscale.data.create_loader`)."""
+
+    loader: str = "auto"  # auto (DALI when a GPU and kept-only shards are there) | torch | dali
+    batch_size: int = 64
+    num_workers: int = 2  # torch loader processes
+    seed: int = 0
+    shuffle: bool = True
+    shuffle_window: int = 4096  # torch: samples shuffled together after the shard permutation
+    remainder: str = "pad"  # pad | drop | uneven: when samples do not divide by the world size
+    augment: str = "mae"  # mae | contrastive | resize
+    image_size: int = 224
+    small_crops: int = 0  # contrastive: extra small views (SwAV multi-crop)
+    small_size: int = 96
+    device: str = "auto"  # DALI decoding: auto | gpu | cpu
+    cache_dir: Optional[str] = None  # where remote shards are copied
+    storage_options: Dict[str, Any] = field(default_factory=dict)  # fsspec options; never logged
+
+
+@dataclass
 class MedscaleConfig:
     """One run; each stage reads its own section."""
 
     shard: ShardConfig = field(default_factory=ShardConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
 
 
 def _expected_type(full_key: str) -> Optional[str]:
@@ -180,6 +201,7 @@ def validate(cfg: MedscaleConfig, origin: str = "config") -> None:
     for name, opts in s.sources.items():
         _validate_source(opts, origin, f"shard.sources.{name}")
     _validate_dedup(cfg.dedup, origin)
+    _validate_loader(cfg.loader, origin)
 
 
 def parse_verify(spec: str, names: Tuple[str, ...] = HASH_NAMES) -> Tuple[Tuple[str, ...], int]:
@@ -213,6 +235,18 @@ def _validate_dedup(d: DedupConfig, origin: str) -> None:
     _check(d.executor in ("ray", "local"), origin, "dedup.executor", "'ray' or 'local'", d.executor)
 
 
+def _validate_loader(c: LoaderConfig, origin: str) -> None:
+    _check(c.loader in ("auto", "torch", "dali"), origin, "loader.loader", "auto | torch | dali", c.loader)
+    _check(c.batch_size >= 1, origin, "loader.batch_size", "an int >= 1", c.batch_size)
+    _check(c.num_workers >= 0, origin, "loader.num_workers", "an int >= 0", c.num_workers)
+    _check(c.shuffle_window >= 1, origin, "loader.shuffle_window", "an int >= 1", c.shuffle_window)
+    _check(c.remainder in ("pad", "drop", "uneven"), origin, "loader.remainder", "pad | drop | uneven", c.remainder)
+    _check(c.augment in ("mae", "contrastive", "resize"), origin, "loader.augment", "mae | contrastive | resize",
+           c.augment)
+    _check(c.image_size >= 8 and c.small_size >= 8, origin, "loader.image_size", "an int >= 8", c.image_size)
+    _check(c.device in ("auto", "gpu", "cpu"), origin, "loader.device", "auto | gpu | cpu", c.device)
+
+
 def source_options(cfg: ShardConfig, source: str) -> SourceOptions:
     """The options of `source`: its own entry in `shard.sources`, else `shard.defaults`."""
     return cfg.sources.get(source, cfg.defaults)
@@ -221,7 +255,7 @@ def source_options(cfg: ShardConfig, source: str) -> SourceOptions:
 def to_yaml(cfg: MedscaleConfig, redact: bool = True) -> str:
     """The resolved config as YAML; storage options (credentials) are redacted unless asked."""
     data = dataclasses.asdict(cfg)
-    for section in ("shard", "dedup"):
+    for section in ("shard", "dedup", "loader"):
         if redact and data[section]["storage_options"]:
             data[section]["storage_options"] = {k: "<redacted>" for k in data[section]["storage_options"]}
     return OmegaConf.to_yaml(OmegaConf.create(data))

@@ -82,3 +82,19 @@ def check_writable(fs: AbstractFileSystem, path: str, url: str) -> None:
     except Exception as exc:  # permission, missing bucket, network: all surface the same way
         raise StorageError(f"output {url!r} is not writable ({type(exc).__name__}: {exc}); "
                            "check the path, the bucket name and the credentials.") from exc
+
+
+def register_webdataset_opener(scheme: str = "s3", storage_options: Optional[Mapping[str, Any]] = None) -> None:
+    """Make `webdataset.WebDataset("s3://...")` open shards through fsspec with `storage_options` (an explicit
+    call, so importing medscale changes nothing in webdataset)."""
+    import importlib
+
+    import fsspec
+
+    gopen = importlib.import_module("webdataset.gopen")  # the module (the package re-exports a function by that name)
+    options = dict(storage_options or {})
+
+    def opener(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any):
+        return fsspec.open(url, mode, **options).open()
+
+    gopen.gopen_schemes[scheme] = opener

@@ -2,6 +2,7 @@
 that feed trainers from them."""
 
 from medscale.data.loader import ShardDataset, ShardLoader
+from medscale.data.loaders import create_loader
 from medscale.data.service import ShardSummary, run_sharding
 
-__all__ = ["ShardDataset", "ShardLoader", "ShardSummary", "run_sharding"]
+__all__ = ["ShardDataset", "ShardLoader", "ShardSummary", "create_loader", "run_sharding"]

@@ -49,7 +49,7 @@ def _view(size: int, scale: tuple, mean: Sequence[float], std: Sequence[float], 
                        p=0.8),
         v2.RandomGrayscale(p=0.2) if channels == 3 else v2.Identity(),
         v2.RandomApply([v2.GaussianBlur(kernel_size=2 * (size // 20) + 1, sigma=(0.1, 2.0))], p=blur),
-        v2.Lambda(lambda x: x.clamp_(0.0, 1.0)),
+        v2.Lambda(lambda x: x.clamp(0.0, 1.0)),
         v2.Normalize(list(mean)[:channels], list(std)[:channels]),
     ])
 

@@ -41,7 +41,7 @@ def _dist_default(rank: Optional[int], world_size: Optional[int]) -> tuple:
 
 
 class ShardDataset(IterableDataset):
-    """Samples `{"key", "image", "label", "index"}` of the kept rows of a sharding output, in the (seed, epoch) order.
+    """Samples `{"key", "image" (or "views"), "label", "index"}` of the kept rows of a sharding output, in the (seed, epoch) order.
 
     Every kept sample is delivered once per epoch across all ranks and workers; `remainder` says what happens when
     the count does not divide by the world size: `pad` (repeat the epoch's first samples so every rank has as many
@@ -143,7 +143,9 @@ class ShardDataset(IterableDataset):
             self.skipped += 1
             logger.error("skipping sample %s of %s: %s", key, shard, exc)
             return None
-        return {"key": key, "image": self.transform(pixels), "label": int(ix.labels[i]), "index": i}
+        out = self.transform(pixels)
+        name = "views" if isinstance(out, (list, tuple)) else "image"  # contrastive transforms give several views
+        return {"key": key, name: out, "label": int(ix.labels[i]), "index": i}
 
 
 class ShardLoader(DataLoader):

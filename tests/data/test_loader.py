@@ -158,3 +158,31 @@ def test_reads_from_s3(corpus, s3_server):
                       transform=resize_transform(16), rank=0, world_size=1)
     keys = [k for b in _keys(ShardLoader(ds, num_workers=2)) for k in b]
     assert sorted(keys) == sorted(_all_keys(corpus))
+
+
+def test_create_loader_from_config(corpus):
+    from medscale.core.config import load_config
+    from medscale.core.errors import ConfigError
+    from medscale.data import create_loader
+
+    cfg = load_config(None, ["loader.image_size=16", "loader.batch_size=10", "loader.augment=contrastive",
+                             "loader.small_crops=1", "loader.small_size=8", "loader.num_workers=0"]).loader
+    loader = create_loader(str(corpus), cfg, rank=0, world_size=1)
+    assert isinstance(loader, ShardLoader)  # auto on a machine without a GPU
+    views = next(iter(loader))["views"]
+    assert [tuple(v.shape) for v in views] == [(10, 3, 16, 16), (10, 3, 16, 16), (10, 3, 8, 8)]
+    with pytest.raises(ConfigError, match="loader.remainder"):
+        load_config(None, ["loader.remainder=spread"])
+
+
+@pytest.mark.slow
+def test_webdataset_reads_s3_through_the_registered_opener(corpus, s3_server):
+    import s3fs
+    import webdataset as wds
+
+    from medscale.core.storage import register_webdataset_opener
+
+    s3fs.S3FileSystem(**s3_server).put(str(corpus / "shard-000000.tar"), "medscale-test/wds/shard-000000.tar")
+    register_webdataset_opener("s3", s3_server)
+    keys = [s["__key__"] for s in wds.WebDataset("s3://medscale-test/wds/shard-000000.tar", shardshuffle=False)]
+    assert len(keys) == 100

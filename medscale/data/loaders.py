@@ -1,0 +1,60 @@
+"""One factory for the two loaders: `create_loader(url, cfg)` -> `ShardLoader` (torch) or `DaliLoader`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from medscale.core.config import LoaderConfig
+from medscale.core.errors import ConfigError
+from medscale.data.augment import contrastive_transform, mae_transform, resize_transform
+from medscale.data.loader import ShardDataset, ShardLoader
+
+logger = logging.getLogger(__name__)
+
+
+def torch_transform(cfg: LoaderConfig):
+    """The torch twin of the DALI graph named by `cfg.augment`."""
+    if cfg.augment == "mae":
+        return mae_transform(cfg.image_size)
+    if cfg.augment == "contrastive":
+        return contrastive_transform(cfg.image_size, cfg.small_size, cfg.small_crops)
+    return resize_transform(cfg.image_size)
+
+
+def _dali_usable(url: str, cfg: LoaderConfig) -> Optional[str]:
+    """None when DALI can serve `url` on a GPU, else why not."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return "nvidia-dali is not installed"
+    from medscale.data.dali import gpu_available, local_shards
+
+    if not gpu_available():
+        return "no GPU (the torch loader is faster than DALI's CPU mode on few cores)"
+    try:
+        local_shards(url, cfg.storage_options, cfg.cache_dir)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def create_loader(url: str, cfg: LoaderConfig, rank: Optional[int] = None, world_size: Optional[int] = None):
+    """The loader `cfg.loader` names (`auto`: DALI on a GPU when it can read the shards as they are, else torch)."""
+    kind = cfg.loader
+    if kind == "auto":
+        why_not = _dali_usable(url, cfg)
+        kind = "torch" if why_not else "dali"
+        logger.info("loader=auto chose %s%s", kind, f" ({why_not})" if why_not else "")
+    if kind == "dali":
+        from medscale.data.dali import DaliLoader
+
+        return DaliLoader(url, batch_size=cfg.batch_size, seed=cfg.seed, shuffle=cfg.shuffle, rank=rank,
+                          world_size=world_size, augment=cfg.augment, image_size=cfg.image_size,
+                          small_size=cfg.small_size, small_crops=cfg.small_crops, device=cfg.device,
+                          storage_options=cfg.storage_options, cache_dir=cfg.cache_dir)
+    dataset = ShardDataset(url, seed=cfg.seed, shuffle=cfg.shuffle, rank=rank, world_size=world_size,
+                           batch_size=cfg.batch_size, shuffle_window=cfg.shuffle_window, remainder=cfg.remainder,
+                           transform=torch_transform(cfg), storage_options=cfg.storage_options,
+                           cache_dir=cfg.cache_dir)
+    return ShardLoader(dataset, num_workers=cfg.num_workers)
