@@ -29,28 +29,45 @@ def to_tensor(pixels: np.ndarray, channels: int = 3) -> torch.Tensor:
     return x.contiguous()
 
 
+def _channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """Grey `[1, H, W]` repeated to 3 channels (after the crop: 3x less resampling work), or RGB averaged to 1."""
+    if x.shape[0] == 1 and channels == 3:
+        return x.expand(3, -1, -1)
+    if x.shape[0] == 3 and channels == 1:
+        return x.mean(dim=0, keepdim=True)
+    return x
+
+
+class _GreyFirst:
+    """Runs `geometry` on the native channels (1 for grey slices), then sets the channel count and normalises."""
+
+    def __init__(self, geometry: Callable, mean: Sequence[float], std: Sequence[float], channels: int) -> None:
+        self.geometry, self.channels = geometry, channels
+        self.normalize = v2.Normalize(list(mean)[:channels], list(std)[:channels])
+
+    def __call__(self, pixels: np.ndarray) -> torch.Tensor:
+        x = to_tensor(pixels, channels=1 if pixels.ndim == 2 else 3)
+        return self.normalize(_channels(self.geometry(x), self.channels))
+
+
 def mae_transform(size: int = 224, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                   channels: int = 3) -> Callable[[np.ndarray], torch.Tensor]:
     """MAE: RandomResizedCrop(size, scale 0.2-1.0, bicubic), horizontal flip, normalise -> `[C, size, size]`."""
-    pipeline = v2.Compose([
+    geometry = v2.Compose([
         v2.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
         v2.RandomHorizontalFlip(),
-        v2.Normalize(list(mean)[:channels], list(std)[:channels]),
     ])
-    return lambda pixels: pipeline(to_tensor(pixels, channels))
+    return _GreyFirst(geometry, mean, std, channels)
 
 
-def _view(size: int, scale: tuple, mean: Sequence[float], std: Sequence[float], channels: int,
-          blur: float) -> v2.Compose:
+def _view(size: int, scale: tuple, blur: float, colour: bool) -> v2.Compose:
+    """One contrastive view before normalisation; grey inputs skip the colour-only steps (no-ops on grey)."""
     return v2.Compose([
         v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
         v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2 if channels == 3 else 0.0, 0.1 if channels == 3 else 0.0)],
-                       p=0.8),
-        v2.RandomGrayscale(p=0.2) if channels == 3 else v2.Identity(),
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2 if colour else 0.0, 0.1 if colour else 0.0)], p=0.8),
+        v2.RandomGrayscale(p=0.2) if colour else v2.Identity(),
         v2.RandomApply([v2.GaussianBlur(kernel_size=2 * (size // 20) + 1, sigma=(0.1, 2.0))], p=blur),
-        v2.Lambda(lambda x: x.clamp(0.0, 1.0)),
-        v2.Normalize(list(mean)[:channels], list(std)[:channels]),
     ])
 
 
@@ -59,12 +76,15 @@ def contrastive_transform(size: int = 224, small_size: int = 96, small_crops: in
                           channels: int = 3) -> Callable[[np.ndarray], List[torch.Tensor]]:
     """Two global views (crop 0.08-1.0, flip, colour jitter p0.8, grayscale p0.2, blur p1.0/p0.1 as in BYOL) plus
     `small_crops` small views (SwAV multi-crop: `small_size`, scale 0.05-0.14 of the area) -> list of tensors."""
-    views = [_view(size, (0.08, 1.0), mean, std, channels, 1.0), _view(size, (0.08, 1.0), mean, std, channels, 0.1)]
-    views += [_view(small_size, (0.05, 0.14), mean, std, channels, 0.5) for _ in range(small_crops)]
+    specs = [(size, (0.08, 1.0), 1.0), (size, (0.08, 1.0), 0.1)] + [(small_size, (0.05, 0.14), 0.5)] * small_crops
+    grey = [_view(s, sc, b, colour=False) for s, sc, b in specs]
+    rgb = [_view(s, sc, b, colour=True) for s, sc, b in specs]
+    normalize = v2.Normalize(list(mean)[:channels], list(std)[:channels])
 
     def apply(pixels: np.ndarray) -> List[torch.Tensor]:
-        x = to_tensor(pixels, channels)
-        return [view(x) for view in views]
+        x = to_tensor(pixels, channels=1 if pixels.ndim == 2 else 3)
+        views = grey if x.shape[0] == 1 else rgb
+        return [normalize(_channels(view(x).clamp(0.0, 1.0), channels)) for view in views]
 
     return apply
 
@@ -72,6 +92,5 @@ def contrastive_transform(size: int = 224, small_size: int = 96, small_crops: in
 def resize_transform(size: int = 224, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                      channels: int = 3) -> Callable[[np.ndarray], torch.Tensor]:
     """No augmentation (evaluation, embedding): resize to `size` x `size` (bicubic), normalise."""
-    pipeline = v2.Compose([v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-                           v2.Normalize(list(mean)[:channels], list(std)[:channels])])
-    return lambda pixels: pipeline(to_tensor(pixels, channels))
+    return _GreyFirst(v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+                      mean, std, channels)

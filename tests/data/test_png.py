@@ -31,3 +31,18 @@ def test_real_images_round_trip_and_compress():
 def test_rejects_unsupported_pixels():
     with pytest.raises(ValueError, match="cannot encode"):
         encode_png(np.zeros((4, 4), np.float32))
+
+
+def test_fast_decoder_round_trips_and_falls_back_to_pil():
+    from medscale.data.png import _decode_up_filtered, decode_png, encode_png
+
+    rng = np.random.default_rng(0)
+    for arr in [rng.integers(0, 256, (37, 53), dtype=np.uint8), rng.integers(0, 65536, (20, 31), dtype=np.uint16),
+                rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)]:
+        data = encode_png(arr)
+        assert _decode_up_filtered(data) is not None
+        out = decode_png(data)
+        assert out.dtype == arr.dtype and np.array_equal(out, arr)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")  # PIL's own adaptive filters: the PIL path
+    assert _decode_up_filtered(buf.getvalue()) is None and np.array_equal(decode_png(buf.getvalue()), arr)

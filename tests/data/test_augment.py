@@ -1,0 +1,33 @@
+"""Augmentation recipes: shapes, grey handled on one channel then repeated, 16-bit precision kept to the crop."""
+
+import numpy as np
+import torch
+
+from medscale.data.augment import contrastive_transform, mae_transform, resize_transform, to_tensor
+
+
+def test_to_tensor_keeps_16_bit_precision():
+    x = np.arange(0, 65536, 7, dtype=np.uint16)[:9000].reshape(90, 100)
+    t = to_tensor(x, channels=1)
+    assert t.dtype == torch.float32 and t.shape == (1, 90, 100)
+    assert len(torch.unique(t)) == 9000 and float(t.max()) <= 1.0
+
+
+def test_grey_and_rgb_give_the_same_shapes():
+    grey = (np.random.default_rng(0).random((50, 70)) * 255).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    for tf in (mae_transform(32), resize_transform(32)):
+        assert tf(grey).shape == tf(rgb).shape == (3, 32, 32)
+    views = contrastive_transform(32, 16, small_crops=2)(grey)
+    assert [tuple(v.shape) for v in views] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 2
+
+
+def test_grey_channels_are_identical_and_match_the_rgb_path():
+    grey = (np.random.default_rng(1).random((40, 40)) * 255).astype(np.uint8)
+    plain = resize_transform(24, mean=[0, 0, 0], std=[1, 1, 1])
+    out = plain(grey)
+    assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
+    torch.testing.assert_close(out, plain(np.repeat(grey[..., None], 3, axis=2)))
+    torch.manual_seed(0)
+    a = mae_transform(24, mean=[0, 0, 0], std=[1, 1, 1])(grey)
+    assert torch.equal(a[0], a[2])
