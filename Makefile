@@ -26,6 +26,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/shard.py
+	$(PY) benchmarks/dedup_speed.py
+	$(PY) benchmarks/dedup_quality.py
+	$(PY) benchmarks/loader.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
