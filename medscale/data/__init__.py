@@ -1,8 +1,20 @@
 """Corpus ingestion (DICOM, NIfTI, PNG/JPEG, npz) into WebDataset shards with a Parquet manifest, and the loaders
-that feed trainers from them."""
+that feed trainers from them.
 
-from medscale.data.loader import ShardDataset, ShardLoader
-from medscale.data.loaders import create_loader
-from medscale.data.service import ShardSummary, run_sharding
+The loaders are imported on first use, so that sharding workers (which import `medscale.data.*`) never load torch.
+"""
 
-__all__ = ["ShardDataset", "ShardLoader", "ShardSummary", "create_loader", "run_sharding"]
+from importlib import import_module
+from typing import Any
+
+_LAZY = {"ShardDataset": "medscale.data.loader", "ShardLoader": "medscale.data.loader",
+         "create_loader": "medscale.data.loaders", "ShardSummary": "medscale.data.service",
+         "run_sharding": "medscale.data.service"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'medscale.data' has no attribute {name!r}")

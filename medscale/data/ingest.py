@@ -167,30 +167,43 @@ _JSON_FIELDS = ("key", "source", "kind", "modality", "body_part", "volume", "sli
                 "height", "width", "channels", "bits")
 
 
-HASH_BATCH = 256  # samples hashed together (the batched hashes amortise their numpy calls)
+HASH_BATCH = 256  # samples hashed together, across the items of a unit (the batched hashes amortise numpy calls)
+HASH_BATCH_BYTES = 64 << 20  # ... or fewer when they are large, so that a task's memory stays bounded
 
 
-def _write_samples(samples: List[Sample], source: str, cfg: ShardConfig, unit_id: str, writer: ShardWriter,
-                   result: UnitResult, reducer: Optional[VolumeReducer], volume_keys: List[str]) -> None:
+@dataclass
+class _Pending:
+    """A produced sample waiting for its hashes: its item's source and, when reducing, its volume's reducer."""
+
+    fields: Dict[str, Any]
+    pixels: np.ndarray
+    source: str
+    reducer: Optional[VolumeReducer]
+    volume_keys: List[str]
+
+
+def _write_samples(samples: List[_Pending], cfg: ShardConfig, unit_id: str, writer: ShardWriter,
+                   result: UnitResult) -> None:
     """Hash a batch of samples, drop Less-is-More duplicates when reducing, encode and write the rest in order."""
     if not samples:
         return
-    hashes = hash_images([pixels for _, pixels in samples])
-    for i, (fields, pixels) in enumerate(samples):
+    hashes = hash_images([s.pixels for s in samples])
+    strategy = f"hash-volume {cfg.reduce_hash}<={cfg.reduce_threshold} (sharding)"
+    for i, sample in enumerate(samples):
+        fields, pixels = sample.fields, sample.pixels
         fields.update({name: int(values[i]) for name, values in hashes.items()})
-        fields.update(source=source, height=pixels.shape[0], width=pixels.shape[1],
+        fields.update(source=sample.source, height=pixels.shape[0], width=pixels.shape[1],
                       channels=3 if pixels.ndim == 3 else 1, bits=pixels.dtype.itemsize * 8, unit=unit_id)
-        if reducer is not None:
-            ref, dist = reducer.offer(fields[cfg.reduce_hash], len(volume_keys))
-            volume_keys.append(fields["key"])
+        if sample.reducer is not None:
+            ref, dist = sample.reducer.offer(fields[cfg.reduce_hash], len(sample.volume_keys))
+            sample.volume_keys.append(fields["key"])
+            fields["dedup_strategy"] = strategy
             if ref is not None:  # recorded in the manifest, not written to a shard
                 fields.pop("order", None)
                 fields.pop("labels", None)
-                fields.update(status=DUPLICATE, duplicate_of=volume_keys[ref], dedup_distance=float(dist),
-                              dedup_strategy=f"hash-volume {cfg.reduce_hash}<={cfg.reduce_threshold} (sharding)")
+                fields.update(status=DUPLICATE, duplicate_of=sample.volume_keys[ref], dedup_distance=float(dist))
                 result.rows.append(fields)
                 continue
-            fields["dedup_strategy"] = f"hash-volume {cfg.reduce_hash}<={cfg.reduce_threshold} (sharding)"
         png = encode_png(pixels, cfg.png_compress_level)
         members = {"png": png, "json": json.dumps({k: fields.get(k) for k in _JSON_FIELDS
                                                    if fields.get(k) is not None}).encode()}
@@ -222,25 +235,27 @@ def process_unit(unit: WorkUnit, cfg: ShardConfig, output_url: str) -> UnitResul
         result.staged.append(path)
 
     writer = ShardWriter(on_shard, cfg.shard_size, cfg.shard_bytes, tmp_dir=local_tmp)
+    pending: List[_Pending] = []
+    pending_bytes = 0
     try:
         for item in unit.items:
-            before = result.samples
-            reducer = (VolumeReducer(cfg.reduce_threshold)
-                       if cfg.reduce == "hash-volume" and isinstance(item, (SeriesItem, NiftiItem)) else None)
+            volume = isinstance(item, (SeriesItem, NiftiItem))
+            reducer = VolumeReducer(cfg.reduce_threshold) if cfg.reduce == "hash-volume" and volume else None
             volume_keys: List[str] = []
-            pending: List[Sample] = []
+            produced_any = False
             for produced in iter_item(item, cfg, unit.unit_id):
                 if isinstance(produced, dict):
                     result.rows.append(produced)
                     result.quarantined += 1
                     continue
-                pending.append(produced)
-                if len(pending) >= HASH_BATCH:
-                    _write_samples(pending, item.source, cfg, unit.unit_id, writer, result, reducer, volume_keys)
-                    pending = []
-            _write_samples(pending, item.source, cfg, unit.unit_id, writer, result, reducer, volume_keys)
-            if isinstance(item, (SeriesItem, NiftiItem)) and result.samples > before:
-                result.volumes += 1
+                produced_any = True
+                pending.append(_Pending(produced[0], produced[1], item.source, reducer, volume_keys))
+                pending_bytes += produced[1].nbytes
+                if len(pending) >= HASH_BATCH or pending_bytes >= HASH_BATCH_BYTES:
+                    _write_samples(pending, cfg, unit.unit_id, writer, result)
+                    pending, pending_bytes = [], 0
+            result.volumes += volume and produced_any
+        _write_samples(pending, cfg, unit.unit_id, writer, result)
         writer.close()
     except BaseException:
         writer.abort()

@@ -56,3 +56,16 @@ def test_bit_identical_on_degenerate_images():
     for ours, theirs in PAIRS:
         expected = [str(theirs(Image.fromarray(img))) for img in batch]
         assert [bytes(h).hex() for h in ours(batch)] == expected, ours.__name__
+
+
+def test_hash_images_shares_the_resize_and_matches_imagehash():
+    """Mixed shapes, RGB and 16-bit slices in one call: one shared horizontal pass per shape, same bits."""
+    from medscale.dedup.hashes import hash_images
+
+    batches = _real_batches()
+    images = list(batches["medmnist28"][:20]) + list(batches["odd53x37"][:10]) + list(batches["us_rgb"][:2])
+    sixteen = batches["mr64"][:3].astype(np.uint16) * 257  # stored 16-bit: hashed from its top 8 bits
+    got = hash_images(images + list(sixteen))
+    reference = images + list(batches["mr64"][:3])
+    for name, fn in [("ahash", imagehash.average_hash), ("dhash", imagehash.dhash), ("phash", imagehash.phash)]:
+        assert [f"{int(v):016x}" for v in got[name]] == [str(fn(Image.fromarray(i))) for i in reference], name
