@@ -91,7 +91,6 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.unpackbits(np.bitwise_xor(a, b), axis=-1).sum(axis=-1)
 
 
-HASHES = {"ahash": average_hash, "dhash": dhash, "phash": phash}
 _SIZES = {"ahash": (8, 8), "dhash": (8, 9), "phash": (32, 32)}  # what each 64-bit hash resizes to
 
 
@@ -103,7 +102,7 @@ def to_uint64(packed: np.ndarray) -> np.ndarray:
 
 
 def to_8bit(pixels: np.ndarray) -> np.ndarray:
-    """One stored slice `[H, W]` or `[H, W, 3]`, 8- or 16-bit -> uint8 (16-bit keeps its top 8 bits)."""
+    """Stored slices (any shape), 8- or 16-bit -> uint8 (16-bit keeps its top 8 bits)."""
     if pixels.dtype == np.uint8:
         return pixels
     if pixels.dtype == np.uint16:
@@ -115,20 +114,15 @@ def hash_images(images: list, names: tuple = ("ahash", "dhash", "phash")) -> dic
     """64-bit hashes of a list of slices of any shapes -> `{name: uint64[N]}` (batched per shape)."""
     out = {name: np.zeros(len(images), np.uint64) for name in names}
     by_shape: dict = {}
-    for i, img in enumerate(images):
-        img = to_grey(to_8bit(img)[None])[0]
-        by_shape.setdefault(img.shape, []).append((i, img))
-    for group in by_shape.values():
-        idx = np.array([i for i, _ in group])
-        resized = resize_many(np.stack([img for _, img in group]), [_SIZES[name] for name in names])
+    for i, img in enumerate(images):  # group first, convert whole groups (no per-image numpy calls)
+        by_shape.setdefault((img.shape, img.dtype.str), []).append(i)
+    for idx in by_shape.values():
+        batch = to_grey(to_8bit(np.stack([images[i] for i in idx])))
+        resized = resize_many(batch, [_SIZES[name] for name in names])
+        idx = np.array(idx)
         for name in names:
             pixels = resized[_SIZES[name]]
             bits = _phash_bits(pixels, 8) if name == "phash" else (
                 _ahash_bits(pixels) if name == "ahash" else _dhash_bits(pixels))
             out[name][idx] = to_uint64(_pack(bits))
     return out
-
-
-def popcount64(x: np.ndarray) -> np.ndarray:
-    """Set bits of each uint64 -> uint8 array of the same shape."""
-    return np.bitwise_count(x)
