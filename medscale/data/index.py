@@ -32,6 +32,7 @@ class SampleIndex:
     offsets: np.ndarray  # [N] byte offset of the PNG member in its shard
     lengths: np.ndarray  # [N] its size
     labels: np.ndarray  # [N] int64, -1 where there is none
+    missing: int = 0  # manifest samples left out because their shard or index entry is gone (each logged)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -56,17 +57,19 @@ def load_index(url: str, storage_options: Optional[Mapping[str, Any]] = None, ex
     texts = fs.cat([join(root, idx_name(s)) for s in shards], on_error="return")
     keys, shard_of, offsets, lengths = [], [], [], []
     sizes = np.zeros(len(shards), np.int64)
+    missing = 0
     for s, shard in enumerate(shards):
         raw = texts.get(join(root, idx_name(shard))) if isinstance(texts, dict) else None
         if raw is None or isinstance(raw, Exception):
-            raise ShardFormatError(f"{url}: index {idx_name(shard)} of a committed shard is missing ({raw}); "
-                                   "the output is damaged: reshard or restore the file")
+            logger.error("%s: index %s is missing (%s): skipping its %d samples (e.g. %s)", url, idx_name(shard),
+                         raw, len(by_shard[shard]), by_shard[shard][0])
+            missing += len(by_shard[shard])
+            continue
         members = parse_idx(raw.decode(), idx_name(shard))
         wanted = [k for k in by_shard[shard] if k in members and ext in members[k]]
-        if len(wanted) != len(by_shard[shard]):
-            missing = sorted(set(by_shard[shard]) - set(wanted))
-            raise ShardFormatError(f"{url}/{shard}: {len(missing)} manifest samples not in its index "
-                                   f"(e.g. {missing[0]}); the output is damaged")
+        for k in sorted(set(by_shard[shard]) - set(wanted)):
+            logger.error("%s/%s: sample %s has no .%s member: skipped", url, shard, k, ext)
+        missing += len(by_shard[shard]) - len(wanted)
         wanted.sort(key=lambda k: members[k][ext][0])
         for k in wanted:
             keys.append(k)
@@ -74,9 +77,11 @@ def load_index(url: str, storage_options: Optional[Mapping[str, Any]] = None, ex
             lengths.append(members[k][ext][1])
         shard_of.extend([s] * len(wanted))
         sizes[s] = len(wanted)
+    if not keys:
+        raise InputError(f"{url}: none of the {len(table)} kept samples can be read (shards or indexes missing)")
     return SampleIndex(full_url(fs, root), shards, sizes, np.array(keys, dtype=object),
                        np.array(shard_of, np.int64), np.array(offsets, np.int64), np.array(lengths, np.int64),
-                       np.array([labels[k] for k in keys], np.int64))
+                       np.array([labels[k] for k in keys], np.int64), missing)
 
 
 class ShardReader:

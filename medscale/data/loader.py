@@ -72,7 +72,7 @@ class ShardDataset(IterableDataset):
         self._start = 0  # global samples of this epoch consumed before this run (a resume point)
         self._delivered = 0  # samples this rank delivered since `_start` (counted in the main process)
         self._completed = False
-        self.skipped = 0
+        self.skipped = self.index.missing  # samples logged and left out (per process; workers count their own)
 
     # -- order ------------------------------------------------------------------------------------------------
     def _rank_samples(self) -> np.ndarray:

@@ -146,6 +146,18 @@ def test_errors_and_damaged_shards(corpus, tmp_path):
     ds = _dataset(out, rank=0, world_size=1, remainder="uneven")
     keys = [k for b in _keys(ShardLoader(ds)) for k in b]
     assert ds.skipped == 100 and len(keys) == 790 - 100
+    gone = tmp_path / "gone"  # a whole shard (tar and index) missing, and a corrupt member in another
+    shutil.copytree(corpus, gone)
+    (gone / "shard-000002.tar").unlink()
+    (gone / "shard-000002.idx").unlink()
+    ds = _dataset(gone, rank=0, world_size=1, remainder="uneven")
+    bad_key = ds.index.keys[0]
+    shard = gone / ds.index.shards[ds.index.shard_of[0]]
+    data = bytearray(shard.read_bytes())
+    data[ds.index.offsets[0]:ds.index.offsets[0] + 16] = b"\0" * 16  # PNG signature destroyed
+    shard.write_bytes(bytes(data))
+    keys = [k for b in _keys(ShardLoader(ds)) for k in b]
+    assert ds.skipped == 100 + 1 and len(keys) == 790 - 101 and bad_key not in keys
 
 
 @pytest.mark.slow
