@@ -8,7 +8,6 @@ and the peak memory of medscale's whole process tree (driver + Ray). Run: `pytho
 from __future__ import annotations
 
 import argparse
-import gzip
 import io
 import os
 import shutil

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Tuple
+import io
+from typing import Any, Dict, List, Mapping, Tuple
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from medscale.core.card import load_backbone
-from medscale.core.storage import filesystem, join
+from medscale.core.config import DedupConfig
+from medscale.core.errors import InputError
+from medscale.core.executor import ordered_map
+from medscale.core.storage import filesystem, full_url, join, put_bytes_atomic
 from medscale.data.shards import iter_shard
 from medscale.data.png import decode_png
 
@@ -52,3 +59,48 @@ def embed_shard(shard: str, root_url: str, backbone: str, storage_options: Mappi
             out.append(model.forward_head(model.forward_features(torch.from_numpy(np.stack(pending))),
                                           pre_logits=True).float().numpy())
     return keys, (np.concatenate(out) if out else np.zeros((0, 0), np.float32))
+
+
+def load_embeddings(url: str, keys: np.ndarray, storage_options: Dict[str, Any]) -> np.ndarray:
+    """`[N, D]` float32 rows of a Parquet file (`key`, `embedding`) aligned to `keys`; every key must be there."""
+    fs, path = filesystem(url, storage_options)
+    if not fs.exists(path):
+        raise InputError(f"embeddings file {url} does not exist; pass a Parquet file with columns key, embedding")
+    with fs.open(path, "rb") as fh:
+        table = pq.read_table(fh)
+    missing_cols = {"key", "embedding"} - set(table.column_names)
+    if missing_cols:
+        raise InputError(f"{url}: missing column(s) {sorted(missing_cols)}; expected key (string) and "
+                         f"embedding (list of floats)")
+    try:
+        matrix = np.stack(table["embedding"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{url}: column 'embedding' must hold equal-length lists of floats ({exc})") from exc
+    index = {k: i for i, k in enumerate(table["key"].to_pylist())}
+    missing = [k for k in keys if k not in index]
+    if missing:
+        raise InputError(f"{url}: no embedding for {len(missing)} of {len(keys)} samples (e.g. {missing[0]!r}); "
+                         "compute embeddings for every kept sample of the manifest")
+    return matrix[[index[k] for k in keys]]
+
+
+def embed_corpus(fs, root: str, shards: List[str], cfg: DedupConfig, executor) -> str:
+    """Embed every sample of `shards` with `cfg.backbone` (Ray task per shard); write and return
+    `ROOT/dedup/embeddings.parquet` (key, embedding)."""
+    keys: List[str] = []
+    parts = []
+    bar = tqdm(total=len(shards), desc="embed", unit="shard", disable=not cfg.progress)
+    for shard_keys, vectors in ordered_map(executor, embed_shard, shards, full_url(fs, root), cfg.backbone,
+                                           cfg.storage_options):
+        keys.extend(shard_keys)
+        parts.append(vectors)
+        bar.update(1)
+    bar.close()
+    matrix = np.concatenate(parts)
+    table = pa.table({"key": keys, "embedding": pa.FixedSizeListArray.from_arrays(
+        pa.array(matrix.reshape(-1), pa.float32()), matrix.shape[1])})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    path = join(root, "dedup", "embeddings.parquet")
+    put_bytes_atomic(fs, path, buf.getvalue())
+    return full_url(fs, path)

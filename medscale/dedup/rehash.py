@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Tuple
 
-import numpy as np
-
 from medscale.core.storage import filesystem, join
 from medscale.data.png import decode_png
 from medscale.data.shards import iter_shard

@@ -7,7 +7,6 @@ import json
 from collections import Counter, defaultdict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw
 

@@ -3,7 +3,6 @@ manifest (shards untouched) and write a report; resumable by construction (a rer
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -12,18 +11,17 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from medscale.core.config import DedupConfig, parse_verify
 from medscale.core.errors import InputError
 from medscale.core.card import load_backbone
-from medscale.core.executor import create_executor, ordered_map
-from medscale.core.storage import filesystem, full_url, join, put_bytes_atomic
+from medscale.core.executor import create_executor
+from medscale.core.storage import filesystem, full_url
 from medscale.data.manifest import DUPLICATE, HASH_COLUMNS, KEPT, read_manifest, update_rows
-from medscale.dedup.embed import embed_shard
+from medscale.dedup.embed import embed_corpus, load_embeddings
 from medscale.dedup.rehash import hash_shard
-from medscale.dedup.report import REPORT_DIR, write_report
+from medscale.dedup.report import write_report
 from medscale.dedup.strategies import Corpus, create_strategy
 
 logger = logging.getLogger(__name__)
@@ -75,29 +73,6 @@ def eligible_mask(table: pa.Table) -> np.ndarray:
     return has_shard & np.isin(status, [KEPT, DUPLICATE])
 
 
-def load_embeddings(url: str, keys: np.ndarray, storage_options: Dict[str, Any]) -> np.ndarray:
-    """`[N, D]` float32 rows of a Parquet file (`key`, `embedding`) aligned to `keys`; every key must be there."""
-    fs, path = filesystem(url, storage_options)
-    if not fs.exists(path):
-        raise InputError(f"embeddings file {url} does not exist; pass a Parquet file with columns key, embedding")
-    with fs.open(path, "rb") as fh:
-        table = pq.read_table(fh)
-    missing_cols = {"key", "embedding"} - set(table.column_names)
-    if missing_cols:
-        raise InputError(f"{url}: missing column(s) {sorted(missing_cols)}; expected key (string) and "
-                         f"embedding (list of floats)")
-    try:
-        matrix = np.stack(table["embedding"].to_numpy(zero_copy_only=False)).astype(np.float32)
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"{url}: column 'embedding' must hold equal-length lists of floats ({exc})") from exc
-    index = {k: i for i, k in enumerate(table["key"].to_pylist())}
-    missing = [k for k in keys if k not in index]
-    if missing:
-        raise InputError(f"{url}: no embedding for {len(missing)} of {len(keys)} samples (e.g. {missing[0]!r}); "
-                         "compute embeddings for every kept sample of the manifest")
-    return matrix[[index[k] for k in keys]]
-
-
 def rehash(url: str, cfg: DedupConfig) -> int:
     """Compute the manifest's hash columns from the shards (Ray task per shard); returns samples hashed."""
     fs, root = filesystem(url, cfg.storage_options)
@@ -122,28 +97,6 @@ def rehash(url: str, cfg: DedupConfig) -> int:
         update = pa.table({"key": keys, **{n: np.concatenate(values[n]) for n in HASH_COLUMNS}})
         update_rows(fs, root, update)
     return len(keys)
-
-
-def embed_corpus(fs, root: str, shards: List[str], cfg: DedupConfig, executor) -> str:
-    """Embed every sample of `shards` with `cfg.backbone` (Ray task per shard); write and return
-    `ROOT/dedup/embeddings.parquet` (key, embedding)."""
-    keys: List[str] = []
-    parts = []
-    bar = tqdm(total=len(shards), desc="embed", unit="shard", disable=not cfg.progress)
-    for shard_keys, vectors in ordered_map(executor, embed_shard, shards, full_url(fs, root), cfg.backbone,
-                                           cfg.storage_options):
-        keys.extend(shard_keys)
-        parts.append(vectors)
-        bar.update(1)
-    bar.close()
-    matrix = np.concatenate(parts)
-    table = pa.table({"key": keys, "embedding": pa.FixedSizeListArray.from_arrays(
-        pa.array(matrix.reshape(-1), pa.float32()), matrix.shape[1])})
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    path = join(root, REPORT_DIR, "embeddings.parquet")
-    put_bytes_atomic(fs, path, buf.getvalue())
-    return full_url(fs, path)
 
 
 def _corpus(table: pa.Table, cfg: DedupConfig, url: str) -> Corpus:

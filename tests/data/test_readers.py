@@ -1,6 +1,5 @@
 """NIfTI, PNG/JPEG and npz readers, kind detection from bytes, and intensity mapping."""
 
-import io
 
 import nibabel as nib
 import numpy as np
