@@ -95,6 +95,23 @@ def _dedup(args: argparse.Namespace, extra: List[str]) -> int:
     return 0
 
 
+def _preview(args: argparse.Namespace, extra: List[str]) -> int:
+    from pathlib import Path
+
+    from medscale.data.loaders import create_loader
+    from medscale.data.preview import batch_grid
+
+    _, overrides = split_overrides(extra)
+    if args.augment:
+        overrides.append(f"loader.augment={args.augment}")
+    cfg = load_config(args.config, overrides).loader
+    cfg.num_workers = 0
+    batch = next(iter(create_loader(args.url, cfg, rank=0, world_size=1)))
+    Path(args.output).write_bytes(batch_grid(batch, args.samples))
+    print(f"{min(args.samples, len(batch['key']))} samples of {args.url} as the trainer sees them -> {args.output}")
+    return 0
+
+
 def _config(args: argparse.Namespace, extra: List[str]) -> int:
     print(to_yaml(load_config(args.config, extra)), end="")
     return 0
@@ -148,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_dedup)
+
+    p = sub.add_parser("preview", help="write a PNG of one augmented batch, as a trainer would see it",
+                       epilog="Extra loader.key=value arguments override the config, e.g. loader.image_size=128.")
+    p.add_argument("url", help="a sharding output (folder or s3://...)")
+    p.add_argument("--augment", choices=["mae", "contrastive", "resize"])
+    p.add_argument("--samples", "-n", type=int, default=8)
+    p.add_argument("--output", "-o", default="preview.png")
+    p.add_argument("--config", "-c", help="YAML config file")
+    p.set_defaults(func=_preview)
 
     p = sub.add_parser("config", help="print the resolved config")
     p.add_argument("--config", "-c", default=None)

@@ -35,3 +35,19 @@ def test_demo_shards_the_bundled_real_corpus(tmp_path, capsys):
     assert max(r["width"] for r in rows if r["status"] == "kept") <= 128
     dups = [r for r in rows if r["status"] == "duplicate"]
     assert dups and all(r["volume"] is not None and r["shard"] for r in dups)  # decided per volume, in shards
+
+
+def test_preview_writes_a_grid_of_augmented_views(tmp_path, capsys):
+    import shutil
+
+    from PIL import Image
+
+    from medscale.data.service import run_sharding
+    from tests.conftest import MEDMNIST, shard_config
+
+    shutil.copy(MEDMNIST / "breastmnist_28.npz", tmp_path / "b.npz")
+    run_sharding(shard_config([tmp_path / "b.npz"], tmp_path / "out"))
+    png = tmp_path / "preview.png"
+    assert main(["preview", str(tmp_path / "out"), "--augment", "contrastive", "-n", "4", "-o", str(png),
+                 "loader.image_size=32", "loader.small_crops=1", "loader.small_size=16"]) == 0
+    assert Image.open(png).size == (3 * 128, 4 * (128 + 14))  # 3 views per sample, 4 samples
