@@ -22,6 +22,7 @@ from medscale.core.storage import filesystem, is_local, join
 from medscale.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from medscale.data.loader import _dist_default
 from medscale.data.manifest import KEPT, read_manifest
+from medscale.data.order import REMAINDERS
 from medscale.data.shards import idx_name
 
 logger = logging.getLogger(__name__)
@@ -94,8 +95,11 @@ class DaliLoader:
                  rank: Optional[int] = None, world_size: Optional[int] = None, augment: str = "mae",
                  image_size: int = 224, small_size: int = 96, small_crops: int = 0,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, num_threads: int = 2,
-                 device: str = "auto", shuffle_buffer: int = 1024, storage_options: Optional[Mapping[str, Any]] = None,
-                 cache_dir: Optional[str] = None) -> None:
+                 device: str = "auto", shuffle_buffer: int = 1024, remainder: str = "pad",
+                 storage_options: Optional[Mapping[str, Any]] = None, cache_dir: Optional[str] = None) -> None:
+        if remainder not in REMAINDERS:
+            raise ConfigError(f"remainder must be one of {', '.join(REMAINDERS)}, got {remainder!r}")
+        self.remainder = remainder
         if augment not in AUGMENTS:
             raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
         if device not in ("auto", "gpu", "cpu"):
@@ -125,7 +129,8 @@ class DaliLoader:
             png, cls, meta = fn.readers.webdataset(
                 paths=self.paths, index_paths=[p[:-4] + ".idx" for p in self.paths], ext=["png", "cls", "json"],
                 missing_component_behavior="empty", random_shuffle=self.shuffle, initial_fill=self.shuffle_buffer,
-                shard_id=self.rank, num_shards=self.world_size, name="Reader", seed=self.seed)
+                shard_id=self.rank, num_shards=self.world_size, name="Reader", seed=self.seed,
+                pad_last_batch=self.remainder == "pad")
             dtype = types.UINT16 if self.sixteen_bit else types.UINT8
             images = fn.decoders.image(png, device="mixed" if self.gpu else "cpu", output_type=types.RGB, dtype=dtype)
             scale = 65535.0 if self.sixteen_bit else 255.0
@@ -146,8 +151,11 @@ class DaliLoader:
 
         if self._iter is None:
             self._pipe = self._build()
+            # pad: every rank yields as many batches (the reader repeats its last sample); drop: full batches only
+            policy = {"pad": LastBatchPolicy.FILL, "drop": LastBatchPolicy.DROP,
+                      "uneven": LastBatchPolicy.PARTIAL}[self.remainder]
             self._iter = DALIGenericIterator(self._pipe, self._outputs(), reader_name="Reader",
-                                             last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+                                             last_batch_policy=policy, auto_reset=True)
         for out in self._iter:
             data = out[0]
             batch: Dict[str, Any] = {"label": torch.tensor([_label(c) for c in data["cls"]], dtype=torch.int64),

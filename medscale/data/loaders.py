@@ -52,6 +52,7 @@ def create_loader(url: str, cfg: LoaderConfig, rank: Optional[int] = None, world
         return DaliLoader(url, batch_size=cfg.batch_size, seed=cfg.seed, shuffle=cfg.shuffle, rank=rank,
                           world_size=world_size, augment=cfg.augment, image_size=cfg.image_size,
                           small_size=cfg.small_size, small_crops=cfg.small_crops, device=cfg.device,
+                          remainder=cfg.remainder,
                           storage_options=cfg.storage_options, cache_dir=cfg.cache_dir)
     dataset = ShardDataset(url, seed=cfg.seed, shuffle=cfg.shuffle, rank=rank, world_size=world_size,
                            batch_size=cfg.batch_size, shuffle_window=cfg.shuffle_window, remainder=cfg.remainder,

@@ -31,6 +31,7 @@ def _loader(url, **kwargs):
     kwargs.setdefault("image_size", 32)
     kwargs.setdefault("rank", 0)
     kwargs.setdefault("world_size", 1)
+    kwargs.setdefault("remainder", "uneven")  # exactly once (the default, pad, repeats to even out the ranks)
     return DaliLoader(str(url), **kwargs)
 
 
@@ -92,3 +93,13 @@ def test_dedup_marked_shards_need_write_kept(corpus, tmp_path):
     write_kept(str(out), str(tmp_path / "kept"), DedupConfig(executor="local", progress=False))
     keys = {k for b in _keys(_loader(tmp_path / "kept")) for k in b}
     assert keys == set(ShardDataset(str(out), rank=0, world_size=1).index.keys.tolist())
+
+
+def test_pad_gives_every_rank_the_same_number_of_batches(corpus):
+    counts, union = [], set()
+    for rank in range(3):
+        batches = _keys(_loader(corpus, rank=rank, world_size=3, remainder="pad", batch_size=50))
+        counts.append((len(batches), sum(len(b) for b in batches)))
+        union |= {k for b in batches for k in b}
+    assert len(set(counts)) == 1  # DDP lock-step: same batches, same samples on every rank
+    assert union == set(ShardDataset(str(corpus), rank=0, world_size=1).index.keys.tolist())
