@@ -279,3 +279,22 @@ def test_write_kept_shards_hold_only_kept_samples_and_resume(corpus, tmp_path):
     # a rerun finds everything committed and writes nothing new
     again = write_kept(str(out), str(target), DedupConfig(executor="local", progress=False), shard_size=200)
     assert again.shards == 0 and set(shard_contents(target)) == kept
+
+
+@pytest.mark.slow
+def test_dedup_and_contamination_on_s3(corpus, s3_server):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_server)
+    fs.put(str(corpus), "medscale-test/dedup", recursive=True)
+    url = "s3://medscale-test/dedup"
+    summary = run_dedup(url, DedupConfig(strategy="hash-global", executor="local", progress=False,
+                                         storage_options=s3_server))
+    assert summary.written and summary.duplicates > 0 and fs.exists("medscale-test/dedup/dedup/groups.png")
+    cont = run_contamination(url, DedupConfig(against=[str(MEDMNIST / "breastmnist_28.npz")], threshold=0,
+                                              executor="local", progress=False, storage_options=s3_server))
+    assert {s["split"]: s["fraction"] for s in cont.sets}["test"] == 1.0
+    from medscale.data.loader import ShardDataset
+
+    ds = ShardDataset(url, storage_options=s3_server, rank=0, world_size=1)
+    assert len(ds.index) == summary.kept
