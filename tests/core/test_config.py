@@ -60,3 +60,13 @@ def test_resolved_yaml_redacts_storage_credentials():
     cfg = load_config(None, ["shard.storage_options.secret=hunter2"])
     text = to_yaml(cfg)
     assert "hunter2" not in text and "<redacted>" in text
+
+
+def test_every_bundled_preset_loads():
+    from pathlib import Path
+
+    presets = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    assert len(presets) >= 4
+    for preset in presets:
+        load_config(preset)
+    assert load_config(presets[0].parent / "dedup-2d.yaml").dedup.verify == "dhash+ahash<=16"
