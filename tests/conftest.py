@@ -27,6 +27,20 @@ def shard_config(inputs, output, **kwargs) -> ShardConfig:
 
 
 @pytest.fixture(scope="session")
+def loader_corpus(tmp_path_factory):
+    """A small real sharded corpus for the loader tests (790 samples in 8 shards of 100: BreastMNIST + an MR
+    series); tests that change it work on a copy."""
+    from medscale.data.service import run_sharding
+
+    root = tmp_path_factory.mktemp("loader")
+    shutil.copy(MEDMNIST / "breastmnist_28.npz", root / "breast.npz")
+    shutil.copy(PYDICOM_DATA / "emri_small.dcm", root / "mr.dcm")
+    out = root / "out"
+    run_sharding(shard_config([root / "breast.npz", root / "mr.dcm"], out, shard_size=100))
+    return out
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray cluster (2 CPUs) for the whole session; its files in a temp dir."""
     ray = pytest.importorskip("ray")

@@ -16,6 +16,7 @@ from medscale.core.errors import InputError
 from medscale.core.executor import ordered_map
 from medscale.core.storage import filesystem, full_url, join, put_bytes_atomic
 from medscale.data.shards import iter_shard
+from medscale.dedup.report import REPORT_DIR
 from medscale.data.png import decode_png
 
 
@@ -101,6 +102,6 @@ def embed_corpus(fs, root: str, shards: List[str], cfg: DedupConfig, executor) -
         pa.array(matrix.reshape(-1), pa.float32()), matrix.shape[1])})
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    path = join(root, "dedup", "embeddings.parquet")
+    path = join(root, REPORT_DIR, "embeddings.parquet")
     put_bytes_atomic(fs, path, buf.getvalue())
     return full_url(fs, path)

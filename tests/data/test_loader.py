@@ -10,20 +10,13 @@ from medscale.core.config import DedupConfig
 from medscale.core.errors import InputError
 from medscale.data.augment import resize_transform
 from medscale.data.loader import ShardDataset, ShardLoader
-from medscale.data.service import run_sharding
-from tests.conftest import MEDMNIST, PYDICOM_DATA, shard_config
 
 BATCH = 16
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("loader")
-    shutil.copy(MEDMNIST / "breastmnist_28.npz", root / "breast.npz")
-    shutil.copy(PYDICOM_DATA / "emri_small.dcm", root / "mr.dcm")
-    out = root / "out"
-    run_sharding(shard_config([root / "breast.npz", root / "mr.dcm"], out, shard_size=100))
-    return out
+@pytest.fixture
+def corpus(loader_corpus):
+    return loader_corpus
 
 
 def _dataset(url, **kwargs):
