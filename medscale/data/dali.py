@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import tempfile
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import pyarrow.compute as pc
 import torch
@@ -34,8 +34,9 @@ def gpu_available() -> bool:
     return torch.cuda.is_available()
 
 
-def local_shards(url: str, storage_options: Mapping[str, Any], cache_dir: Optional[str] = None) -> List[str]:
-    """Local paths of the committed shards (remote ones downloaded once into `cache_dir`, with their `.idx`)."""
+def kept_only_shards(url: str, storage_options: Mapping[str, Any]) -> Tuple[List[str], bool]:
+    """(committed shard names, whether any slice is 16-bit); a clear error when the shards hold samples that
+    dedup dropped, which DALI's whole-shard reader cannot skip."""
     fs, root = filesystem(url, dict(storage_options))
     table = read_manifest(fs, root, columns=["shard", "status", "bits"])
     in_shards = table.filter(pc.is_valid(table["shard"]))
@@ -46,7 +47,14 @@ def local_shards(url: str, storage_options: Mapping[str, Any], cache_dir: Option
         raise ConfigError(f"{url}: {not_kept} samples in the shards are marked duplicate/excluded, and DALI reads "
                           f"whole shards; write kept-only shards with `medscale dedup {url} --write-kept OUT` and "
                           "load OUT, or use loader=torch (which skips them)")
-    shards = sorted(set(in_shards["shard"].to_pylist()))
+    sixteen_bit = (pc.max(in_shards["bits"]).as_py() or 8) > 8
+    return sorted(set(in_shards["shard"].to_pylist())), sixteen_bit
+
+
+def local_paths(url: str, shards: List[str], storage_options: Mapping[str, Any],
+                cache_dir: Optional[str] = None) -> List[str]:
+    """Local paths of `shards` (remote ones downloaded once into `cache_dir`, with their `.idx`)."""
+    fs, root = filesystem(url, dict(storage_options))
     if is_local(fs):
         return [join(root, s) for s in shards]
     cache = cache_dir or tempfile.mkdtemp(prefix="medscale-dali-")
@@ -112,9 +120,8 @@ class DaliLoader:
         self.augment, self.image_size, self.small_size, self.small_crops = augment, image_size, small_size, small_crops
         self.mean, self.std, self.num_threads, self.shuffle_buffer = list(mean), list(std), num_threads, shuffle_buffer
         self.storage_options = dict(storage_options or {})
-        fs, root = filesystem(url, self.storage_options)
-        self.sixteen_bit = (pc.max(read_manifest(fs, root, columns=["bits"])["bits"]).as_py() or 8) > 8
-        self.paths = local_shards(url, self.storage_options, cache_dir)
+        shards, self.sixteen_bit = kept_only_shards(url, self.storage_options)
+        self.paths = local_paths(url, shards, self.storage_options, cache_dir)
         self._checkpoint: Optional[str] = None
         self._pipe = None
         self._iter = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from medscale.core.errors import ConfigError, MedscaleError
+from medscale.core.storage import filesystem, is_local
 from medscale.data.augment import to_tensor
 from medscale.data.index import SampleIndex, ShardReader, load_index
 from medscale.data.order import REMAINDERS, epoch_order, rank_stream, remaining, worker_stream
@@ -66,7 +68,9 @@ class ShardDataset(IterableDataset):
         self.batch_size = batch_size
         self.transform = transform or to_tensor
         self.storage_options = dict(storage_options or {})
-        self.cache_dir = cache_dir
+        # one cache for every worker and epoch of this dataset, so that remote shards are downloaded once
+        local = is_local(filesystem(url, self.storage_options)[0])
+        self.cache_dir = cache_dir or (None if local else tempfile.mkdtemp(prefix="medscale-shards-"))
         self.index: SampleIndex = load_index(url, self.storage_options)
         self.epoch = 0
         self._start = 0  # global samples of this epoch consumed before this run (a resume point)

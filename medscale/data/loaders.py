@@ -28,12 +28,12 @@ def _dali_usable(url: str, cfg: LoaderConfig) -> Optional[str]:
         import nvidia.dali  # noqa: F401
     except ImportError:
         return "nvidia-dali is not installed"
-    from medscale.data.dali import gpu_available, local_shards
+    from medscale.data.dali import gpu_available, kept_only_shards
 
     if not gpu_available():
         return "no GPU (the torch loader is faster than DALI's CPU mode on few cores)"
     try:
-        local_shards(url, cfg.storage_options, cfg.cache_dir)
+        kept_only_shards(url, cfg.storage_options)  # a check only: nothing downloaded twice
     except ConfigError as exc:
         return str(exc)
     return None
