@@ -1,8 +1,8 @@
 """Batched perceptual hashes (aHash, dHash, pHash), bit-identical to the `imagehash` library on the same pixels.
 
 imagehash resizes each image with Pillow's LANCZOS filter, whose 8-bit path uses fixed-point coefficients;
-`medscale.dedup.resample` rebuilds those exact coefficients and applies them to a whole batch as matrix products,
-so hashing a batch costs a few numpy calls instead of N Pillow calls.
+`medscale.dedup.resample` rebuilds those exact coefficients and applies them to a whole batch as exact matrix
+products, so hashing a batch costs a few BLAS calls instead of N Pillow calls.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from medscale.dedup.resample import resize_lanczos, resize_many
+from medscale.dedup.resample import CHUNK_PIXELS, resize_lanczos, resize_many
 
 
 def to_grey(images: np.ndarray) -> np.ndarray:
@@ -56,8 +56,9 @@ def _low_frequencies(pixels: np.ndarray, keep: int) -> np.ndarray:
     """`pixels: [N, S, S]` float64 -> the `[N, keep, keep]` corner of the 2D DCT, as two matrix products."""
     d = _dct_rows(pixels.shape[1], keep)
     n, size = pixels.shape[0], pixels.shape[1]
-    cols = (pixels.reshape(n * size, size) @ d.T).reshape(n, size, keep)  # DCT along axis 2
-    return np.einsum("ks,nsj->nkj", d, cols)  # then along axis 1
+    cols = (pixels.reshape(n * size, size) @ d.T).reshape(n, size, keep)  # DCT along axis 2: [N, S, keep]
+    by_row = np.ascontiguousarray(cols.transpose(1, 0, 2)).reshape(size, n * keep)
+    return (d @ by_row).reshape(keep, n, keep).transpose(1, 0, 2)  # then along axis 1
 
 
 def phash(images: np.ndarray, hash_size: int = 8, highfreq_factor: int = 4) -> np.ndarray:
@@ -116,13 +117,15 @@ def hash_images(images: list, names: tuple = ("ahash", "dhash", "phash")) -> dic
     by_shape: dict = {}
     for i, img in enumerate(images):  # group first, convert whole groups (no per-image numpy calls)
         by_shape.setdefault((img.shape, img.dtype.str), []).append(i)
-    for idx in by_shape.values():
-        batch = to_grey(to_8bit(np.stack([images[i] for i in idx])))
-        resized = resize_many(batch, [_SIZES[name] for name in names])
-        idx = np.array(idx)
-        for name in names:
-            pixels = resized[_SIZES[name]]
-            bits = _phash_bits(pixels, 8) if name == "phash" else (
-                _ahash_bits(pixels) if name == "ahash" else _dhash_bits(pixels))
-            out[name][idx] = to_uint64(_pack(bits))
+    for (shape, _), idx in by_shape.items():
+        step = max(1, CHUNK_PIXELS // max(1, int(np.prod(shape[:2]))))
+        for first in range(0, len(idx), step):  # stacked a chunk at a time, so the copy stays in cache
+            chunk = np.array(idx[first:first + step])
+            batch = to_grey(to_8bit(np.stack([images[i] for i in chunk])))
+            resized = resize_many(batch, [_SIZES[name] for name in names])
+            for name in names:
+                pixels = resized[_SIZES[name]]
+                bits = _phash_bits(pixels, 8) if name == "phash" else (
+                    _ahash_bits(pixels) if name == "ahash" else _dhash_bits(pixels))
+                out[name][chunk] = to_uint64(_pack(bits))
     return out

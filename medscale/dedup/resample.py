@@ -1,5 +1,5 @@
 """Pillow's 8-bit LANCZOS resize, bit for bit, on whole batches: the fixed-point coefficients rebuilt once per
-(input size, output size), each pass one float32 matrix product with exact float64 fix-ups near rounding ties.
+(input size, output size), each pass one exact float32 matrix product (`medscale.dedup.fixedpoint`).
 
 Several output sizes of the same images share one horizontal pass (one product against the concatenated
 coefficients), which is how `hash_images` gets aHash, dHash and pHash for little more than the cost of one.
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
-_PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c, 8 bits per channel
+from medscale.dedup.fixedpoint import PRECISION_BITS, combine_limbs, split_limbs
+
 _LANCZOS_SUPPORT = 3.0
 
 
@@ -44,77 +45,81 @@ def resample_matrix(in_size: int, out_size: int) -> np.ndarray:
         total = sum(weights)  # summed in the same order as Pillow, so the division rounds the same
         for x, w in enumerate(weights):
             w = w / total if total != 0.0 else w
-            matrix[xx, xmin + x] = int(-0.5 + w * (1 << _PRECISION_BITS)) if w < 0 else int(
-                0.5 + w * (1 << _PRECISION_BITS))
+            matrix[xx, xmin + x] = int(-0.5 + w * (1 << PRECISION_BITS)) if w < 0 else int(
+                0.5 + w * (1 << PRECISION_BITS))
     return matrix
 
 
-def _round_clip(acc: np.ndarray) -> np.ndarray:
-    """Exact integer accumulators -> Pillow's `clip8((acc + 2**21) >> 22)`."""
-    return np.clip((acc.astype(np.int64) + (1 << (_PRECISION_BITS - 1))) >> _PRECISION_BITS, 0, 255)
+CHUNK_PIXELS = 1 << 20  # pixels resampled together: the chunk's float32 copy (4 MiB) stays in cache
 
 
-_CHUNK_PIXELS = 1 << 20  # pixels per chunk: the chunk's float32 copy (4 MiB) stays in cache
+class _PassPlan(NamedTuple):
+    """One resampling pass from `in_size` to the concatenated `out_sizes`: Pillow's coefficients split into limbs."""
+
+    limbs: np.ndarray  # [in, 2 * O]: the hi limbs of every output, then the lo limbs (see `fixedpoint`)
+    outputs: int  # O
 
 
 @lru_cache(maxsize=256)
-def _pass_operands(in_size: int, out_sizes: Tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, float]:
-    """(exact float64 `[in, sum(out)]`, float32 scaled by 2**-22, float32 error bound in output units) for the
-    coefficients of every output size, side by side."""
-    matrix = np.concatenate([resample_matrix(in_size, out) for out in out_sizes])
-    exact = np.ascontiguousarray(matrix.T, dtype=np.float64)
-    scaled = (exact / (1 << _PRECISION_BITS)).astype(np.float32)  # exact: coefficients are integers < 2**23
-    # bound of a float32 dot product of n nonzero terms (zeros add exactly): n * 2**-24 * sum|x * c|, plus the + 0.5
-    taps = int((matrix != 0).sum(axis=1).max())
-    worst = 255 * np.abs(matrix).sum(axis=1).max() / (1 << _PRECISION_BITS)
-    return exact, scaled, (taps + 2) * 2.0 ** -24 * worst + 2.0 ** -14
+def _pass_plan(in_size: int, out_sizes: Tuple[int, ...]) -> _PassPlan:
+    coef = np.concatenate([resample_matrix(in_size, out) for out in out_sizes])
+    hi, lo, dtype = split_limbs(coef)
+    return _PassPlan(np.ascontiguousarray(np.concatenate([hi, lo]).T, dtype=dtype), len(coef))
 
 
-def _resample_rows(rows: np.ndarray, in_size: int, out_sizes: Tuple[int, ...]) -> np.ndarray:
-    """`rows: [R, in_size]` uint8 -> `[R, sum(out_sizes)]` uint8, exactly as Pillow's LANCZOS pass rounds each.
+def _horizontal(x: np.ndarray, out_sizes: Tuple[int, ...]) -> np.ndarray:
+    """`x: [N, H, W]` uint8 -> `[H, N, sum(out_sizes)]` uint8: Pillow's horizontal pass of every output width.
 
-    A float32 product first; the outputs that lie within its worst-case error of a rounding boundary are
-    recomputed in float64, which is exact here (every partial sum is an integer below 2**39).
+    The rows enter the product ordered by (y, image), so the result is already laid out for the vertical product.
     """
-    exact, scaled, tolerance = _pass_operands(in_size, tuple(out_sizes))
-    out_size = exact.shape[1]
-    if tolerance > 0.05:  # very wide images: too many outputs would be unsure, go straight to float64
-        return _round_clip(rows.astype(np.float64) @ exact).astype(np.uint8)
-    approx = rows.astype(np.float32) @ scaled
-    approx += np.float32(0.5)
-    floor = np.floor(approx)
-    approx -= floor  # the fractional part: unsure when within tolerance of 0 or 1
-    approx -= np.float32(0.5)
-    np.abs(approx, out=approx)
-    unsure = np.flatnonzero(approx >= np.float32(0.5 - tolerance))
-    np.maximum(floor, 0, out=floor)
-    np.minimum(floor, 255, out=floor)
-    out = floor.astype(np.uint8)
-    if len(unsure):
-        r, c = np.divmod(unsure, out_size)
-        sums = np.einsum("ij,ji->i", rows[r].astype(np.float64), exact[:, c])
-        out.reshape(-1)[unsure] = _round_clip(sums)
-    return out
+    n, h, w = x.shape
+    plan = _pass_plan(w, out_sizes)
+    rows = np.empty((h, n, w), plan.limbs.dtype)
+    np.copyto(rows, x.transpose(1, 0, 2))
+    sums = rows.reshape(h * n, w) @ plan.limbs  # [H * N, 2 * O], exact
+    out = np.empty((h * n, plan.outputs), np.uint8)
+    combine_limbs(sums, out)
+    return out.reshape(h, n, plan.outputs)
+
+
+def _vertical(cols: np.ndarray, height: int) -> np.ndarray:
+    """`cols: [H, N, C]` uint8 -> `[N, C, height]` uint8: Pillow's vertical pass, one product for all columns."""
+    h, n, c = cols.shape
+    plan = _pass_plan(h, (height,))
+    sums = cols.reshape(h, n * c).astype(plan.limbs.dtype).T @ plan.limbs  # [N * C, 2 * height], exact
+    out = np.empty((n * c, height), np.uint8)
+    combine_limbs(sums, out)
+    return out.reshape(n, c, height)
 
 
 def resize_many(images: np.ndarray, sizes: Sequence[Tuple[int, int]]) -> Dict[Tuple[int, int], np.ndarray]:
     """`images: [N, H, W]` uint8 -> `{(height, width): [N, height, width]}`, each equal to Pillow's
-    `resize((width, height), LANCZOS)` per image; the horizontal passes of all sizes are one product."""
+    `resize((width, height), LANCZOS)` per image.
+
+    Pillow resamples horizontally, rounds to 8 bits, then vertically. Here the horizontal passes of all widths are
+    one product, and so are the vertical passes of all sizes that share a height.
+    """
     n, h, w = images.shape
+    sizes = [tuple(size) for size in sizes]
     widths = tuple(sorted({width for _, width in sizes if width != w}))
-    starts = dict(zip(widths, np.cumsum((0,) + widths[:-1]))) if widths else {}
-    chunk = max(1, _CHUNK_PIXELS // max(1, h * w))
-    parts: Dict[Tuple[int, int], List[np.ndarray]] = {tuple(size): [] for size in sizes}
-    for start in range(0, n, chunk):  # Pillow: horizontal pass first, then vertical, each rounded to 8 bits
-        x = images[start:start + chunk]
-        wide = _resample_rows(x.reshape(-1, w), w, widths) if widths else None
-        for height, width in parts:
-            y = x if width == w else wide[:, starts[width]:starts[width] + width].reshape(len(x), h, width)
-            if height != h:  # the vertical pass as a row pass over the transposed chunk
-                cols = np.ascontiguousarray(y.transpose(0, 2, 1)).reshape(-1, h)
-                y = _resample_rows(cols, h, (height,)).reshape(len(x), width, height).transpose(0, 2, 1)
-            parts[(height, width)].append(np.ascontiguousarray(y, dtype=np.uint8))
-    return {size: (np.concatenate(p) if p else np.zeros((0,) + size, np.uint8)) for size, p in parts.items()}
+    column = dict(zip(widths, np.cumsum((0,) + widths[:-1]).tolist()))
+    chunk = max(1, CHUNK_PIXELS // max(1, h * w))
+    parts: Dict[Tuple[int, int], List[np.ndarray]] = {size: [] for size in sizes}
+    for first in range(0, n, chunk):
+        x = images[first:first + chunk]
+        wide = _horizontal(x, widths) if widths else None  # [H, n, sum(widths)]
+        for height in sorted({height for height, _ in sizes}):
+            group = [width for hh, width in sizes if hh == height]
+            cols = np.concatenate([x.transpose(1, 0, 2) if width == w else
+                                   wide[:, :, column[width]:column[width] + width] for width in group], axis=2)
+            # [n, height, sum(group)]
+            tall = cols.transpose(1, 0, 2) if height == h else _vertical(cols, height).transpose(0, 2, 1)
+            offset = 0
+            for width in group:
+                parts[(height, width)].append(np.ascontiguousarray(tall[:, :, offset:offset + width]))
+                offset += width
+    return {size: (p[0] if len(p) == 1 else np.concatenate(p) if p else np.zeros((0,) + size, np.uint8))
+            for size, p in parts.items()}
 
 
 def resize_lanczos(images: np.ndarray, height: int, width: int) -> np.ndarray:

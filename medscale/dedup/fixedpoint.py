@@ -1,0 +1,40 @@
+"""Pillow's fixed-point resampling arithmetic, done exactly by float matrix products.
+
+Pillow's 8-bit LANCZOS pass sums `pixel * k` with integer coefficients `k` (|k| < 2**23) and rounds as
+`clip8((acc + 2**21) >> 22)`. Such sums need ~31 bits, more than float32 holds, so each coefficient is split into
+two limbs, `k = 256 * hi + lo` with `lo` in [-128, 127]. Every partial sum of `pixel * hi` and of `pixel * lo` is
+then an integer below 2**24 in magnitude: float32 represents all of them, so a BLAS product (in any summation order)
+returns both sums exactly, and `combine_limbs` rounds `256 * hi_sum + lo_sum` as Pillow does.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+from numba import njit
+
+PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c, 8 bits per channel
+_EXACT_FLOAT32 = 1 << 24  # float32 holds every integer of smaller magnitude
+_HALF = 1 << (PRECISION_BITS - 1)  # Pillow's rounding offset
+
+
+def split_limbs(coef: np.ndarray) -> Tuple[np.ndarray, np.ndarray, type]:
+    """`coef: [O, K]` int64 -> (hi, lo, dtype): `coef == 256 * hi + lo`, and the float type in which products of
+    uint8 pixels with either limb are exact (float32, or float64 for inputs so wide that the sums outgrow 2**24)."""
+    lo = (coef + 128) % 256 - 128
+    hi = (coef - lo) >> 8
+    worst = 255 * max(np.abs(hi).sum(axis=1).max(initial=0), np.abs(lo).sum(axis=1).max(initial=0))
+    return hi, lo, (np.float32 if worst < _EXACT_FLOAT32 else np.float64)
+
+
+@njit(cache=True, nogil=True)
+def combine_limbs(sums, out):
+    """`sums: [R, 2 * O]` exact limb sums (the O hi sums, then the O lo sums) -> `out: [R, O]` uint8, Pillow's
+    `clip8((256 * hi + lo + 2**21) >> 22)`. `sums` must be C-contiguous: the loop is then vectorised."""
+    outputs = out.shape[1]
+    for i in range(out.shape[0]):
+        for j in range(outputs):
+            acc = (np.int64(sums[i, j]) << 8) + np.int64(sums[i, outputs + j]) + _HALF
+            v = acc >> PRECISION_BITS
+            out[i, j] = 0 if v < 0 else (255 if v > 255 else v)
