@@ -86,7 +86,7 @@ def _vertical(cols: np.ndarray, height: int) -> np.ndarray:
     """`cols: [H, N, C]` uint8 -> `[N, C, height]` uint8: Pillow's vertical pass, one product for all columns."""
     h, n, c = cols.shape
     plan = _pass_plan(h, (height,))
-    sums = cols.reshape(h, n * c).astype(plan.limbs.dtype).T @ plan.limbs  # [N * C, 2 * height], exact
+    sums = cols.astype(plan.limbs.dtype).reshape(h, n * c).T @ plan.limbs  # [N * C, 2 * height], exact
     out = np.empty((n * c, height), np.uint8)
     combine_limbs(sums, out)
     return out.reshape(n, c, height)
@@ -110,8 +110,9 @@ def resize_many(images: np.ndarray, sizes: Sequence[Tuple[int, int]]) -> Dict[Tu
         wide = _horizontal(x, widths) if widths else None  # [H, n, sum(widths)]
         for height in sorted({height for height, _ in sizes}):
             group = [width for hh, width in sizes if hh == height]
-            cols = np.concatenate([x.transpose(1, 0, 2) if width == w else
-                                   wide[:, :, column[width]:column[width] + width] for width in group], axis=2)
+            pieces = [x.transpose(1, 0, 2) if width == w else wide[:, :, column[width]:column[width] + width]
+                      for width in group]
+            cols = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=2)  # [H, n, sum(group)]
             # [n, height, sum(group)]
             tall = cols.transpose(1, 0, 2) if height == h else _vertical(cols, height).transpose(0, 2, 1)
             offset = 0
