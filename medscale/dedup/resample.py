@@ -100,7 +100,7 @@ def resize_many(images: np.ndarray, sizes: Sequence[Tuple[int, int]]) -> Dict[Tu
     one product, and so are the vertical passes of all sizes that share a height.
     """
     n, h, w = images.shape
-    sizes = [tuple(size) for size in sizes]
+    sizes = list(dict.fromkeys(tuple(size) for size in sizes))  # a size asked twice is computed once
     widths = tuple(sorted({width for _, width in sizes if width != w}))
     column = dict(zip(widths, np.cumsum((0,) + widths[:-1]).tolist()))
     chunk = max(1, CHUNK_PIXELS // max(1, h * w))

@@ -45,6 +45,7 @@ def test_wide_inputs_take_the_float64_path_and_stay_exact():
 def test_many_sizes_share_passes_and_each_equals_pillow():
     batch = np.load(MEDMNIST / "pneumoniamnist_28.npz")["test_images"][:40]
     sizes = [(8, 8), (8, 9), (32, 32), (28, 5), (3, 28), (28, 28)]  # shared heights, unchanged axes, identity
-    got = resize_many(batch, sizes)
+    got = resize_many(batch, sizes + [(8, 9)])  # a repeated size once, not stacked twice
+    assert sorted(got) == sorted(sizes)
     for height, width in sizes:
         np.testing.assert_array_equal(got[(height, width)], _pillow(batch, height, width), err_msg=str((height, width)))
