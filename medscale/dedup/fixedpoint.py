@@ -5,6 +5,8 @@ Pillow's 8-bit LANCZOS pass sums `pixel * k` with integer coefficients `k` (|k| 
 two limbs, `k = 256 * hi + lo` with `lo` in [-128, 127]. Every partial sum of `pixel * hi` and of `pixel * lo` is
 then an integer below 2**24 in magnitude: float32 represents all of them, so a BLAS product (in any summation order)
 returns both sums exactly, and `combine_limbs` rounds `256 * hi_sum + lo_sum` as Pillow does.
+
+This is the numpy backend of `resample`, used where the compiled kernel (`_lanczos.c`) was not built.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 from typing import Tuple
 
 import numpy as np
-from numba import njit
 
 PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c, 8 bits per channel
 _EXACT_FLOAT32 = 1 << 24  # float32 holds every integer of smaller magnitude
@@ -28,13 +29,10 @@ def split_limbs(coef: np.ndarray) -> Tuple[np.ndarray, np.ndarray, type]:
     return hi, lo, (np.float32 if worst < _EXACT_FLOAT32 else np.float64)
 
 
-@njit(cache=True, nogil=True)
-def combine_limbs(sums, out):
+def combine_limbs(sums: np.ndarray, out: np.ndarray) -> None:
     """`sums: [R, 2 * O]` exact limb sums (the O hi sums, then the O lo sums) -> `out: [R, O]` uint8, Pillow's
-    `clip8((256 * hi + lo + 2**21) >> 22)`. `sums` must be C-contiguous: the loop is then vectorised."""
+    `clip8((256 * hi + lo + 2**21) >> 22)`."""
     outputs = out.shape[1]
-    for i in range(out.shape[0]):
-        for j in range(outputs):
-            acc = (np.int64(sums[i, j]) << 8) + np.int64(sums[i, outputs + j]) + _HALF
-            v = acc >> PRECISION_BITS
-            out[i, j] = 0 if v < 0 else (255 if v > 255 else v)
+    acc = (sums[:, :outputs].astype(np.int64) << 8) + sums[:, outputs:].astype(np.int64) + _HALF
+    np.clip(acc >> PRECISION_BITS, 0, 255, out=acc)
+    out[...] = acc

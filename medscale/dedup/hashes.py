@@ -11,6 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from medscale.dedup.native import phash_low_native
 from medscale.dedup.resample import CHUNK_PIXELS, resize_lanczos, resize_many
 
 
@@ -72,9 +73,13 @@ def phash(images: np.ndarray, hash_size: int = 8, highfreq_factor: int = 4) -> n
 
 
 def _phash_bits(resized: np.ndarray, hash_size: int) -> np.ndarray:
-    pixels = resized.astype(np.float64)
-    low = _low_frequencies(pixels, hash_size).reshape(len(pixels), -1)
-    med = np.median(low, axis=1)
+    """`resized: [N, S, S]` uint8 -> `[N, hash_size**2]` bits: DCT corner above its median."""
+    native = phash_low_native(resized, _dct_rows(resized.shape[1], 8)) if hash_size == 8 else None
+    if native is not None:
+        low, med = native
+    else:
+        low = _low_frequencies(resized.astype(np.float64), hash_size).reshape(len(resized), -1)
+        med = np.median(low, axis=1)
     scale = np.abs(low).max(axis=1) + 1.0
     # both DCTs are within ~1e-12 * scale of the exact one, so a bit can differ only this close to the median
     unsure = np.flatnonzero((np.abs(low - med[:, None]) < 1e-9 * scale[:, None]).any(axis=1))
@@ -82,7 +87,8 @@ def _phash_bits(resized: np.ndarray, hash_size: int) -> np.ndarray:
     if len(unsure):
         from scipy.fftpack import dct  # imagehash's DCT, for the rare images where the bits could differ
 
-        exact = dct(dct(pixels[unsure], axis=1), axis=2)[:, :hash_size, :hash_size].reshape(len(unsure), -1)
+        pixels = resized[unsure].astype(np.float64)
+        exact = dct(dct(pixels, axis=1), axis=2)[:, :hash_size, :hash_size].reshape(len(unsure), -1)
         bits[unsure] = exact > np.median(exact, axis=1)[:, None]
     return bits
 

@@ -1,54 +1,22 @@
-"""Pillow's 8-bit LANCZOS resize, bit for bit, on whole batches: the fixed-point coefficients rebuilt once per
-(input size, output size), each pass one exact float32 matrix product (`medscale.dedup.fixedpoint`).
+"""Pillow's 8-bit LANCZOS resize, bit for bit, on whole batches and several output sizes at once.
 
-Several output sizes of the same images share one horizontal pass (one product against the concatenated
-coefficients), which is how `hash_images` gets aHash, dHash and pHash for little more than the cost of one.
+Two backends compute the same bits. `native` is the compiled kernel (`_lanczos.c`, built by setup.py when a C
+compiler is present). `numpy` is the fallback: each pass one exact float32 matrix product
+(`medscale.dedup.fixedpoint`); several output sizes share one horizontal product against the concatenated
+coefficients. Both run the horizontal pass first; the sizes that the installed Pillow resizes vertical pass first
+(`coefficients.vertical_first`) go through them transposed.
 """
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
-from medscale.dedup.fixedpoint import PRECISION_BITS, combine_limbs, split_limbs
-
-_LANCZOS_SUPPORT = 3.0
-
-
-def _sinc(x: float) -> float:
-    if x == 0.0:
-        return 1.0
-    x *= math.pi
-    return math.sin(x) / x
-
-
-def _lanczos(x: float) -> float:
-    return _sinc(x) * _sinc(x / 3.0) if -3.0 <= x < 3.0 else 0.0
-
-
-@lru_cache(maxsize=256)
-def resample_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """Pillow's fixed-point LANCZOS coefficients as a dense `[out_size, in_size]` int64 matrix."""
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = _LANCZOS_SUPPORT * filterscale
-    matrix = np.zeros((out_size, in_size), np.int64)
-    for xx in range(out_size):
-        center = (xx + 0.5) * scale
-        ss = 1.0 / filterscale
-        xmin = max(int(center - support + 0.5), 0)
-        xmax = min(int(center + support + 0.5), in_size) - xmin
-        weights = [_lanczos((x + xmin - center + 0.5) * ss) for x in range(xmax)]
-        total = sum(weights)  # summed in the same order as Pillow, so the division rounds the same
-        for x, w in enumerate(weights):
-            w = w / total if total != 0.0 else w
-            matrix[xx, xmin + x] = int(-0.5 + w * (1 << PRECISION_BITS)) if w < 0 else int(
-                0.5 + w * (1 << PRECISION_BITS))
-    return matrix
-
+from medscale.dedup import native
+from medscale.dedup.coefficients import resample_matrix, vertical_first
+from medscale.dedup.fixedpoint import combine_limbs, split_limbs
 
 CHUNK_PIXELS = 1 << 20  # pixels resampled together: the chunk's float32 copy (4 MiB) stays in cache
 
@@ -92,15 +60,45 @@ def _vertical(cols: np.ndarray, height: int) -> np.ndarray:
     return out.reshape(n, c, height)
 
 
-def resize_many(images: np.ndarray, sizes: Sequence[Tuple[int, int]]) -> Dict[Tuple[int, int], np.ndarray]:
-    """`images: [N, H, W]` uint8 -> `{(height, width): [N, height, width]}`, each equal to Pillow's
-    `resize((width, height), LANCZOS)` per image.
+BACKENDS = ("auto", "native", "numpy")
 
-    Pillow resamples horizontally, rounds to 8 bits, then vertically. Here the horizontal passes of all widths are
-    one product, and so are the vertical passes of all sizes that share a height.
-    """
+
+def resize_many(images: np.ndarray, sizes: Sequence[Tuple[int, int]],
+                backend: str = "auto") -> Dict[Tuple[int, int], np.ndarray]:
+    """`images: [N, H, W]` uint8 -> `{(height, width): [N, height, width]}`, each equal to Pillow's
+    `resize((width, height), LANCZOS)` per image. `backend`: "auto" (native when built), "native" or "numpy"."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown resize backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "native" and not native.available():
+        raise RuntimeError("the compiled LANCZOS kernel was not built (no C compiler at install time?); "
+                           "reinstall with gcc present, or use backend='numpy'")
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected [N, H, W] uint8 images, got {images.dtype} {images.shape}")
     n, h, w = images.shape
-    sizes = list(dict.fromkeys(tuple(size) for size in sizes))  # a size asked twice is computed once
+    sizes = list(dict.fromkeys((int(height), int(width)) for height, width in sizes))  # each size once
+    transposed = [size for size in sizes if vertical_first(h, w, *size)]
+    out = _resize_horizontal_first(images, [size for size in sizes if size not in transposed], backend)
+    if transposed:  # a vertical-first resize is a horizontal-first one of the transposed images
+        flipped = _resize_horizontal_first(np.ascontiguousarray(images.transpose(0, 2, 1)),
+                                           [(width, height) for height, width in transposed], backend)
+        out.update({(height, width): flipped[(width, height)].transpose(0, 2, 1) for height, width in transposed})
+    return {size: out[size] for size in sizes}
+
+
+def _resize_horizontal_first(images: np.ndarray, sizes: List[Tuple[int, int]], backend: str) -> Dict:
+    if not sizes:
+        return {}
+    if backend != "numpy":
+        out = native.resize_many_native(images, sizes)
+        if out is not None:
+            return out
+    return _resize_numpy(images, sizes)
+
+
+def _resize_numpy(images: np.ndarray, sizes: List[Tuple[int, int]]) -> Dict[Tuple[int, int], np.ndarray]:
+    """The numpy backend: Pillow resamples horizontally, rounds to 8 bits, then vertically. Here the horizontal
+    passes of all widths are one product, and so are the vertical passes of all sizes that share a height."""
+    n, h, w = images.shape
     widths = tuple(sorted({width for _, width in sizes if width != w}))
     column = dict(zip(widths, np.cumsum((0,) + widths[:-1]).tolist()))
     chunk = max(1, CHUNK_PIXELS // max(1, h * w))
@@ -123,6 +121,6 @@ def resize_many(images: np.ndarray, sizes: Sequence[Tuple[int, int]]) -> Dict[Tu
             for size, p in parts.items()}
 
 
-def resize_lanczos(images: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_lanczos(images: np.ndarray, height: int, width: int, backend: str = "auto") -> np.ndarray:
     """`images: [N, H, W]` uint8 -> `[N, height, width]` uint8, equal to Pillow's `resize(..., LANCZOS)` per image."""
-    return resize_many(images, [(height, width)])[(height, width)]
+    return resize_many(images, [(height, width)], backend)[(height, width)]

@@ -1,10 +1,13 @@
-"""The two-limb products reproduce Pillow's fixed-point arithmetic exactly, in float32 and in the float64 fallback."""
+"""The numpy backend: two-limb products reproduce Pillow's fixed-point arithmetic exactly, in float32 and float64."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from medscale.dedup import native
 from medscale.dedup.fixedpoint import PRECISION_BITS, combine_limbs, split_limbs
-from medscale.dedup.resample import resample_matrix, resize_lanczos, resize_many
+from medscale.dedup.coefficients import resample_matrix
+from medscale.dedup.resample import resize_lanczos, resize_many
 from tests.conftest import MEDMNIST
 
 
@@ -39,13 +42,16 @@ def test_combine_limbs_is_pillows_rounding():
 def test_wide_inputs_take_the_float64_path_and_stay_exact():
     small = np.load(MEDMNIST / "pneumoniamnist_28.npz")["test_images"][:6]
     wide = np.tile(small, (1, 1, 200))  # [6, 28, 5600]: 2,100 taps per output
-    np.testing.assert_array_equal(resize_lanczos(wide, 8, 9), _pillow(wide, 8, 9))
+    np.testing.assert_array_equal(resize_lanczos(wide, 8, 9, backend="numpy"), _pillow(wide, 8, 9))
 
 
-def test_many_sizes_share_passes_and_each_equals_pillow():
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_many_sizes_share_passes_and_each_equals_pillow(backend):
+    if backend == "native" and not native.available():
+        pytest.skip("the compiled kernel was not built")
     batch = np.load(MEDMNIST / "pneumoniamnist_28.npz")["test_images"][:40]
     sizes = [(8, 8), (8, 9), (32, 32), (28, 5), (3, 28), (28, 28)]  # shared heights, unchanged axes, identity
-    got = resize_many(batch, sizes + [(8, 9)])  # a repeated size once, not stacked twice
+    got = resize_many(batch, sizes + [(8, 9)], backend)  # a repeated size once, not stacked twice
     assert sorted(got) == sorted(sizes)
     for height, width in sizes:
         np.testing.assert_array_equal(got[(height, width)], _pillow(batch, height, width), err_msg=str((height, width)))

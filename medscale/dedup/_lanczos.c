@@ -1,0 +1,463 @@
+/* Pillow's 8-bit LANCZOS resize, bit for bit, for a batch of same-sized images and several output sizes at once.
+ *
+ * Pillow sums `pixel * k` in int32 with 22-bit fixed-point coefficients `k` and rounds as clip8((acc + 2^21) >> 22).
+ * Here the sums run in float64: every partial sum is an integer far below 2^53, so it is exact in any order, and the
+ * rounding then matches Pillow's integer code exactly.
+ *
+ * Layout: 16 image rows at a time are transposed into `rows_t [W][16]` doubles, so one input column of 16 rows is two
+ * vectors. Each output column then costs exactly its filter window (no padding to a shared span): a window tap is one
+ * coefficient broadcast against two vectors. The horizontal results are stored transposed too, `mid_t [column][row]`,
+ * and the vertical pass runs the same way round: 8 output rows per vector, 8 columns at a time.
+ *
+ * The Python side (`medscale/dedup/native.py`) builds the coefficient tables once per (input size, output sizes)
+ * and this file checks every index against the buffers before it runs. The GIL is released while the loops run.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#pragma GCC diagnostic ignored "-Wpsabi" /* the vector helpers are always inlined: no ABI crosses them */
+
+#define LANES 8 /* doubles per vector */
+#define ROWS 16 /* image rows per horizontal step: two vectors per input column */
+#define COLUMNS 8 /* columns per vertical step: independent accumulators */
+
+typedef double v8d __attribute__((vector_size(64)));
+typedef double v8du __attribute__((vector_size(64), aligned(8)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef uint8_t v8b __attribute__((vector_size(8)));
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* Keep a loaded vector in a register: gcc would otherwise fold the load into every multiply-add that uses it,
+ * loading it once per use, and the horizontal loop is bound by loads. Only where 512-bit registers exist (`wide`
+ * is a compile-time constant, so the other builds never see the constraint). */
+#define IN_REGISTER(wide, v) \
+    do {                     \
+        if (wide) __asm__("" : "+v"(v)); \
+    } while (0)
+
+INLINE v8d load8(const double *p) { return *(const v8du *)p; }
+INLINE void store8(double *p, v8d v) { *(v8du *)p = v; }
+
+/* Pillow's clip8((acc + 2^21) >> 22) on 8 exact integer sums. */
+INLINE v8i round8(v8d acc) {
+    v8i q = __builtin_convertvector(acc + 2097152.0, v8i) >> 22;
+    q &= ~(q < 0);
+    v8i over = q > 255;
+    return (q & ~over) | (255 & over);
+}
+
+/* ---- 16 rows of bytes -> rows_t [w][16] doubles (rows past `nr` are zero) ---- */
+
+typedef void (*TransposeFn)(const uint8_t *src, Py_ssize_t w, int nr, double *dst);
+
+static void transpose_scalar(const uint8_t *src, Py_ssize_t w, int nr, double *dst) {
+    for (Py_ssize_t x = 0; x < w; x++)
+        for (int r = 0; r < ROWS; r++) dst[x * ROWS + r] = r < nr ? src[r * w + x] : 0.0;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+/* 8 rows x 8 columns at a time: gather one 8-byte piece of each row, then for each column one byte permute puts
+ * its 8 bytes into the low bytes of 8 zeroed 64-bit lanes, and one conversion makes them doubles. */
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vbmi")))
+static void transpose_avx512(const uint8_t *src, Py_ssize_t w, int nr, double *dst) {
+    if (nr < ROWS || w < 8) {
+        transpose_scalar(src, w, nr, dst);
+        return;
+    }
+    __m512i pick[8]; /* pick[x]: lane r's low byte <- byte x of lane r */
+    for (int x = 0; x < 8; x++) {
+        uint8_t order[64] = {0};
+        for (int r = 0; r < 8; r++) order[r * 8] = (uint8_t)(r * 8 + x);
+        pick[x] = _mm512_loadu_si512(order);
+    }
+    const __mmask64 low_bytes = 0x0101010101010101ULL;
+    const __m512i offsets = _mm512_mullo_epi64(_mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi64(w));
+    Py_ssize_t x0 = 0;
+    for (; x0 + 8 <= w; x0 += 8) {
+        for (int g = 0; g < ROWS / 8; g++) {
+            const __m512i pieces = _mm512_i64gather_epi64(offsets, (const void *)(src + g * 8 * w + x0), 1);
+            for (int x = 0; x < 8; x++)
+                _mm512_storeu_pd(dst + (x0 + x) * ROWS + g * 8,
+                                 _mm512_cvtepi64_pd(_mm512_maskz_permutexvar_epi8(low_bytes, pick[x], pieces)));
+        }
+    }
+    for (; x0 < w; x0++)
+        for (int r = 0; r < ROWS; r++) dst[x0 * ROWS + r] = src[r * w + x0];
+}
+
+static int has_vbmi(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vbmi");
+}
+#else
+static int has_vbmi(void) { return 0; }
+#endif
+
+/* Instruction-set levels: 1 baseline (any CPU; scalar transposition), 3 x86-64-v3 (AVX2, FMA),
+ * 4 x86-64-v4 (AVX-512; byte-permute transposition where AVX512-VBMI exists). 0 asks for the best one. */
+static int best_level(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) return 4;
+    if (__builtin_cpu_supports("x86-64-v3")) return 3;
+#endif
+    return 1;
+}
+
+/* The level to run for `asked`, or 0 (with a Python error set) when this CPU cannot run it. */
+static int resolve_level(int asked) {
+    const int best = best_level();
+    if (asked == 0) return best;
+    if ((asked == 1 || asked == 3 || asked == 4) && asked <= best) return asked;
+    PyErr_Format(PyExc_ValueError, "instruction-set level %d is not available on this CPU (best: %d)", asked, best);
+    return 0;
+}
+
+/* ---- the two passes ---- */
+
+/* Two output columns of the horizontal pass for 16 rows, over the union of their windows (coefficients outside a
+ * column's own window are zero). rows_t: [w][16]; coef: [taps][2]; out0, out1: 16 doubles each.
+ * Each loaded row vector serves both columns, which halves the loads per multiply-add; two taps in flight (eight
+ * accumulators) hide the FMA latency; the exact sums do not depend on the order. */
+INLINE void horizontal_pair(const double *rows_t, const double *coef, int start, int taps, double *out0,
+                            double *out1, const int wide) {
+    v8d a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0}, a2 = {0}, a3 = {0}, b2 = {0}, b3 = {0};
+    const double *p = rows_t + (Py_ssize_t)start * ROWS;
+    int j = 0;
+    for (; j + 2 <= taps; j += 2, p += 2 * ROWS, coef += 4) {
+        v8d r0 = load8(p), r1 = load8(p + LANES), r2 = load8(p + ROWS), r3 = load8(p + ROWS + LANES);
+        IN_REGISTER(wide, r0);
+        IN_REGISTER(wide, r1);
+        IN_REGISTER(wide, r2);
+        IN_REGISTER(wide, r3);
+        a0 += r0 * coef[0], a1 += r1 * coef[0], b0 += r0 * coef[1], b1 += r1 * coef[1];
+        a2 += r2 * coef[2], a3 += r3 * coef[2], b2 += r2 * coef[3], b3 += r3 * coef[3];
+    }
+    if (j < taps) {
+        const v8d r0 = load8(p), r1 = load8(p + LANES);
+        a0 += r0 * coef[0], a1 += r1 * coef[0], b0 += r0 * coef[1], b1 += r1 * coef[1];
+    }
+    store8(out0, __builtin_convertvector(round8(a0 + a2), v8d));
+    store8(out0 + LANES, __builtin_convertvector(round8(a1 + a3), v8d));
+    store8(out1, __builtin_convertvector(round8(b0 + b2), v8d));
+    store8(out1 + LANES, __builtin_convertvector(round8(b1 + b3), v8d));
+}
+
+/* One block of 8 output rows of the vertical pass for `nc` (compile-time constant) columns.
+ * mid_t: [nc][stride] horizontal results; coef: [taps][8]; out: column c's 8 bytes at out + c * out_stride. */
+INLINE void vertical_block(int nc, const double *mid_t, Py_ssize_t stride, const double *coef, int start, int taps,
+                           uint8_t *out, Py_ssize_t out_stride) {
+    v8d acc[COLUMNS];
+    for (int c = 0; c < nc; c++) acc[c] = (v8d){0};
+    for (int j = 0; j < taps; j++) {
+        const v8d k = load8(coef + (Py_ssize_t)j * LANES);
+        for (int c = 0; c < nc; c++) acc[c] += k * mid_t[c * stride + start + j];
+    }
+    for (int c = 0; c < nc; c++) {
+        const v8b q = __builtin_convertvector(round8(acc[c]), v8b);
+        memcpy(out + c * out_stride, &q, sizeof q);
+    }
+}
+
+typedef struct {
+    Py_ssize_t first, columns; /* the horizontal columns [first, first + columns) this height reads */
+    Py_ssize_t blocks;         /* blocks of 8 output rows */
+    const int32_t *start;      /* [blocks] first input row of each block's span */
+    const int32_t *taps;       /* [blocks] */
+    const double *coef;        /* [sum(taps)][8] */
+    uint8_t *out;              /* [n][columns][blocks * 8] */
+} VerticalPlan;
+
+typedef struct {
+    const uint8_t *images;
+    Py_ssize_t n, h, w;
+    Py_ssize_t pairs;      /* the horizontal pass, in pairs of output columns */
+    const int32_t *hstart; /* [pairs] */
+    const int32_t *htaps;  /* [pairs] */
+    const double *hcoef;   /* [sum(htaps)][2] */
+    const VerticalPlan *plans;
+    Py_ssize_t nplans;
+    double *rows_t; /* [w][16] scratch */
+    double *mid_t;  /* [2 * pairs][stride] scratch */
+    Py_ssize_t stride;
+    TransposeFn transpose;
+} Job;
+
+/* Both passes for every image; compiled once per instruction set below (`wide`: 512-bit registers). */
+INLINE void resize_images(const Job *job, const int wide) {
+    const Py_ssize_t h = job->h, w = job->w, stride = job->stride;
+    double *rows_t = job->rows_t, *mid_t = job->mid_t;
+    const uint8_t *end = job->images + job->n * h * w;
+    for (Py_ssize_t i = 0; i < job->n; i++) {
+        const uint8_t *img = job->images + i * h * w;
+        for (Py_ssize_t y0 = 0; y0 < h; y0 += ROWS) {
+            job->transpose(img + y0 * w, w, (int)(h - y0 < ROWS ? h - y0 : ROWS), rows_t);
+            /* fetch the next 16 rows (or the next image's first) while this step's arithmetic runs */
+            const uint8_t *next = img + (y0 + ROWS) * w;
+            for (Py_ssize_t byte = 0; byte < ROWS * w && next + byte < end; byte += 64) __builtin_prefetch(next + byte);
+            const double *coef = job->hcoef;
+            for (Py_ssize_t c = 0; c < job->pairs; c++) {
+                double *out = mid_t + 2 * c * stride + y0;
+                horizontal_pair(rows_t, coef, job->hstart[c], job->htaps[c], out, out + stride, wide);
+                coef += 2 * (Py_ssize_t)job->htaps[c];
+            }
+        }
+        for (Py_ssize_t s = 0; s < job->nplans; s++) {
+            const VerticalPlan *v = &job->plans[s];
+            const Py_ssize_t out_stride = v->blocks * LANES;
+            const double *coef = v->coef;
+            for (Py_ssize_t b = 0; b < v->blocks; b++) {
+                uint8_t *out = v->out + i * v->columns * out_stride + b * LANES;
+                const int start = v->start[b], taps = v->taps[b];
+                for (Py_ssize_t c = 0; c < v->columns;) {
+                    const double *src = mid_t + (v->first + c) * stride;
+                    uint8_t *dst = out + c * out_stride;
+                    const Py_ssize_t left = v->columns - c;
+                    if (left >= 8) vertical_block(8, src, stride, coef, start, taps, dst, out_stride), c += 8;
+                    else if (left >= 4) vertical_block(4, src, stride, coef, start, taps, dst, out_stride), c += 4;
+                    else vertical_block(1, src, stride, coef, start, taps, dst, out_stride), c += 1;
+                }
+                coef += (Py_ssize_t)taps * LANES;
+            }
+        }
+    }
+}
+
+static void resize_baseline(const Job *job) { resize_images(job, 0); }
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("arch=x86-64-v4"))) static void resize_v4(const Job *job) { resize_images(job, 1); }
+__attribute__((target("arch=x86-64-v3"))) static void resize_v3(const Job *job) { resize_images(job, 0); }
+#endif
+
+static void resize_batch(Job *job, int level) {
+    job->transpose = transpose_scalar;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (level == 4 && has_vbmi()) job->transpose = transpose_avx512;
+    if (level == 4) return resize_v4(job);
+    if (level == 3) return resize_v3(job);
+#endif
+    resize_baseline(job);
+}
+
+/* ---- pHash's low frequencies ---- */
+
+/* The k-th smallest of v[0..n) (reorders v): Hoare's quickselect. */
+static double select_kth(double *v, int n, int k) {
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        const double pivot = v[(lo + hi) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (v[i] < pivot) i++;
+            while (v[j] > pivot) j--;
+            if (i <= j) {
+                const double t = v[i];
+                v[i++] = v[j], v[j--] = t;
+            }
+        }
+        if (k <= j) hi = j;
+        else if (k >= i) lo = i;
+        else return v[k];
+    }
+    return v[k];
+}
+
+/* For each image: low = D X D^T, the [8, 8] corner of the unnormalised 2D DCT-II, and the median of its 64 values.
+ * pixels: [n][s][s] bytes; dct_t: [s][8], the first 8 rows of the DCT matrix transposed; low: [n][64]; median: [n]. */
+INLINE void phash_low_body(const uint8_t *pixels, Py_ssize_t n, Py_ssize_t s, const double *dct_t, double *low,
+                           double *median, double *scratch /* [s][8] then 64 */) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *x = pixels + i * s * s;
+        Py_ssize_t y = 0; /* rows: scratch[y][k] = sum_c x[y][c] * dct[k][c], four rows in flight */
+        for (; y + 4 <= s; y += 4) {
+            v8d a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            for (Py_ssize_t c = 0; c < s; c++) {
+                const v8d k = load8(dct_t + c * 8);
+                a0 += k * (double)x[y * s + c], a1 += k * (double)x[(y + 1) * s + c];
+                a2 += k * (double)x[(y + 2) * s + c], a3 += k * (double)x[(y + 3) * s + c];
+            }
+            store8(scratch + y * 8, a0), store8(scratch + (y + 1) * 8, a1);
+            store8(scratch + (y + 2) * 8, a2), store8(scratch + (y + 3) * 8, a3);
+        }
+        for (; y < s; y++) {
+            v8d acc = {0};
+            for (Py_ssize_t c = 0; c < s; c++) acc += load8(dct_t + c * 8) * (double)x[y * s + c];
+            store8(scratch + y * 8, acc);
+        }
+        double *out = low + i * 64;
+        v8d col[8] = {{0}}; /* then columns: low[k][:] = sum_y dct[k][y] * scratch[y][:], eight rows k in flight */
+        for (y = 0; y < s; y++) {
+            const v8d row = load8(scratch + y * 8);
+            for (int k = 0; k < 8; k++) col[k] += row * dct_t[y * 8 + k];
+        }
+        for (int k = 0; k < 8; k++) store8(out + k * 8, col[k]);
+        double *sorted = scratch + s * 8;
+        memcpy(sorted, out, 64 * sizeof(double));
+        const double upper = select_kth(sorted, 64, 32), lower = select_kth(sorted, 32, 31);
+        median[i] = (lower + upper) / 2.0; /* numpy's median of an even count */
+    }
+}
+
+#define PHASH_ARGS const uint8_t *pixels, Py_ssize_t n, Py_ssize_t s, const double *dct_t, double *low, double *median, \
+                   double *scratch
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("arch=x86-64-v4"))) static void phash_low_v4(PHASH_ARGS) {
+    phash_low_body(pixels, n, s, dct_t, low, median, scratch);
+}
+__attribute__((target("arch=x86-64-v3"))) static void phash_low_v3(PHASH_ARGS) {
+    phash_low_body(pixels, n, s, dct_t, low, median, scratch);
+}
+#endif
+static void phash_low(PHASH_ARGS, int level) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (level == 4) return phash_low_v4(pixels, n, s, dct_t, low, median, scratch);
+    if (level == 3) return phash_low_v3(pixels, n, s, dct_t, low, median, scratch);
+#endif
+    phash_low_body(pixels, n, s, dct_t, low, median, scratch);
+}
+
+/* ---- the Python entry point: argument checks, then the loops without the GIL ---- */
+
+static int need(Py_buffer *buf, Py_ssize_t bytes, const char *what) {
+    if (buf->len < bytes) {
+        PyErr_Format(PyExc_ValueError, "%s holds %zd bytes, needs %zd", what, buf->len, bytes);
+        return 0;
+    }
+    return 1;
+}
+
+/* Sum of `taps` after checking every window [start, start + taps) lies in [0, limit); -1 on a bad window. */
+static Py_ssize_t check_windows(const int32_t *start, const int32_t *taps, Py_ssize_t count, Py_ssize_t limit,
+                                const char *what) {
+    Py_ssize_t total = 0;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        if (start[k] < 0 || taps[k] < 0 || start[k] + taps[k] > limit) {
+            PyErr_Format(PyExc_ValueError, "%s window %zd [%d, %d) lies outside [0, %zd)", what, k, start[k],
+                         start[k] + taps[k], limit);
+            return -1;
+        }
+        total += taps[k];
+    }
+    return total;
+}
+
+/* resize(images, n, h, w, hstart, htaps, hcoef, plans, level): the horizontal pass as pairs of columns (hstart, htaps:
+ * int32 [pairs]; hcoef: float64 [sum(htaps)][2]); plans: a sequence of (first, columns, start, taps, coef, out)
+ * tuples, one per output height. See native.py. */
+static PyObject *resize(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer images, hstart, htaps, hcoef;
+    Py_ssize_t n, h, w;
+    PyObject *plan_seq;
+    int level;
+    if (!PyArg_ParseTuple(args, "y*nnny*y*y*Oi", &images, &n, &h, &w, &hstart, &htaps, &hcoef, &plan_seq, &level))
+        return NULL;
+    PyObject *result = NULL, *fast = NULL;
+    Py_ssize_t nplans = 0, held = 0;
+    VerticalPlan *plans = NULL;
+    Py_buffer *bufs = NULL; /* 3 read buffers + 1 write buffer per plan */
+    double *rows_t = NULL, *mid_t = NULL;
+    const Py_ssize_t npairs = htaps.len / (Py_ssize_t)sizeof(int32_t), ncols = 2 * npairs;
+    const Py_ssize_t stride = (h + ROWS - 1) / ROWS * ROWS; /* rows of mid_t per column, padded to whole steps */
+    if (!(level = resolve_level(level)) || n < 0 || h <= 0 || w <= 0 || !need(&images, n * h * w, "images") ||
+        !need(&hstart, npairs * (Py_ssize_t)sizeof(int32_t), "hstart"))
+        goto done;
+    const Py_ssize_t htotal = check_windows(hstart.buf, htaps.buf, npairs, w, "horizontal");
+    if (htotal < 0 || !need(&hcoef, 2 * htotal * (Py_ssize_t)sizeof(double), "hcoef")) goto done;
+    if (!(fast = PySequence_Fast(plan_seq, "plans must be a sequence"))) goto done;
+    nplans = PySequence_Fast_GET_SIZE(fast);
+    plans = calloc(nplans ? nplans : 1, sizeof(VerticalPlan));
+    bufs = calloc(nplans ? nplans * 4 : 1, sizeof(Py_buffer));
+    if (!plans || !bufs) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t s = 0; s < nplans; s++) {
+        Py_buffer *b = bufs + 4 * s;
+        VerticalPlan *v = &plans[s];
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, s), "nny*y*y*w*", &v->first, &v->columns, &b[0], &b[1],
+                              &b[2], &b[3]))
+            goto done;
+        held = s + 1;
+        v->blocks = b[1].len / (Py_ssize_t)sizeof(int32_t);
+        v->start = b[0].buf, v->taps = b[1].buf, v->coef = b[2].buf, v->out = b[3].buf;
+        if (v->first < 0 || v->columns < 0 || v->first + v->columns > ncols) {
+            PyErr_SetString(PyExc_ValueError, "vertical plan reads columns that the horizontal pass does not make");
+            goto done;
+        }
+        if (!need(&b[0], v->blocks * (Py_ssize_t)sizeof(int32_t), "vertical start")) goto done;
+        const Py_ssize_t vtotal = check_windows(v->start, v->taps, v->blocks, h, "vertical");
+        if (vtotal < 0 || !need(&b[2], vtotal * LANES * (Py_ssize_t)sizeof(double), "vertical coef") ||
+            !need(&b[3], n * v->columns * v->blocks * LANES, "out"))
+            goto done;
+    }
+    /* 64-byte aligned: every vector load then stays within one cache line */
+    if (posix_memalign((void **)&rows_t, 64, sizeof(double) * ROWS * w)) rows_t = NULL;
+    if (posix_memalign((void **)&mid_t, 64, sizeof(double) * stride * (ncols ? ncols : 1))) mid_t = NULL;
+    if (!rows_t || !mid_t) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Job job = {images.buf, n, h, w, npairs, hstart.buf, htaps.buf, hcoef.buf, plans, nplans, rows_t, mid_t, stride, NULL};
+    Py_BEGIN_ALLOW_THREADS
+    resize_batch(&job, level);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    for (Py_ssize_t s = 0; s < held; s++)
+        for (int k = 0; k < 4; k++) PyBuffer_Release(&bufs[4 * s + k]);
+    free(bufs), free(plans), free(rows_t), free(mid_t);
+    Py_XDECREF(fast);
+    PyBuffer_Release(&images), PyBuffer_Release(&hstart), PyBuffer_Release(&htaps), PyBuffer_Release(&hcoef);
+    return result;
+}
+
+/* phash_low(pixels, n, s, dct_t, low, median, level): see phash_low_body; dct_t is [s][8] float64. */
+static PyObject *py_phash_low(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer pixels, dct, low, median;
+    Py_ssize_t n, s;
+    int level;
+    if (!PyArg_ParseTuple(args, "y*nny*w*w*i", &pixels, &n, &s, &dct, &low, &median, &level)) return NULL;
+    PyObject *result = NULL;
+    double *scratch = NULL;
+    if (!(level = resolve_level(level)) || n < 0 || s <= 0 || !need(&pixels, n * s * s, "pixels") || !need(&dct, 8 * s * (Py_ssize_t)sizeof(double), "dct") ||
+        !need(&low, n * 64 * (Py_ssize_t)sizeof(double), "low") || !need(&median, n * (Py_ssize_t)sizeof(double), "median"))
+        goto done;
+    if (posix_memalign((void **)&scratch, 64, sizeof(double) * (8 * s + 64))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    phash_low(pixels.buf, n, s, dct.buf, low.buf, median.buf, scratch, level);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    free(scratch);
+    PyBuffer_Release(&pixels), PyBuffer_Release(&dct), PyBuffer_Release(&low), PyBuffer_Release(&median);
+    return result;
+}
+
+static PyObject *levels(PyObject *self, PyObject *unused) {
+    (void)self, (void)unused;
+    const int best = best_level();
+    return best == 4 ? Py_BuildValue("(iii)", 1, 3, 4) : best == 3 ? Py_BuildValue("(ii)", 1, 3) : Py_BuildValue("(i)", 1);
+}
+
+static PyMethodDef methods[] = {
+    {"levels", levels, METH_NOARGS, "The instruction-set levels this CPU can run: 1 baseline, 3 x86-64-v3, 4 x86-64-v4."},
+    {"resize", resize, METH_VARARGS, "Pillow's 8-bit LANCZOS resize of a batch to several sizes (see native.py)."},
+    {"phash_low", py_phash_low, METH_VARARGS, "pHash's 8x8 DCT corner and its median, per image (see native.py)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lanczos", NULL, -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__lanczos(void) { return PyModule_Create(&module); }

@@ -1,0 +1,12 @@
+"""Build hook for the one compiled module; everything else is declared in setup.cfg."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        # Pillow-exact LANCZOS resampling for batched perceptual hashes. Optional: without a C compiler the
+        # install still succeeds and hashing falls back to the pure numpy path (same bits, slower).
+        Extension("medscale.dedup._lanczos", ["medscale/dedup/_lanczos.c"], extra_compile_args=["-O3"],
+                  optional=True),
+    ],
+)
