@@ -66,7 +66,7 @@ static void transpose_scalar(const uint8_t *src, Py_ssize_t w, int nr, double *d
  * its 8 bytes into the low bytes of 8 zeroed 64-bit lanes, and one conversion makes them doubles. */
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vbmi")))
 static void transpose_avx512(const uint8_t *src, Py_ssize_t w, int nr, double *dst) {
-    if (nr < ROWS || w < 8) {
+    if (w < 8) {
         transpose_scalar(src, w, nr, dst);
         return;
     }
@@ -78,17 +78,23 @@ static void transpose_avx512(const uint8_t *src, Py_ssize_t w, int nr, double *d
     }
     const __mmask64 low_bytes = 0x0101010101010101ULL;
     const __m512i offsets = _mm512_mullo_epi64(_mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi64(w));
+    __mmask8 present[ROWS / 8]; /* the rows of each group of 8 that exist; missing rows read as zero */
+    for (int g = 0; g < ROWS / 8; g++) {
+        const int rows = nr - 8 * g < 0 ? 0 : (nr - 8 * g > 8 ? 8 : nr - 8 * g);
+        present[g] = (__mmask8)((1u << rows) - 1);
+    }
     Py_ssize_t x0 = 0;
     for (; x0 + 8 <= w; x0 += 8) {
         for (int g = 0; g < ROWS / 8; g++) {
-            const __m512i pieces = _mm512_i64gather_epi64(offsets, (const void *)(src + g * 8 * w + x0), 1);
+            const __m512i pieces = _mm512_mask_i64gather_epi64(_mm512_setzero_si512(), present[g], offsets,
+                                                               (const void *)(src + g * 8 * w + x0), 1);
             for (int x = 0; x < 8; x++)
                 _mm512_storeu_pd(dst + (x0 + x) * ROWS + g * 8,
                                  _mm512_cvtepi64_pd(_mm512_maskz_permutexvar_epi8(low_bytes, pick[x], pieces)));
         }
     }
     for (; x0 < w; x0++)
-        for (int r = 0; r < ROWS; r++) dst[x0 * ROWS + r] = src[r * w + x0];
+        for (int r = 0; r < ROWS; r++) dst[x0 * ROWS + r] = r < nr ? src[r * w + x0] : 0.0;
 }
 
 static int has_vbmi(void) {
