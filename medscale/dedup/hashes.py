@@ -15,8 +15,27 @@ from medscale.dedup.native import phash_low_native
 from medscale.dedup.resample import CHUNK_PIXELS, resize_lanczos, resize_many
 
 
-def to_grey(images: np.ndarray) -> np.ndarray:
-    """`[N, H, W]` uint8 unchanged, or `[N, H, W, 3]` RGB -> grey with Pillow's `convert("L")` integer luma."""
+def as_pixels(images) -> np.ndarray:
+    """A batch as numpy `[N, H, W]` grey or `[N, H, W, 3]` RGB uint8. numpy arrays pass as they are; torch tensors
+    (any device) may also be channels-first, `[N, 1, H, W]` or `[N, 3, H, W]`, as torch pipelines hold them."""
+    if hasattr(images, "detach") and hasattr(images, "cpu"):  # a torch tensor (torch is not imported for numpy input)
+        array = images.detach().cpu().numpy()
+        if array.ndim == 4 and array.shape[1] in (1, 3):
+            array = array[:, 0] if array.shape[1] == 1 else array.transpose(0, 2, 3, 1)
+    else:
+        array = np.asarray(images)
+    if array.dtype != np.uint8:
+        raise ValueError(f"hashes need uint8 pixels (imagehash hashes 8-bit images), got {array.dtype}: scale to "
+                         "0..255 and convert first, e.g. (x * 255).round().to(torch.uint8) or np.uint8")
+    if not (array.ndim == 3 or (array.ndim == 4 and array.shape[-1] == 3)):
+        raise ValueError(f"expected a batch [N, H, W] or [N, H, W, 3] (torch also [N, 1|3, H, W]), got {array.shape}")
+    return array
+
+
+def to_grey(images) -> np.ndarray:
+    """`[N, H, W]` uint8 unchanged, or `[N, H, W, 3]` RGB -> grey with Pillow's `convert("L")` integer luma (numpy
+    or torch input, see `as_pixels`)."""
+    images = as_pixels(images)
     if images.ndim == 3:
         return images
     rgb = images.astype(np.uint32)
@@ -37,7 +56,8 @@ def _dhash_bits(pixels: np.ndarray) -> np.ndarray:
 
 
 def average_hash(images: np.ndarray, hash_size: int = 8) -> np.ndarray:
-    """aHash of `images: [N, H, W(, 3)]` uint8 -> `[N, hash_size**2 / 8]` uint8 (imagehash.average_hash)."""
+    """aHash of `images: [N, H, W(, 3)]` uint8 (numpy, or torch also channels-first) -> `[N, hash_size**2 / 8]`
+    uint8 (imagehash.average_hash)."""
     return _pack(_ahash_bits(resize_lanczos(to_grey(images), hash_size, hash_size)))
 
 

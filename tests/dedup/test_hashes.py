@@ -30,6 +30,20 @@ def test_bit_identical_to_imagehash(hash_size):
             assert [bytes(h).hex() for h in got] == expected, (name, ours.__name__)
 
 
+def test_torch_batches_hash_like_numpy_channels_first_too():
+    torch = pytest.importorskip("torch")
+    batches = _real_batches()
+    grey, rgb = batches["mr64"], batches["us_rgb"][:3]
+    for ours, _ in PAIRS:
+        np.testing.assert_array_equal(ours(torch.from_numpy(grey)), ours(grey))
+        np.testing.assert_array_equal(ours(torch.from_numpy(grey)[:, None]), ours(grey))  # [N, 1, H, W]
+        np.testing.assert_array_equal(ours(torch.from_numpy(rgb).permute(0, 3, 1, 2)), ours(rgb))  # [N, 3, H, W]
+    with pytest.raises(ValueError, match="hashes need uint8 pixels"):
+        average_hash(torch.rand(2, 1, 28, 28))
+    with pytest.raises(ValueError, match=r"expected a batch \[N, H, W\]"):
+        average_hash(np.zeros((28, 28), np.uint8))
+
+
 def test_resize_equals_pillow_lanczos():
     batch = _real_batches()["mr64"]
     for size in [(9, 8), (32, 32), (100, 70)]:
