@@ -6,7 +6,8 @@ setup(
     ext_modules=[
         # Pillow-exact LANCZOS resampling for batched perceptual hashes. Optional: without a C compiler the
         # install still succeeds and hashing falls back to the pure numpy path (same bits, slower).
-        Extension("medscale.dedup._lanczos", ["medscale/dedup/_lanczos.c"], extra_compile_args=["-O3"],
+        Extension("medscale.dedup._lanczos", ["medscale/dedup/_lanczos.c"], depends=["medscale/dedup/_lanczos_kernel.h"],
+                  extra_compile_args=["-O3"],
                   optional=True),
     ],
 )

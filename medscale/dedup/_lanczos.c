@@ -9,8 +9,10 @@
  * coefficient broadcast against two vectors. The horizontal results are stored transposed too, `mid_t [column][row]`,
  * and the vertical pass runs the same way round: 8 output rows per vector, 8 columns at a time.
  *
- * The Python side (`medscale/dedup/native.py`) builds the coefficient tables once per (input size, output sizes)
- * and this file checks every index against the buffers before it runs. The GIL is released while the loops run.
+ * The loops are in `_lanczos_kernel.h`, compiled once per instruction set (AVX-512, AVX2, and a baseline for any
+ * CPU) and picked at run time. The Python side (`medscale/dedup/native.py`) builds the coefficient tables once per
+ * (input size, output sizes), and this file checks every index against the buffers before it runs. The GIL is
+ * released while the loops run.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -20,35 +22,14 @@
 
 #pragma GCC diagnostic ignored "-Wpsabi" /* the vector helpers are always inlined: no ABI crosses them */
 
-#define LANES 8 /* doubles per vector */
-#define ROWS 16 /* image rows per horizontal step: two vectors per input column */
-#define COLUMNS 8 /* columns per vertical step: independent accumulators */
-
-typedef double v8d __attribute__((vector_size(64)));
-typedef double v8du __attribute__((vector_size(64), aligned(8)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-typedef uint8_t v8b __attribute__((vector_size(8)));
+#define LANES 8 /* output rows per block of the vertical pass */
+#define ROWS 16 /* image rows per horizontal step */
 
 #define INLINE static inline __attribute__((always_inline))
 
-/* Keep a loaded vector in a register: gcc would otherwise fold the load into every multiply-add that uses it,
- * loading it once per use, and the horizontal loop is bound by loads. Only where 512-bit registers exist (`wide`
- * is a compile-time constant, so the other builds never see the constraint). */
-#define IN_REGISTER(wide, v) \
-    do {                     \
-        if (wide) __asm__("" : "+v"(v)); \
-    } while (0)
-
-INLINE v8d load8(const double *p) { return *(const v8du *)p; }
-INLINE void store8(double *p, v8d v) { *(v8du *)p = v; }
-
-/* Pillow's clip8((acc + 2^21) >> 22) on 8 exact integer sums. */
-INLINE v8i round8(v8d acc) {
-    v8i q = __builtin_convertvector(acc + 2097152.0, v8i) >> 22;
-    q &= ~(q < 0);
-    v8i over = q > 255;
-    return (q & ~over) | (255 & over);
-}
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define X86_LEVELS 1 /* AVX-512 and AVX2 builds (gcc's target pragmas); other compilers and CPUs get the baseline */
+#endif
 
 /* ---- 16 rows of bytes -> rows_t [w][16] doubles (rows past `nr` are zero) ---- */
 
@@ -59,7 +40,7 @@ static void transpose_scalar(const uint8_t *src, Py_ssize_t w, int nr, double *d
         for (int r = 0; r < ROWS; r++) dst[x * ROWS + r] = r < nr ? src[r * w + x] : 0.0;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef X86_LEVELS
 #include <immintrin.h>
 
 /* 8 rows x 8 columns at a time: gather one 8-byte piece of each row, then for each column one byte permute puts
@@ -108,7 +89,7 @@ static int has_vbmi(void) { return 0; }
 /* Instruction-set levels: 1 baseline (any CPU; scalar transposition), 3 x86-64-v3 (AVX2, FMA),
  * 4 x86-64-v4 (AVX-512; byte-permute transposition where AVX512-VBMI exists). 0 asks for the best one. */
 static int best_level(void) {
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef X86_LEVELS
     __builtin_cpu_init();
     if (__builtin_cpu_supports("x86-64-v4")) return 4;
     if (__builtin_cpu_supports("x86-64-v3")) return 3;
@@ -125,51 +106,7 @@ static int resolve_level(int asked) {
     return 0;
 }
 
-/* ---- the two passes ---- */
-
-/* Two output columns of the horizontal pass for 16 rows, over the union of their windows (coefficients outside a
- * column's own window are zero). rows_t: [w][16]; coef: [taps][2]; out0, out1: 16 doubles each.
- * Each loaded row vector serves both columns, which halves the loads per multiply-add; two taps in flight (eight
- * accumulators) hide the FMA latency; the exact sums do not depend on the order. */
-INLINE void horizontal_pair(const double *rows_t, const double *coef, int start, int taps, double *out0,
-                            double *out1, const int wide) {
-    v8d a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0}, a2 = {0}, a3 = {0}, b2 = {0}, b3 = {0};
-    const double *p = rows_t + (Py_ssize_t)start * ROWS;
-    int j = 0;
-    for (; j + 2 <= taps; j += 2, p += 2 * ROWS, coef += 4) {
-        v8d r0 = load8(p), r1 = load8(p + LANES), r2 = load8(p + ROWS), r3 = load8(p + ROWS + LANES);
-        IN_REGISTER(wide, r0);
-        IN_REGISTER(wide, r1);
-        IN_REGISTER(wide, r2);
-        IN_REGISTER(wide, r3);
-        a0 += r0 * coef[0], a1 += r1 * coef[0], b0 += r0 * coef[1], b1 += r1 * coef[1];
-        a2 += r2 * coef[2], a3 += r3 * coef[2], b2 += r2 * coef[3], b3 += r3 * coef[3];
-    }
-    if (j < taps) {
-        const v8d r0 = load8(p), r1 = load8(p + LANES);
-        a0 += r0 * coef[0], a1 += r1 * coef[0], b0 += r0 * coef[1], b1 += r1 * coef[1];
-    }
-    store8(out0, __builtin_convertvector(round8(a0 + a2), v8d));
-    store8(out0 + LANES, __builtin_convertvector(round8(a1 + a3), v8d));
-    store8(out1, __builtin_convertvector(round8(b0 + b2), v8d));
-    store8(out1 + LANES, __builtin_convertvector(round8(b1 + b3), v8d));
-}
-
-/* One block of 8 output rows of the vertical pass for `nc` (compile-time constant) columns.
- * mid_t: [nc][stride] horizontal results; coef: [taps][8]; out: column c's 8 bytes at out + c * out_stride. */
-INLINE void vertical_block(int nc, const double *mid_t, Py_ssize_t stride, const double *coef, int start, int taps,
-                           uint8_t *out, Py_ssize_t out_stride) {
-    v8d acc[COLUMNS];
-    for (int c = 0; c < nc; c++) acc[c] = (v8d){0};
-    for (int j = 0; j < taps; j++) {
-        const v8d k = load8(coef + (Py_ssize_t)j * LANES);
-        for (int c = 0; c < nc; c++) acc[c] += k * mid_t[c * stride + start + j];
-    }
-    for (int c = 0; c < nc; c++) {
-        const v8b q = __builtin_convertvector(round8(acc[c]), v8b);
-        memcpy(out + c * out_stride, &q, sizeof q);
-    }
-}
+/* ---- the jobs, and the kernels compiled per instruction set ---- */
 
 typedef struct {
     Py_ssize_t first, columns; /* the horizontal columns [first, first + columns) this height reads */
@@ -195,65 +132,6 @@ typedef struct {
     TransposeFn transpose;
 } Job;
 
-/* Both passes for every image; compiled once per instruction set below (`wide`: 512-bit registers). */
-INLINE void resize_images(const Job *job, const int wide) {
-    const Py_ssize_t h = job->h, w = job->w, stride = job->stride;
-    double *rows_t = job->rows_t, *mid_t = job->mid_t;
-    const uint8_t *end = job->images + job->n * h * w;
-    for (Py_ssize_t i = 0; i < job->n; i++) {
-        const uint8_t *img = job->images + i * h * w;
-        for (Py_ssize_t y0 = 0; y0 < h; y0 += ROWS) {
-            job->transpose(img + y0 * w, w, (int)(h - y0 < ROWS ? h - y0 : ROWS), rows_t);
-            /* fetch the next 16 rows (or the next image's first) while this step's arithmetic runs */
-            const uint8_t *next = img + (y0 + ROWS) * w;
-            for (Py_ssize_t byte = 0; byte < ROWS * w && next + byte < end; byte += 64) __builtin_prefetch(next + byte);
-            const double *coef = job->hcoef;
-            for (Py_ssize_t c = 0; c < job->pairs; c++) {
-                double *out = mid_t + 2 * c * stride + y0;
-                horizontal_pair(rows_t, coef, job->hstart[c], job->htaps[c], out, out + stride, wide);
-                coef += 2 * (Py_ssize_t)job->htaps[c];
-            }
-        }
-        for (Py_ssize_t s = 0; s < job->nplans; s++) {
-            const VerticalPlan *v = &job->plans[s];
-            const Py_ssize_t out_stride = v->blocks * LANES;
-            const double *coef = v->coef;
-            for (Py_ssize_t b = 0; b < v->blocks; b++) {
-                uint8_t *out = v->out + i * v->columns * out_stride + b * LANES;
-                const int start = v->start[b], taps = v->taps[b];
-                for (Py_ssize_t c = 0; c < v->columns;) {
-                    const double *src = mid_t + (v->first + c) * stride;
-                    uint8_t *dst = out + c * out_stride;
-                    const Py_ssize_t left = v->columns - c;
-                    if (left >= 8) vertical_block(8, src, stride, coef, start, taps, dst, out_stride), c += 8;
-                    else if (left >= 4) vertical_block(4, src, stride, coef, start, taps, dst, out_stride), c += 4;
-                    else vertical_block(1, src, stride, coef, start, taps, dst, out_stride), c += 1;
-                }
-                coef += (Py_ssize_t)taps * LANES;
-            }
-        }
-    }
-}
-
-static void resize_baseline(const Job *job) { resize_images(job, 0); }
-
-#if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target("arch=x86-64-v4"))) static void resize_v4(const Job *job) { resize_images(job, 1); }
-__attribute__((target("arch=x86-64-v3"))) static void resize_v3(const Job *job) { resize_images(job, 0); }
-#endif
-
-static void resize_batch(Job *job, int level) {
-    job->transpose = transpose_scalar;
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (level == 4 && has_vbmi()) job->transpose = transpose_avx512;
-    if (level == 4) return resize_v4(job);
-    if (level == 3) return resize_v3(job);
-#endif
-    resize_baseline(job);
-}
-
-/* ---- pHash's low frequencies ---- */
-
 /* The k-th smallest of v[0..n) (reorders v): Hoare's quickselect. */
 static double select_kth(double *v, int n, int k) {
     int lo = 0, hi = n - 1;
@@ -275,58 +153,65 @@ static double select_kth(double *v, int n, int k) {
     return v[k];
 }
 
-/* For each image: low = D X D^T, the [8, 8] corner of the unnormalised 2D DCT-II, and the median of its 64 values.
- * pixels: [n][s][s] bytes; dct_t: [s][8], the first 8 rows of the DCT matrix transposed; low: [n][64]; median: [n]. */
-INLINE void phash_low_body(const uint8_t *pixels, Py_ssize_t n, Py_ssize_t s, const double *dct_t, double *low,
-                           double *median, double *scratch /* [s][8] then 64 */) {
-    for (Py_ssize_t i = 0; i < n; i++) {
-        const uint8_t *x = pixels + i * s * s;
-        Py_ssize_t y = 0; /* rows: scratch[y][k] = sum_c x[y][c] * dct[k][c], four rows in flight */
-        for (; y + 4 <= s; y += 4) {
-            v8d a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-            for (Py_ssize_t c = 0; c < s; c++) {
-                const v8d k = load8(dct_t + c * 8);
-                a0 += k * (double)x[y * s + c], a1 += k * (double)x[(y + 1) * s + c];
-                a2 += k * (double)x[(y + 2) * s + c], a3 += k * (double)x[(y + 3) * s + c];
-            }
-            store8(scratch + y * 8, a0), store8(scratch + (y + 1) * 8, a1);
-            store8(scratch + (y + 2) * 8, a2), store8(scratch + (y + 3) * 8, a3);
-        }
-        for (; y < s; y++) {
-            v8d acc = {0};
-            for (Py_ssize_t c = 0; c < s; c++) acc += load8(dct_t + c * 8) * (double)x[y * s + c];
-            store8(scratch + y * 8, acc);
-        }
-        double *out = low + i * 64;
-        v8d col[8] = {{0}}; /* then columns: low[k][:] = sum_y dct[k][y] * scratch[y][:], eight rows k in flight */
-        for (y = 0; y < s; y++) {
-            const v8d row = load8(scratch + y * 8);
-            for (int k = 0; k < 8; k++) col[k] += row * dct_t[y * 8 + k];
-        }
-        for (int k = 0; k < 8; k++) store8(out + k * 8, col[k]);
-        double *sorted = scratch + s * 8;
-        memcpy(sorted, out, 64 * sizeof(double));
-        const double upper = select_kth(sorted, 64, 32), lower = select_kth(sorted, 32, 31);
-        median[i] = (lower + upper) / 2.0; /* numpy's median of an even count */
-    }
+/* numpy's median of 64 values: the mean of the 32nd and 33rd smallest. */
+static double median64(const double *values) {
+    double v[64];
+    memcpy(v, values, sizeof v);
+    const double upper = select_kth(v, 64, 32), lower = select_kth(v, 32, 31);
+    return (lower + upper) / 2.0;
 }
 
-#define PHASH_ARGS const uint8_t *pixels, Py_ssize_t n, Py_ssize_t s, const double *dct_t, double *low, double *median, \
-                   double *scratch
-#if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target("arch=x86-64-v4"))) static void phash_low_v4(PHASH_ARGS) {
-    phash_low_body(pixels, n, s, dct_t, low, median, scratch);
-}
-__attribute__((target("arch=x86-64-v3"))) static void phash_low_v3(PHASH_ARGS) {
-    phash_low_body(pixels, n, s, dct_t, low, median, scratch);
-}
+#ifdef X86_LEVELS
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+#define VL 8
+#define SUFFIX v4
+#define PIN 1
+#include "_lanczos_kernel.h"
+#undef VL
+#undef SUFFIX
+#undef PIN
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+#define VL 4
+#define SUFFIX v3
+#define PIN 0
+#include "_lanczos_kernel.h"
+#undef VL
+#undef SUFFIX
+#undef PIN
+#pragma GCC pop_options
 #endif
-static void phash_low(PHASH_ARGS, int level) {
-#if defined(__x86_64__) && defined(__GNUC__)
+
+#define VL 2 /* SSE2 on x86-64, NEON on arm64: 128-bit vectors exist everywhere */
+#define SUFFIX base
+#define PIN 0
+#include "_lanczos_kernel.h"
+#undef VL
+#undef SUFFIX
+#undef PIN
+
+static void resize_batch(Job *job, int level) {
+    job->transpose = transpose_scalar;
+#ifdef X86_LEVELS
+    if (level == 4 && has_vbmi()) job->transpose = transpose_avx512;
+    if (level == 4) return resize_images_v4(job);
+    if (level == 3) return resize_images_v3(job);
+#endif
+    (void)level;
+    resize_images_base(job);
+}
+
+static void phash_low(const uint8_t *pixels, Py_ssize_t n, Py_ssize_t s, const double *dct_t, double *low,
+                      double *median, double *scratch, int level) {
+#ifdef X86_LEVELS
     if (level == 4) return phash_low_v4(pixels, n, s, dct_t, low, median, scratch);
     if (level == 3) return phash_low_v3(pixels, n, s, dct_t, low, median, scratch);
 #endif
-    phash_low_body(pixels, n, s, dct_t, low, median, scratch);
+    (void)level;
+    phash_low_base(pixels, n, s, dct_t, low, median, scratch);
 }
 
 /* ---- the Python entry point: argument checks, then the loops without the GIL ---- */
