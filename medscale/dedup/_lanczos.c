@@ -78,6 +78,42 @@ static void transpose_avx512(const uint8_t *src, Py_ssize_t w, int nr, double *d
         for (int r = 0; r < ROWS; r++) dst[x0 * ROWS + r] = r < nr ? src[r * w + x0] : 0.0;
 }
 
+/* The same with AVX2: 8 rows x 8 columns of bytes transposed by three rounds of unpacks, leaving each column's 8
+ * bytes in one half of a 128-bit register, then widened 4 at a time. */
+__attribute__((target("avx2")))
+static inline void widen_column_avx2(__m128i column_bytes, double *dst) {
+    _mm256_storeu_pd(dst, _mm256_cvtepi32_pd(_mm_cvtepu8_epi32(column_bytes)));
+    _mm256_storeu_pd(dst + 4, _mm256_cvtepi32_pd(_mm_cvtepu8_epi32(_mm_srli_si128(column_bytes, 4))));
+}
+
+__attribute__((target("avx2")))
+static void transpose_avx2(const uint8_t *src, Py_ssize_t w, int nr, double *dst) {
+    if (w < 8) {
+        transpose_scalar(src, w, nr, dst);
+        return;
+    }
+    Py_ssize_t x0 = 0;
+    for (; x0 + 8 <= w; x0 += 8) {
+        for (int g = 0; g < ROWS / 8; g++) {
+            __m128i r[8];
+            for (int k = 0; k < 8; k++) /* missing rows read as zero */
+                r[k] = 8 * g + k < nr ? _mm_loadl_epi64((const __m128i *)(src + (8 * g + k) * w + x0)) : _mm_setzero_si128();
+            const __m128i t0 = _mm_unpacklo_epi8(r[0], r[1]), t1 = _mm_unpacklo_epi8(r[2], r[3]);
+            const __m128i t2 = _mm_unpacklo_epi8(r[4], r[5]), t3 = _mm_unpacklo_epi8(r[6], r[7]);
+            const __m128i u0 = _mm_unpacklo_epi16(t0, t1), u1 = _mm_unpackhi_epi16(t0, t1);
+            const __m128i u2 = _mm_unpacklo_epi16(t2, t3), u3 = _mm_unpackhi_epi16(t2, t3);
+            const __m128i pairs[4] = {_mm_unpacklo_epi32(u0, u2), _mm_unpackhi_epi32(u0, u2),
+                                      _mm_unpacklo_epi32(u1, u3), _mm_unpackhi_epi32(u1, u3)};
+            for (int k = 0; k < 4; k++) { /* pairs[k]: column 2k's 8 rows, then column 2k + 1's */
+                widen_column_avx2(pairs[k], dst + (x0 + 2 * k) * ROWS + g * 8);
+                widen_column_avx2(_mm_srli_si128(pairs[k], 8), dst + (x0 + 2 * k + 1) * ROWS + g * 8);
+            }
+        }
+    }
+    for (; x0 < w; x0++)
+        for (int r = 0; r < ROWS; r++) dst[x0 * ROWS + r] = r < nr ? src[r * w + x0] : 0.0;
+}
+
 static int has_vbmi(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512vbmi");
@@ -86,8 +122,9 @@ static int has_vbmi(void) {
 static int has_vbmi(void) { return 0; }
 #endif
 
-/* Instruction-set levels: 1 baseline (any CPU; scalar transposition), 3 x86-64-v3 (AVX2, FMA),
- * 4 x86-64-v4 (AVX-512; byte-permute transposition where AVX512-VBMI exists). 0 asks for the best one. */
+/* Instruction-set levels: 1 baseline (any CPU; scalar transposition), 3 x86-64-v3 (AVX2, FMA; unpack
+ * transposition), 4 x86-64-v4 (AVX-512; gather + byte-permute transposition where AVX512-VBMI exists). 0 asks for
+ * the best one. */
 static int best_level(void) {
 #ifdef X86_LEVELS
     __builtin_cpu_init();
@@ -196,7 +233,7 @@ static double median64(const double *values) {
 static void resize_batch(Job *job, int level) {
     job->transpose = transpose_scalar;
 #ifdef X86_LEVELS
-    if (level == 4 && has_vbmi()) job->transpose = transpose_avx512;
+    if (level >= 3) job->transpose = level == 4 && has_vbmi() ? transpose_avx512 : transpose_avx2;
     if (level == 4) return resize_images_v4(job);
     if (level == 3) return resize_images_v3(job);
 #endif
