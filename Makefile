@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast bench install clean
 
-$(STAMP): setup.cfg setup.py pyproject.toml medscale/dedup/_lanczos.c medscale/dedup/_lanczos_kernel.h
+$(STAMP): setup.cfg setup.py pyproject.toml medscale/dedup/_lanczos.c medscale/dedup/_lanczos_kernel.h medscale/dedup/_lanczos_transpose.h
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
