@@ -7,8 +7,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from medscale.dedup.fixedpoint import PRECISION_BITS
 
+PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c, 8 bits per channel
 _LANCZOS_SUPPORT = 3.0
 
 

@@ -13,8 +13,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from medscale.dedup.coefficients import pass_matrix
-from medscale.dedup.fixedpoint import PRECISION_BITS
+from medscale.dedup.coefficients import PRECISION_BITS, pass_matrix
 
 try:
     from medscale.dedup import _lanczos

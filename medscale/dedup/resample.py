@@ -9,57 +9,15 @@ coefficients. Both run the horizontal pass first; the sizes that the installed P
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Dict, List, NamedTuple, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
 from medscale.dedup import native
-from medscale.dedup.coefficients import resample_matrix, vertical_first
-from medscale.dedup.fixedpoint import combine_limbs, split_limbs
+from medscale.dedup.coefficients import vertical_first
+from medscale.dedup.fixedpoint import resize_numpy
 
-CHUNK_PIXELS = 1 << 20  # pixels resampled together: the chunk's float32 copy (4 MiB) stays in cache
-
-
-class _PassPlan(NamedTuple):
-    """One resampling pass from `in_size` to the concatenated `out_sizes`: Pillow's coefficients split into limbs."""
-
-    limbs: np.ndarray  # [in, 2 * O]: the hi limbs of every output, then the lo limbs (see `fixedpoint`)
-    outputs: int  # O
-
-
-@lru_cache(maxsize=256)
-def _pass_plan(in_size: int, out_sizes: Tuple[int, ...]) -> _PassPlan:
-    coef = np.concatenate([resample_matrix(in_size, out) for out in out_sizes])
-    hi, lo, dtype = split_limbs(coef)
-    return _PassPlan(np.ascontiguousarray(np.concatenate([hi, lo]).T, dtype=dtype), len(coef))
-
-
-def _horizontal(x: np.ndarray, out_sizes: Tuple[int, ...]) -> np.ndarray:
-    """`x: [N, H, W]` uint8 -> `[H, N, sum(out_sizes)]` uint8: Pillow's horizontal pass of every output width.
-
-    The rows enter the product ordered by (y, image), so the result is already laid out for the vertical product.
-    """
-    n, h, w = x.shape
-    plan = _pass_plan(w, out_sizes)
-    rows = np.empty((h, n, w), plan.limbs.dtype)
-    np.copyto(rows, x.transpose(1, 0, 2))
-    sums = rows.reshape(h * n, w) @ plan.limbs  # [H * N, 2 * O], exact
-    out = np.empty((h * n, plan.outputs), np.uint8)
-    combine_limbs(sums, out)
-    return out.reshape(h, n, plan.outputs)
-
-
-def _vertical(cols: np.ndarray, height: int) -> np.ndarray:
-    """`cols: [H, N, C]` uint8 -> `[N, C, height]` uint8: Pillow's vertical pass, one product for all columns."""
-    h, n, c = cols.shape
-    plan = _pass_plan(h, (height,))
-    sums = cols.astype(plan.limbs.dtype).reshape(h, n * c).T @ plan.limbs  # [N * C, 2 * height], exact
-    out = np.empty((n * c, height), np.uint8)
-    combine_limbs(sums, out)
-    return out.reshape(n, c, height)
-
-
+CHUNK_PIXELS = 1 << 20  # pixels resized per call where a caller stacks images: ~1 MiB of uint8, 4 MiB of float32
 BACKENDS = ("auto", "native", "numpy")
 
 
@@ -81,7 +39,8 @@ def resize_many(images: np.ndarray, sizes: Sequence[Tuple[int, int]],
     if transposed:  # a vertical-first resize is a horizontal-first one of the transposed images
         flipped = _resize_horizontal_first(np.ascontiguousarray(images.transpose(0, 2, 1)),
                                            [(width, height) for height, width in transposed], backend)
-        out.update({(height, width): flipped[(width, height)].transpose(0, 2, 1) for height, width in transposed})
+        out.update({(height, width): np.ascontiguousarray(flipped[(width, height)].transpose(0, 2, 1))
+                    for height, width in transposed})
     return {size: out[size] for size in sizes}
 
 
@@ -92,33 +51,7 @@ def _resize_horizontal_first(images: np.ndarray, sizes: List[Tuple[int, int]], b
         out = native.resize_many_native(images, sizes)
         if out is not None:
             return out
-    return _resize_numpy(images, sizes)
-
-
-def _resize_numpy(images: np.ndarray, sizes: List[Tuple[int, int]]) -> Dict[Tuple[int, int], np.ndarray]:
-    """The numpy backend: Pillow resamples horizontally, rounds to 8 bits, then vertically. Here the horizontal
-    passes of all widths are one product, and so are the vertical passes of all sizes that share a height."""
-    n, h, w = images.shape
-    widths = tuple(sorted({width for _, width in sizes if width != w}))
-    column = dict(zip(widths, np.cumsum((0,) + widths[:-1]).tolist()))
-    chunk = max(1, CHUNK_PIXELS // max(1, h * w))
-    parts: Dict[Tuple[int, int], List[np.ndarray]] = {size: [] for size in sizes}
-    for first in range(0, n, chunk):
-        x = images[first:first + chunk]
-        wide = _horizontal(x, widths) if widths else None  # [H, n, sum(widths)]
-        for height in sorted({height for height, _ in sizes}):
-            group = [width for hh, width in sizes if hh == height]
-            pieces = [x.transpose(1, 0, 2) if width == w else wide[:, :, column[width]:column[width] + width]
-                      for width in group]
-            cols = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=2)  # [H, n, sum(group)]
-            # [n, height, sum(group)]
-            tall = cols.transpose(1, 0, 2) if height == h else _vertical(cols, height).transpose(0, 2, 1)
-            offset = 0
-            for width in group:
-                parts[(height, width)].append(np.ascontiguousarray(tall[:, :, offset:offset + width]))
-                offset += width
-    return {size: (p[0] if len(p) == 1 else np.concatenate(p) if p else np.zeros((0,) + size, np.uint8))
-            for size, p in parts.items()}
+    return resize_numpy(images, sizes, CHUNK_PIXELS)
 
 
 def resize_lanczos(images: np.ndarray, height: int, width: int, backend: str = "auto") -> np.ndarray:
