@@ -28,8 +28,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from medscale.core.executor import LocalExecutor, RayExecutor, ordered_map  # noqa: E402
+from medscale.dedup import native  # noqa: E402
 from medscale.dedup.hashes import average_hash, dhash, hash_images, phash  # noqa: E402
 from medscale.dedup.lsh import brute_force_pairs, merge_pairs, plan_lsh, table_pairs  # noqa: E402
+from medscale.dedup.resample import resize_many  # noqa: E402
 from medscale.demo import DEMO_DATA  # noqa: E402
 
 
@@ -37,8 +39,6 @@ REPEATS = 3
 
 
 def hashing() -> None:
-    from medscale.dedup import native
-
     threads = os.environ.get("OPENBLAS_NUM_THREADS", str(os.cpu_count()))
     backend = f"compiled kernel, levels {native.levels()}" if native.available() else f"numpy, {threads} BLAS thread(s)"
     print(f"medscale: {backend}; imagehash single-threaded")
@@ -82,9 +82,6 @@ def hashing() -> None:
 
 def resize_levels() -> None:
     """The resize alone (to the three hash sizes), Pillow per image vs the kernel at each instruction-set level."""
-    from medscale.dedup import native
-    from medscale.dedup.resample import resize_many
-
     base = np.load(DEMO_DATA / "medmnist" / "pneumoniamnist_28.npz")["train_images"][:500]
     images = np.stack([np.asarray(Image.fromarray(i).resize((224, 224), Image.BICUBIC)) for i in base])
     sizes = [(8, 8), (8, 9), (32, 32)]

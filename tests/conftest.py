@@ -19,6 +19,24 @@ NIBABEL_DATA = Path(__import__("nibabel").__file__).parent / "tests" / "data"
 MEDMNIST = DEMO_DATA / "medmnist"
 
 
+def pillow_resize(batch, height: int, width: int):
+    """`batch: [N, H, W]` uint8 resized one image at a time by Pillow's LANCZOS: what imagehash does."""
+    import numpy as np
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(i).resize((width, height), Image.LANCZOS)) for i in batch])
+
+
+def _native_built() -> bool:
+    from medscale.dedup import native
+
+    return native.available()
+
+
+# for tests of the compiled kernel; CI also runs a test that fails when it was not built (MEDSCALE_REQUIRE_NATIVE)
+needs_native = pytest.mark.skipif(not _native_built(), reason="the compiled kernel was not built (no C compiler)")
+
+
 def shard_config(inputs, output, **kwargs) -> ShardConfig:
     """A quiet in-process config for tests."""
     kwargs.setdefault("executor", "local")

@@ -43,7 +43,7 @@ def combine_limbs(sums: np.ndarray, out: np.ndarray) -> None:
 class _PassPlan(NamedTuple):
     """One resampling pass from `in_size` to the concatenated `out_sizes`: Pillow's coefficients split into limbs."""
 
-    limbs: np.ndarray  # [in, 2 * O]: the hi limbs of every output, then the lo limbs (see `fixedpoint`)
+    limbs: np.ndarray  # [in, 2 * O]: the hi limbs of every output, then the lo limbs (see `split_limbs`)
     outputs: int  # O
 
 

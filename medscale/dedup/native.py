@@ -62,28 +62,16 @@ class _Plan(NamedTuple):
     vertical: Tuple[_Vertical, ...]
 
 
-def _blocks(matrix: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`[O, K]` coefficients -> per block of 8 outputs: (start, taps, coef [sum(taps), 8]) over the block's span."""
+def _groups(matrix: np.ndarray, size: int) -> Tuple[List[int], List[int], List[np.ndarray]]:
+    """`[O, K]` coefficients -> per group of `size` consecutive outputs: (start, taps, coef [taps, size]) over the
+    union of their windows. A short last group is padded with all-zero outputs, which nothing reads."""
     start, stop = _windows(matrix)
     starts, taps, coef = [], [], []
-    for b in range(0, len(matrix), LANES):
-        lo, hi = int(start[b:b + LANES].min()), int(stop[b:b + LANES].max())
-        block = np.zeros((hi - lo, LANES))
-        block[:, :len(matrix[b:b + LANES])] = matrix[b:b + LANES, lo:hi].T
-        starts.append(lo), taps.append(hi - lo), coef.append(block)
-    return np.array(starts, np.int32), np.array(taps, np.int32), np.concatenate(coef)
-
-
-def _pairs(matrix: np.ndarray) -> Tuple[List[int], List[int], List[np.ndarray]]:
-    """`[O, K]` coefficients -> per pair of outputs: (start, taps, coef [taps, 2]) over the union of the two
-    windows. An odd last output is paired with an all-zero column, which the vertical pass reads and ignores."""
-    start, stop = _windows(matrix)
-    starts, taps, coef = [], [], []
-    for c in range(0, len(matrix), 2):
-        lo, hi = int(start[c:c + 2].min()), int(stop[c:c + 2].max())
-        pair = np.zeros((hi - lo, 2))
-        pair[:, :len(matrix[c:c + 2])] = matrix[c:c + 2, lo:hi].T
-        starts.append(lo), taps.append(hi - lo), coef.append(pair)
+    for g in range(0, len(matrix), size):
+        lo, hi = int(start[g:g + size].min()), int(stop[g:g + size].max())
+        group = np.zeros((hi - lo, size))
+        group[:, :len(matrix[g:g + size])] = matrix[g:g + size, lo:hi].T
+        starts.append(lo), taps.append(hi - lo), coef.append(group)
     return starts, taps, coef
 
 
@@ -97,12 +85,13 @@ def _plan(height: int, width: int, sizes: Tuple[Tuple[int, int], ...]) -> _Plan:
         first, columns = 2 * len(hstart), {}
         for out_w in sorted({w for h, w in sizes if h == out_h}):
             columns[out_w] = 2 * len(hstart) - first
-            starts, taps, coef = _pairs(pass_matrix(width, out_w))
+            starts, taps, coef = _groups(pass_matrix(width, out_w), 2)  # the kernel takes columns in pairs
             hstart += starts
             htaps += taps
             hcoef += coef
-        vertical.append(_Vertical(out_h, first, columns, 2 * len(hstart) - first,
-                                  *_blocks(pass_matrix(height, out_h))))
+        vstart, vtaps, vcoef = _groups(pass_matrix(height, out_h), LANES)  # and output rows in blocks of 8
+        vertical.append(_Vertical(out_h, first, columns, 2 * len(hstart) - first, np.array(vstart, np.int32),
+                                  np.array(vtaps, np.int32), np.concatenate(vcoef)))
     return _Plan(np.array(hstart, np.int32), np.array(htaps, np.int32), np.concatenate(hcoef), tuple(vertical))
 
 

@@ -2,17 +2,11 @@
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from medscale.dedup import native
 from medscale.dedup.fixedpoint import PRECISION_BITS, combine_limbs, split_limbs
 from medscale.dedup.coefficients import resample_matrix
 from medscale.dedup.resample import resize_lanczos, resize_many
-from tests.conftest import MEDMNIST
-
-
-def _pillow(batch: np.ndarray, height: int, width: int) -> np.ndarray:
-    return np.stack([np.asarray(Image.fromarray(i).resize((width, height), Image.LANCZOS)) for i in batch])
+from tests.conftest import MEDMNIST, needs_native, pillow_resize as _pillow
 
 
 def test_limbs_reassemble_the_coefficients():
@@ -45,10 +39,8 @@ def test_wide_inputs_take_the_float64_path_and_stay_exact():
     np.testing.assert_array_equal(resize_lanczos(wide, 8, 9, backend="numpy"), _pillow(wide, 8, 9))
 
 
-@pytest.mark.parametrize("backend", ["numpy", "native"])
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("native", marks=needs_native)])
 def test_many_sizes_share_passes_and_each_equals_pillow(backend):
-    if backend == "native" and not native.available():
-        pytest.skip("the compiled kernel was not built")
     batch = np.load(MEDMNIST / "pneumoniamnist_28.npz")["test_images"][:40]
     sizes = [(8, 8), (8, 9), (32, 32), (28, 5), (3, 28), (28, 28)]  # shared heights, unchanged axes, identity
     got = resize_many(batch, sizes + [(8, 9)], backend)  # a repeated size once, not stacked twice

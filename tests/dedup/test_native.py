@@ -11,14 +11,9 @@ from medscale.dedup import native
 from medscale.dedup.coefficients import reference_resize, vertical_first
 from medscale.dedup.hashes import _dct_rows, _low_frequencies
 from medscale.dedup.resample import resize_many
-from tests.conftest import MEDMNIST
+from tests.conftest import MEDMNIST, needs_native as built, pillow_resize as _pillow
 
-built = pytest.mark.skipif(not native.available(), reason="the compiled kernel was not built (no C compiler)")
 LEVELS = native.levels() or (0,)
-
-
-def _pillow(batch: np.ndarray, height: int, width: int) -> np.ndarray:
-    return np.stack([np.asarray(Image.fromarray(i).resize((width, height), Image.LANCZOS)) for i in batch])
 
 
 def test_the_kernel_is_built_where_ci_requires_it():
@@ -52,10 +47,8 @@ def test_every_level_computes_pillows_arithmetic_exactly(level, name, images, si
         assert got[(height, width)].flags.c_contiguous
 
 
-@pytest.mark.parametrize("backend", ["native", "numpy"])
+@pytest.mark.parametrize("backend", [pytest.param("native", marks=built), "numpy"])
 def test_shapes_pillow_resizes_vertical_pass_first_are_still_exact(backend):
-    if backend == "native" and not native.available():
-        pytest.skip("the compiled kernel was not built")
     rng = np.random.default_rng(1)
     for shape, size in [((64, 32), (16, 16)), ((300, 5), (8, 8)), ((40, 40), (20, 80)), ((32, 64), (16, 16))]:
         images = rng.integers(0, 256, (4,) + shape, dtype=np.uint8)
