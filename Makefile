@@ -4,9 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast lint bench install clean
 
-$(STAMP): setup.cfg setup.py pyproject.toml medscale/dedup/_lanczos.c medscale/dedup/_lanczos_kernel.h medscale/dedup/_lanczos_transpose.h
+$(STAMP): setup.cfg setup.py pyproject.toml medscale/hashing/_lanczos.c medscale/hashing/_lanczos_kernel.h medscale/hashing/_lanczos_transpose.h
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
@@ -18,10 +18,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/medscale demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check medscale tests benchmarks
+
+test: lint
 	$(PY) -m pytest -ra
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(PY) -m pytest -ra -m "not slow"
 
 bench: $(STAMP)

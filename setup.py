@@ -6,8 +6,8 @@ setup(
     ext_modules=[
         # Pillow-exact LANCZOS resampling for batched perceptual hashes. Optional: without a C compiler the
         # install still succeeds and hashing falls back to the pure numpy path (same bits, slower).
-        Extension("medscale.dedup._lanczos", ["medscale/dedup/_lanczos.c"],
-                  depends=["medscale/dedup/_lanczos_kernel.h", "medscale/dedup/_lanczos_transpose.h"],
+        Extension("medscale.hashing._lanczos", ["medscale/hashing/_lanczos.c"],
+                  depends=["medscale/hashing/_lanczos_kernel.h", "medscale/hashing/_lanczos_transpose.h"],
                   extra_compile_args=["-O3"], optional=True),
     ],
 )

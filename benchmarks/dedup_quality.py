@@ -21,10 +21,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from medscale.core.executor import LocalExecutor  # noqa: E402
-from medscale.dedup.hashes import hash_images, to_8bit  # noqa: E402
 from medscale.dedup.lsh import brute_force_pairs, verified  # noqa: E402
 from medscale.dedup.strategies import Corpus, create_strategy  # noqa: E402
 from medscale.demo import DEMO_DATA  # noqa: E402
+from medscale.hashing.hashes import hash_images, to_8bit  # noqa: E402
 
 PER_TRANSFORM = 300
 
@@ -140,16 +140,17 @@ def main() -> None:
     origin, kind = np.array(origin), np.array(kind)
     hashes = hash_images(images)
     n = len(images)
-    print(f"{len(raw)} real images, {len(bases)} distinct (16x16 thumbnail correlation <= 0.9), {n - len(bases)} planted copies ({PER_TRANSFORM} per transform)\n")
-    strategies = {f"hash-global {h}<=6": ("hash-global", {"hash": h, "threshold": 6}) for h in hashes}
+    print(f"{len(raw)} real images, {len(bases)} distinct (16x16 thumbnail correlation <= 0.9), "
+          f"{n - len(bases)} planted copies ({PER_TRANSFORM} per transform)\n")
+    strategies = {f"hash-global {h}<=6": ("hash-global", {"hash_name": h, "threshold": 6}) for h in hashes}
     strategies["hash-global phash<=4 verify dhash+ahash<=16"] = (
-        "hash-global", {"hash": "phash", "threshold": 4, "verify": "dhash+ahash<=16"})
+        "hash-global", {"hash_name": "phash", "threshold": 4, "verify": "dhash+ahash<=16"})
     strategies["embedding (pixel stand-in) eps 0.02"] = ("embedding", {"eps": 0.02})
     embeddings = pixel_embedding(images)
     results = {}
     for label, (name, params) in strategies.items():
         corpus = Corpus(keys=np.arange(n).astype(str).astype(object),
-                        hashes=hashes[params.get("hash", "dhash")], volumes=np.array([None] * n, dtype=object),
+                        hashes=hashes[params.get("hash_name", "dhash")], volumes=np.array([None] * n, dtype=object),
                         slices=np.full(n, -1), embeddings=embeddings,
                         extra=np.stack([hashes["dhash"], hashes["ahash"]], axis=1))
         exemplar, _ = create_strategy(name, **params).reduce(corpus, LocalExecutor())

@@ -28,12 +28,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from medscale.core.executor import LocalExecutor, RayExecutor, ordered_map  # noqa: E402
-from medscale.dedup import native  # noqa: E402
-from medscale.dedup.hashes import average_hash, dhash, hash_images, phash  # noqa: E402
 from medscale.dedup.lsh import brute_force_pairs, merge_pairs, plan_lsh, table_pairs  # noqa: E402
-from medscale.dedup.resample import resize_many  # noqa: E402
 from medscale.demo import DEMO_DATA  # noqa: E402
-
+from medscale.hashing import native  # noqa: E402
+from medscale.hashing.hashes import average_hash, dhash, hash_images, phash  # noqa: E402
+from medscale.hashing.resample import resize_many  # noqa: E402
 
 REPEATS = 3
 

@@ -22,9 +22,9 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from medscale.core.config import ShardConfig, SourceOptions  # noqa: E402
 from medscale.data.augment import IMAGENET_MEAN, IMAGENET_STD, mae_transform  # noqa: E402
-from medscale.data.loader import ShardDataset, ShardLoader  # noqa: E402
+from medscale.data.config import ShardConfig, SourceOptions  # noqa: E402
+from medscale.data.dataset import ShardDataset, ShardLoader  # noqa: E402
 from medscale.data.png import decode_png  # noqa: E402
 from medscale.data.service import run_sharding  # noqa: E402
 from medscale.demo import DEMO_DATA  # noqa: E402

@@ -25,7 +25,7 @@ import pydicom
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from medscale.core.config import ShardConfig  # noqa: E402
+from medscale.data.config import ShardConfig  # noqa: E402
 from medscale.data.service import run_sharding  # noqa: E402
 from medscale.demo import DEMO_DATA  # noqa: E402
 

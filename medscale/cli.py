@@ -8,10 +8,13 @@ import logging
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-from medscale.core.config import MedscaleConfig, load_config, to_yaml
+from medscale.config import SECTIONS, MedscaleConfig, load
+from medscale.core.config import to_yaml
 from medscale.core.errors import MedscaleError
-
-SECTIONS = tuple(MedscaleConfig.__dataclass_fields__)
+from medscale.core.executor import EXECUTORS
+from medscale.data.config import AUGMENTS, SourceOptions
+from medscale.dedup.strategies import STRATEGIES
+from medscale.hashing.hashes import HASH_NAMES
 
 
 def split_overrides(args: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -21,6 +24,13 @@ def split_overrides(args: Sequence[str]) -> Tuple[List[str], List[str]]:
         head = a.split("=", 1)[0]
         (overrides if "=" in a and head.split(".", 1)[0] in SECTIONS and "." in head else inputs).append(a)
     return inputs, overrides
+
+
+def _slice_reducer(cfg: MedscaleConfig):
+    """The reducer `shard.reduce` names, from dedup, handed to the sharding service (None when not reducing)."""
+    from medscale.dedup.volume import slice_reducer
+
+    return slice_reducer(cfg.shard.reduce, cfg.shard.reduce_threshold) if cfg.shard.reduce else None
 
 
 def _shard(args: argparse.Namespace, extra: List[str]) -> int:
@@ -35,26 +45,25 @@ def _shard(args: argparse.Namespace, extra: List[str]) -> int:
         overrides.append(f"shard.executor={args.executor}")
     if args.ray_address:
         overrides.append(f"shard.ray_address={args.ray_address}")
-    cfg = load_config(args.config, overrides)
+    cfg = load(args.config, overrides)
     if inputs:
         cfg.shard.inputs = inputs
-    summary = run_sharding(cfg.shard)
+    summary = run_sharding(cfg.shard, _slice_reducer(cfg))
     print(json.dumps(summary.as_dict()) if args.json else summary.format())
     return 0
 
 
 def _demo(args: argparse.Namespace, extra: List[str]) -> int:
     from medscale.data.service import run_sharding
-    from medscale.core.config import SourceOptions
     from medscale.demo import DEMO_MODALITIES, default_output, demo_inputs
 
-    cfg = load_config(args.config, extra)
+    cfg = load(args.config, extra)
     for name, modality in DEMO_MODALITIES.items():
         cfg.shard.sources.setdefault(name, SourceOptions(modality=modality))
     cfg.shard.inputs = cfg.shard.inputs or demo_inputs()
     cfg.shard.output = args.output or cfg.shard.output or default_output()
     print(f"demo corpus: {len(cfg.shard.inputs)} inputs -> {cfg.shard.output}")
-    summary = run_sharding(cfg.shard)
+    summary = run_sharding(cfg.shard, _slice_reducer(cfg))
     print(summary.format())
     # then the Less-is-More reduction of the same corpus, recorded in its manifest (the shards stay as they are)
     from medscale.dedup.service import run_dedup
@@ -68,23 +77,23 @@ def _demo(args: argparse.Namespace, extra: List[str]) -> int:
 
 def _dedup(args: argparse.Namespace, extra: List[str]) -> int:
     from medscale.dedup.contamination import run_contamination
-    from medscale.dedup.service import rehash, run_dedup
+    from medscale.dedup.rehash import rehash_manifest
+    from medscale.dedup.service import run_dedup
 
     _, overrides = split_overrides(extra)
-    for flag, key in [("strategy", "strategy"), ("hash", "hash"), ("threshold", "threshold"), ("every_n", "every_n"),
-                      ("embeddings", "embeddings"), ("backbone", "backbone"), ("eps", "eps"), ("verify", "verify"), ("executor", "executor"),
-                      ("ray_address", "ray_address")]:
-        value = getattr(args, flag)
+    for key in ("strategy", "hash", "threshold", "every_n", "embeddings", "backbone", "eps", "verify", "executor",
+                "ray_address"):  # each flag sets the dedup key of the same name
+        value = getattr(args, key)
         if value is not None:
             overrides.append(f"dedup.{key}={value}")
     for flag in ("exclude", "dry_run"):
         if getattr(args, flag):
             overrides.append(f"dedup.{flag}=true")
-    cfg = load_config(args.config, overrides).dedup
+    cfg = load(args.config, overrides).dedup
     if args.against:
         cfg.against = list(args.against)
     if args.rehash:
-        print(f"hashed {rehash(args.url, cfg)} samples from the shards of {args.url}")
+        print(f"hashed {rehash_manifest(args.url, cfg)} samples from the shards of {args.url}")
     summary = run_contamination(args.url, cfg) if cfg.against else run_dedup(args.url, cfg)
     print(json.dumps(summary.as_dict()) if args.json else summary.format())
     if args.write_kept:
@@ -104,7 +113,7 @@ def _preview(args: argparse.Namespace, extra: List[str]) -> int:
     _, overrides = split_overrides(extra)
     if args.augment:
         overrides.append(f"loader.augment={args.augment}")
-    cfg = load_config(args.config, overrides).loader
+    cfg = load(args.config, overrides).loader
     cfg.num_workers = 0
     batch = next(iter(create_loader(args.url, cfg, rank=0, world_size=1)))
     Path(args.output).write_bytes(batch_grid(batch, args.samples))
@@ -113,7 +122,7 @@ def _preview(args: argparse.Namespace, extra: List[str]) -> int:
 
 
 def _config(args: argparse.Namespace, extra: List[str]) -> int:
-    print(to_yaml(load_config(args.config, extra)), end="")
+    print(to_yaml(load(args.config, extra)), end="")
     return 0
 
 
@@ -130,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="output folder or URL (s3://bucket/prefix)")
     p.add_argument("--shard-size", type=int, help="samples per shard")
     p.add_argument("--config", "-c", help="YAML config file")
-    p.add_argument("--executor", choices=["ray", "local"], help="Ray tasks (default) or in-process")
+    p.add_argument("--executor", choices=tuple(EXECUTORS), help="Ray tasks (default) or in-process")
     p.add_argument("--ray-address", help="join an existing Ray cluster (e.g. auto)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_shard)
@@ -142,12 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dedup", help="reduce a sharded corpus (duplicates recorded in its manifest) or check "
                                      "evaluation sets for contamination",
-                       epilog="Strategies: hash-volume (Less is More, per volume), hash-global (LSH across the "
-                              "corpus), embedding (SemDeDup on --embeddings), every-n. Extra dedup.key=value "
-                              "arguments override the config.")
+                       epilog="Strategies: " + "; ".join(f"{name}: {cls.__doc__.splitlines()[0]}"
+                                                         for name, cls in STRATEGIES.items())
+                              + ". Extra dedup.key=value arguments override the config.")
     p.add_argument("url", help="a sharding output (folder or s3://...)")
-    p.add_argument("--strategy", "-s", choices=["hash-volume", "hash-global", "embedding", "every-n"])
-    p.add_argument("--hash", choices=["ahash", "dhash", "phash"], help="which 64-bit hash (default dhash)")
+    p.add_argument("--strategy", "-s", choices=tuple(STRATEGIES))
+    p.add_argument("--hash", choices=HASH_NAMES, help="which 64-bit hash (default dhash)")
     p.add_argument("--threshold", "-k", type=int, help="Hamming distance for near-duplicates (default 6)")
     p.add_argument("--verify", help="also require a summed distance on other hashes, e.g. 'dhash+ahash<=16'")
     p.add_argument("--every-n", type=int, help="every-n: keep every n-th slice of a volume")
@@ -161,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rehash", action="store_true", help="first compute the manifest's hashes from the shards")
     p.add_argument("--dry-run", action="store_true", help="report only; leave the manifest unchanged")
     p.add_argument("--config", "-c", help="YAML config file")
-    p.add_argument("--executor", choices=["ray", "local"])
+    p.add_argument("--executor", choices=tuple(EXECUTORS))
     p.add_argument("--ray-address")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_dedup)
@@ -169,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("preview", help="write a PNG of one augmented batch, as a trainer would see it",
                        epilog="Extra loader.key=value arguments override the config, e.g. loader.image_size=128.")
     p.add_argument("url", help="a sharding output (folder or s3://...)")
-    p.add_argument("--augment", choices=["mae", "contrastive", "resize"])
+    p.add_argument("--augment", choices=AUGMENTS)
     p.add_argument("--samples", "-n", type=int, default=8)
     p.add_argument("--output", "-o", default="preview.png")
     p.add_argument("--config", "-c", help="YAML config file")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from medscale.core.config import ShardConfig
+from medscale.data.config import ShardConfig
 from medscale.demo import DEMO_DATA
 
 PYDICOM_FILES = Path(__import__("pydicom").__file__).parent / "data" / "test_files"
@@ -28,7 +28,7 @@ def pillow_resize(batch, height: int, width: int):
 
 
 def _native_built() -> bool:
-    from medscale.dedup import native
+    from medscale.hashing import native
 
     return native.available()
 

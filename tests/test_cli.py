@@ -3,8 +3,8 @@
 import pytest
 
 from medscale.cli import main, split_overrides
-from medscale.data.manifest import read_manifest
 from medscale.core.storage import filesystem
+from medscale.data.manifest import read_manifest
 
 
 def test_overrides_are_told_apart_from_inputs():

@@ -1,11 +1,17 @@
-"""Run a function over many items: as Ray tasks (local cluster on demand, or an existing one), or in-process."""
+"""Run a function over many items: as Ray tasks (local cluster on demand, or an existing one), or in-process.
+
+`fan_out` is the one way a stage fans work out: bounded in-flight tasks, per-item errors, and a progress bar that
+moves as tasks finish; `ordered_map` is its all-or-nothing form that keeps the items' order.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
+
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +81,36 @@ class RayExecutor:
             self._ray.shutdown()
 
 
+EXECUTORS: Dict[str, type] = {"ray": RayExecutor, "local": LocalExecutor}
+
+
+def fan_out(executor, fn: Callable, items: Iterable, *args: Any, desc: Optional[str] = None, unit: str = "it",
+            weight: Optional[Callable[[Any], float]] = None, progress: bool = True,
+            max_in_flight: int = 0) -> Iterator[Outcome]:
+    """(item, fn(item, *args), error) as tasks finish, at most `max_in_flight` at once (0: 2 x CPUs); errors are
+    yielded per item, never raised. With `desc`, a progress bar advances by `weight(item)` (default 1) per item."""
+    items = list(items)
+    total = sum(weight(i) for i in items) if weight else len(items)
+    bar = tqdm(total=total, desc=desc, unit=unit, disable=not (progress and desc) or not items)
+    try:
+        for outcome in executor.imap_unordered(fn, items, *args, max_in_flight=max_in_flight):
+            bar.update(weight(outcome[0]) if weight else 1)
+            yield outcome
+    finally:
+        bar.close()
+
+
 def _indexed(pair: Tuple[int, Any], fn: Callable, *args: Any) -> Tuple[int, Any]:
     return pair[0], fn(pair[1], *args)
 
 
-def ordered_map(executor, fn: Callable, items: list, *args: Any) -> list:
-    """`[fn(item, *args) for item in items]`, fanned out; results in item order whatever order tasks finish in."""
+def ordered_map(executor, fn: Callable, items: list, *args: Any, desc: Optional[str] = None, unit: str = "it",
+                progress: bool = True) -> list:
+    """`[fn(item, *args) for item in items]`, fanned out; results in item order whatever order tasks finish in;
+    the first failed item's error is raised."""
     results: list = [None] * len(items)
-    for _, result, error in executor.imap_unordered(_indexed, list(enumerate(items)), fn, *args):
+    for _, result, error in fan_out(executor, _indexed, list(enumerate(items)), fn, *args, desc=desc, unit=unit,
+                                    progress=progress):
         if error is not None:
             raise error
         results[result[0]] = result[1]
@@ -90,7 +118,9 @@ def ordered_map(executor, fn: Callable, items: list, *args: Any) -> list:
 
 
 def create_executor(kind: str, address: Optional[str] = None, num_cpus: Optional[int] = None):
-    """`ray` or `local`; Ray joins `address` when given, else starts (or reuses) a local cluster."""
+    """`ray` or `local` (see EXECUTORS); Ray joins `address` when given, else starts (or reuses) a local cluster."""
+    if kind not in EXECUTORS:
+        raise ValueError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")
     if kind == "local":
         return LocalExecutor()
     return RayExecutor(address, num_cpus)

@@ -7,7 +7,7 @@ The loaders are imported on first use, so that sharding workers (which import `m
 from importlib import import_module
 from typing import Any
 
-_LAZY = {"ShardDataset": "medscale.data.loader", "ShardLoader": "medscale.data.loader",
+_LAZY = {"ShardDataset": "medscale.data.dataset", "ShardLoader": "medscale.data.dataset",
          "create_loader": "medscale.data.loaders", "ShardSummary": "medscale.data.service",
          "run_sharding": "medscale.data.service"}
 

@@ -7,11 +7,14 @@ and SwAV. The DALI pipeline (`medscale.data.dali`) implements the same recipes w
 
 from __future__ import annotations
 
-from typing import Callable, List, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Sequence
 
 import numpy as np
 import torch
 from torchvision.transforms import v2
+
+if TYPE_CHECKING:
+    from medscale.data.config import LoaderConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -94,3 +97,11 @@ def resize_transform(size: int = 224, mean: Sequence[float] = IMAGENET_MEAN, std
     """No augmentation (evaluation, embedding): resize to `size` x `size` (bicubic), normalise."""
     return _GreyFirst(v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
                       mean, std, channels)
+
+
+# the registry of torch transforms by `loader.augment` name (the DALI graphs in `data.dali` are keyed the same way)
+TRANSFORMS: Dict[str, Callable[["LoaderConfig"], Callable]] = {
+    "mae": lambda cfg: mae_transform(cfg.image_size),
+    "contrastive": lambda cfg: contrastive_transform(cfg.image_size, cfg.small_size, cfg.small_crops),
+    "resize": lambda cfg: resize_transform(cfg.image_size),
+}

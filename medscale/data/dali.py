@@ -20,13 +20,13 @@ import torch
 from medscale.core.errors import ConfigError, InputError
 from medscale.core.storage import filesystem, is_local, join
 from medscale.data.augment import IMAGENET_MEAN, IMAGENET_STD
-from medscale.data.loader import _dist_default
+from medscale.data.config import AUGMENTS
+from medscale.data.dataset import rank_and_world
 from medscale.data.manifest import KEPT, read_manifest
 from medscale.data.order import REMAINDERS
 from medscale.data.shards import idx_name
 
 logger = logging.getLogger(__name__)
-AUGMENTS = ("mae", "resize", "contrastive")
 
 
 def gpu_available() -> bool:
@@ -116,7 +116,7 @@ class DaliLoader:
             raise ConfigError("device=gpu but no CUDA device is visible; use device=auto or cpu")
         self.gpu = device == "gpu" or (device == "auto" and gpu_available())
         self.url, self.batch_size, self.seed, self.shuffle = url, batch_size, seed, shuffle
-        self.rank, self.world_size = _dist_default(rank, world_size)
+        self.rank, self.world_size = rank_and_world(rank, world_size)
         self.augment, self.image_size, self.small_size, self.small_crops = augment, image_size, small_size, small_crops
         self.mean, self.std, self.num_threads, self.shuffle_buffer = list(mean), list(std), num_threads, shuffle_buffer
         self.storage_options = dict(storage_options or {})

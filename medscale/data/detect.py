@@ -22,7 +22,8 @@ def _nifti_header(head: bytes) -> bool:
     return False
 
 
-def _gunzip_head(head: bytes) -> bytes:
+def gunzip_head(head: bytes) -> bytes:
+    """The first `HEAD_BYTES` of a gzip stream's content from its first bytes (b"" when not gzip)."""
     try:
         return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, HEAD_BYTES)
     except zlib.error:
@@ -42,7 +43,7 @@ def detect_kind(head: bytes, name: str = "") -> Optional[str]:
     if head[:4] == b"PK\x03\x04":
         return NPZ  # a zip; the npz reader checks it holds .npy arrays
     if head[:2] == b"\x1f\x8b":
-        return NIFTI if _nifti_header(_gunzip_head(head)) else None
+        return NIFTI if _nifti_header(gunzip_head(head)) else None
     if _nifti_header(head):
         return NIFTI
     if name.lower().endswith((".dcm", ".dicom")) and len(head) >= 8:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import IO, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pydicom
@@ -123,10 +123,3 @@ def read_frames(fh: IO[bytes], path: str) -> Tuple[np.ndarray, bool]:
         values = values[None]
     return values, False
 
-
-def iter_series_frames(files: Sequence[Tuple[DicomHeader, IO[bytes]]]) -> Iterator[Tuple[DicomHeader, int, np.ndarray, bool]]:
-    """(header, frame index, pixels, colour) for every frame of already-ordered files."""
-    for header, fh in files:
-        frames, colour = read_frames(fh, header.path)
-        for i in range(frames.shape[0]):
-            yield header, i, frames[i], colour

@@ -1,4 +1,8 @@
-"""One work unit, end to end inside a Ray task: read its inputs as 2D slices, encode PNG, write staged shards."""
+"""One work unit, end to end inside a Ray task: read its inputs as 2D slices, encode PNG, write staged shards.
+
+Reduction while sharding (`shard.reduce`) uses a reducer handed in by the caller (`make_reducer`, a picklable
+factory of one `SliceReducer` per volume): the command line takes it from `dedup`, which `data` never imports.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +12,26 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Tuple
 
 import fsspec
 import numpy as np
 
-from medscale.core.config import ShardConfig, source_options
+from medscale.core.digest import digest
 from medscale.core.errors import InputError
-from medscale.core.storage import filesystem, is_local, join, put_bytes_atomic, put_file_atomic
+from medscale.core.storage import filesystem, is_local
+from medscale.data.commit import StagedShards
+from medscale.data.config import ShardConfig
 from medscale.data.dicom import read_frames
 from medscale.data.images import read_image
 from medscale.data.intensity import colour_to_output, grey_to_output
 from medscale.data.manifest import DUPLICATE, KEPT, QUARANTINED
 from medscale.data.nifti import load_volume, volume_to_slices
 from medscale.data.npz import read_npz_rows
+from medscale.data.plan import ImageItem, Item, NiftiItem, NpzItem, SeriesItem, WorkUnit
 from medscale.data.png import encode_png
-from medscale.data.plan import ImageItem, Item, NiftiItem, NpzItem, SeriesItem, WorkUnit, digest
-from medscale.data.shards import ShardInfo, ShardWriter
-from medscale.dedup.hashes import hash_images
-from medscale.dedup.volume import VolumeReducer
+from medscale.hashing.hashes import hash_images
 
-STAGING_DIR = "_staging"
 _OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
@@ -68,12 +71,16 @@ def local_copy(url: str, storage_options: Mapping[str, Any]) -> Iterator[str]:
         os.unlink(tmp)
 
 
-# Each reader yields (sample fields, output pixels) or a quarantine row (dict with status=quarantined).
-Sample = Tuple[Dict[str, Any], np.ndarray]
+class SliceReducer(Protocol):
+    """Streaming per-volume reduction: offered slices in order, says which to drop (see `dedup.volume`)."""
+
+    def offer(self, value: int, position: int) -> Tuple[Optional[int], int]:
+        """(None, 0) to keep the slice, else (position of the kept slice it duplicates, distance)."""
 
 
+# Each reader below yields (sample fields, output pixels) or a quarantine row (dict with status=quarantined).
 def _series_samples(item: SeriesItem, cfg: ShardConfig, unit: str) -> Iterator[Any]:
-    opts = source_options(cfg, item.source)
+    opts = cfg.source_options(item.source)
     index = 0
     for file, header, position in item.files:
         first = index
@@ -98,7 +105,7 @@ def _series_samples(item: SeriesItem, cfg: ShardConfig, unit: str) -> Iterator[A
 
 
 def _nifti_samples(item: NiftiItem, cfg: ShardConfig, unit: str) -> Iterator[Any]:
-    opts = source_options(cfg, item.source)
+    opts = cfg.source_options(item.source)
     try:
         with local_copy(item.file.url, cfg.storage_options) as path:
             voxels, spacing = load_volume(path, opts.nifti_volume)
@@ -122,7 +129,7 @@ def _image_sample(item: ImageItem, cfg: ShardConfig, unit: str) -> Iterator[Any]
     pixels = (colour_to_output(raw, cfg.max_size) if colour else
               grey_to_output(raw, cfg.bit_depth, cfg.max_size, display_max=display_max))
     yield {"key": "i" + digest(item.file.url, n=16), "kind": "image", "path": item.file.url,
-           "modality": source_options(cfg, item.source).modality, "label": item.label,
+           "modality": cfg.source_options(item.source).modality, "label": item.label,
            "label_name": item.label_name}, pixels
 
 
@@ -133,7 +140,7 @@ def _npz_samples(item: NpzItem, cfg: ShardConfig, unit: str) -> Iterator[Any]:
     except InputError as exc:
         yield quarantine_row(item.source, "npz", item.file.url, str(exc).replace(item.file.url + ": ", ""), unit)
         return
-    modality = source_options(cfg, item.source).modality
+    modality = cfg.source_options(item.source).modality
     display_max = 65535.0 if images.dtype == np.uint16 else 255.0
     prefix = "z" + digest(item.file.url, n=10)
     for i in range(images.shape[0]):
@@ -178,17 +185,17 @@ class _Pending:
     fields: Dict[str, Any]
     pixels: np.ndarray
     source: str
-    reducer: Optional[VolumeReducer]
+    reducer: Optional[SliceReducer]
     volume_keys: List[str]
 
 
-def _write_samples(samples: List[_Pending], cfg: ShardConfig, unit_id: str, writer: ShardWriter,
+def _write_samples(samples: List[_Pending], cfg: ShardConfig, unit_id: str, writer: StagedShards,
                    result: UnitResult) -> None:
     """Hash a batch of samples, drop Less-is-More duplicates when reducing, encode and write the rest in order."""
     if not samples:
         return
     hashes = hash_images([s.pixels for s in samples])
-    strategy = f"hash-volume {cfg.reduce_hash}<={cfg.reduce_threshold} (sharding)"
+    strategy = f"{cfg.reduce} {cfg.reduce_hash}<={cfg.reduce_threshold} (sharding)"
     for i, sample in enumerate(samples):
         fields, pixels = sample.fields, sample.pixels
         fields.update({name: int(values[i]) for name, values in hashes.items()})
@@ -209,9 +216,8 @@ def _write_samples(samples: List[_Pending], cfg: ShardConfig, unit_id: str, writ
                                                    if fields.get(k) is not None}).encode()}
         if fields.get("label") is not None:
             members["cls"] = str(fields["label"]).encode()
-        writer.write(fields["key"], members)
-        # after write(): the shards finished so far number the one this sample is in
-        fields.update(status=KEPT, bytes=len(png), shard=len(result.staged))
+        shard = writer.write(fields["key"], members)
+        fields.update(status=KEPT, bytes=len(png), shard=shard)
         fields.pop("labels", None)
         fields.pop("order", None)
         result.rows.append(fields)
@@ -219,28 +225,17 @@ def _write_samples(samples: List[_Pending], cfg: ShardConfig, unit_id: str, writ
         result.bytes += len(png)
 
 
-def process_unit(unit: WorkUnit, cfg: ShardConfig, output_url: str) -> UnitResult:
-    """Read, convert and encode every sample of `unit` into staged shards under `output_url/_staging/UNIT/`."""
-    fs, root = filesystem(output_url, cfg.storage_options)
-    staging = join(root, STAGING_DIR, unit.unit_id)
-    local_tmp = staging if is_local(fs) else None
-    if local_tmp:
-        os.makedirs(local_tmp, exist_ok=True)
+def process_unit(unit: WorkUnit, cfg: ShardConfig, output_url: str,
+                 make_reducer: Optional[Callable[[], SliceReducer]] = None) -> UnitResult:
+    """Read, convert and encode every sample of `unit` into staged shards under `output_url/_staging/UNIT/`;
+    with `make_reducer`, each volume's slices are offered to a fresh reducer and its duplicates are not written."""
     result = UnitResult(unit.unit_id)
-
-    def on_shard(info: ShardInfo) -> None:
-        path = join(staging, f"{len(result.staged):04d}.tar")
-        put_bytes_atomic(fs, path[:-4] + ".idx", info.idx_bytes)
-        put_file_atomic(fs, info.local_path, path)  # the tar last: a staged tar always has its index
-        result.staged.append(path)
-
-    writer = ShardWriter(on_shard, cfg.shard_size, cfg.shard_bytes, tmp_dir=local_tmp)
     pending: List[_Pending] = []
     pending_bytes = 0
-    try:
+    with StagedShards(output_url, cfg.storage_options, unit.unit_id, cfg.shard_size, cfg.shard_bytes) as writer:
         for item in unit.items:
             volume = isinstance(item, (SeriesItem, NiftiItem))
-            reducer = VolumeReducer(cfg.reduce_threshold) if cfg.reduce == "hash-volume" and volume else None
+            reducer = make_reducer() if make_reducer is not None and volume else None
             volume_keys: List[str] = []
             produced_any = False
             for produced in iter_item(item, cfg, unit.unit_id):
@@ -256,8 +251,5 @@ def process_unit(unit: WorkUnit, cfg: ShardConfig, output_url: str) -> UnitResul
                     pending, pending_bytes = [], 0
             result.volumes += volume and produced_any
         _write_samples(pending, cfg, unit.unit_id, writer, result)
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
+    result.staged = writer.staged
     return result

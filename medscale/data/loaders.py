@@ -5,21 +5,17 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from medscale.core.config import LoaderConfig
 from medscale.core.errors import ConfigError
-from medscale.data.augment import contrastive_transform, mae_transform, resize_transform
-from medscale.data.loader import ShardDataset, ShardLoader
+from medscale.data.augment import TRANSFORMS
+from medscale.data.config import LoaderConfig
+from medscale.data.dataset import ShardDataset, ShardLoader
 
 logger = logging.getLogger(__name__)
 
 
 def torch_transform(cfg: LoaderConfig):
     """The torch twin of the DALI graph named by `cfg.augment`."""
-    if cfg.augment == "mae":
-        return mae_transform(cfg.image_size)
-    if cfg.augment == "contrastive":
-        return contrastive_transform(cfg.image_size, cfg.small_size, cfg.small_crops)
-    return resize_transform(cfg.image_size)
+    return TRANSFORMS[cfg.augment](cfg)
 
 
 def _dali_usable(url: str, cfg: LoaderConfig) -> Optional[str]:

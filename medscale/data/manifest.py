@@ -14,10 +14,11 @@ from fsspec import AbstractFileSystem
 
 from medscale.core.errors import ShardFormatError
 from medscale.core.storage import join, put_bytes_atomic
+from medscale.hashing.hashes import HASH_NAMES
 
 MANIFEST_DIR = "manifest.parquet"
 KEPT, DUPLICATE, EXCLUDED, QUARANTINED = "kept", "duplicate", "excluded", "quarantined"
-HASH_COLUMNS = ("ahash", "dhash", "phash")
+HASH_COLUMNS = HASH_NAMES  # one uint64 column per registered perceptual hash
 
 SCHEMA = pa.schema([
     ("key", pa.string()),  # sample key; null for a quarantined input
@@ -45,9 +46,8 @@ SCHEMA = pa.schema([
     ("series_uid", pa.string()),
     ("study_uid", pa.string()),
     ("unit", pa.string()),  # the work unit that produced the row (resume bookkeeping)
-    ("ahash", pa.uint64()),  # 64-bit perceptual hashes of the stored slice (imagehash's bits, hex = its string)
-    ("dhash", pa.uint64()),
-    ("phash", pa.uint64()),
+    # 64-bit perceptual hashes of the stored slice (imagehash's bits, hex = its string): ahash, dhash, phash
+    *[(name, pa.uint64()) for name in HASH_COLUMNS],
     ("duplicate_of", pa.string()),  # the exemplar KEY (duplicate) or the evaluation image (excluded)
     ("dedup_strategy", pa.string()),  # which reduction decided the status, with its parameters
     ("dedup_distance", pa.float32()),  # Hamming bits or cosine distance to the exemplar

@@ -64,7 +64,8 @@ def _read_rows(zf: zipfile.ZipFile, key: str, start: int, stop: int) -> np.ndarr
 
 
 def read_npz_rows(fh: IO[bytes], path: str, split: str, start: int, stop: int) -> Tuple[np.ndarray, Optional[List]]:
-    """(images `[n, H, W(, C)]`, labels: one int per row, a list per multi-label row, or None) for rows [start, stop)."""
+    """(images `[n, H, W(, C)]`, labels: one int per row, a list per multi-label row, or None) for rows
+    [start, stop)."""
     try:
         zf = zipfile.ZipFile(fh)
         prefix = f"{split}_" if split else ""

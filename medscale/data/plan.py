@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from collections import defaultdict
@@ -11,16 +10,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import fsspec
 
+from medscale.core.digest import digest
 from medscale.core.errors import InputError, StorageError
 from medscale.core.storage import filesystem, full_url
 from medscale.data import detect
 from medscale.data.dicom import DicomHeader, order_series, read_header
 from medscale.data.npz import npz_splits
-
-
-def digest(*parts: Any, n: int = 12) -> str:
-    """A short stable hex id of `parts` (keys, volume and unit ids)."""
-    return hashlib.sha1("\x1f".join(map(str, parts)).encode()).hexdigest()[:n]
 
 
 @dataclass(frozen=True)
@@ -142,7 +137,7 @@ def expand_inputs(specs: Sequence[str], storage_options: Optional[Mapping[str, A
 def _nifti_slices(head: bytes) -> int:
     raw = head
     if raw[:2] == b"\x1f\x8b":
-        raw = detect._gunzip_head(raw)
+        raw = detect.gunzip_head(raw)
     for order in ("<", ">"):
         if len(raw) >= 56 and struct.unpack(order + "i", raw[:4])[0] == 348:
             dims = struct.unpack(order + "8h", raw[40:56])

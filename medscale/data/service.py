@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
-from typing import Dict, List
+from dataclasses import dataclass
+from typing import Callable, List, Optional
 
-from tqdm import tqdm
-
-from medscale.core.config import ShardConfig, source_options
 from medscale.core.errors import ConfigError
-from medscale.core.executor import create_executor
-from medscale.core.storage import check_writable, filesystem, full_url, is_local, join, move
-from medscale.data.ingest import STAGING_DIR, UnitResult, process_unit, quarantine_row
-from medscale.data.manifest import committed_state, write_part
+from medscale.core.executor import create_executor, fan_out
+from medscale.core.storage import check_writable, filesystem, full_url
+from medscale.core.summary import Summary
+from medscale.data.commit import ShardCommitter, close_output, open_output
+from medscale.data.config import ShardConfig
+from medscale.data.ingest import SliceReducer, UnitResult, process_unit, quarantine_row
 from medscale.data.plan import WorkUnit, expand_inputs, plan_units, scan_batch
-from medscale.data.shards import idx_name, shard_name
+from medscale.data.sources import SCAN_BATCH
 
 logger = logging.getLogger(__name__)
-SCAN_BATCH = 256
 
 
 @dataclass
-class ShardSummary:
+class ShardSummary(Summary):
     """What one run did (this run's work; `total_*` include earlier committed runs)."""
 
     output: str
@@ -48,87 +46,35 @@ class ShardSummary:
                 f"  {self.seconds:.1f} s, {self.images_per_s:.0f} images/s; corpus now {self.total_samples} samples "
                 f"in {self.total_shards} shards")
 
-    def as_dict(self) -> Dict:
-        """JSON-ready."""
-        return asdict(self)
 
-
-class ShardCommitter:
-    """Moves staged shards to their final names and writes the manifest part that commits them (driver side)."""
-
-    def __init__(self, fs, root: str, prefix: str, next_shard: int, next_part: int) -> None:
-        self.fs, self.root, self.prefix = fs, root, prefix
-        self.next_shard, self.next_part = next_shard, next_part
-
-    def commit(self, rows: List[Dict], staged: List[str]) -> List[str]:
-        """Final shard names for `staged`, in order; rows' staged shard numbers become those names."""
-        names = []
-        for path in staged:
-            name = shard_name(self.prefix, self.next_shard)
-            self.next_shard += 1
-            move(self.fs, path[:-4] + ".idx", join(self.root, idx_name(name)))
-            move(self.fs, path, join(self.root, name))
-            names.append(name)
-        for row in rows:
-            if isinstance(row.get("shard"), int):
-                row["shard"] = names[row["shard"]]
-        if rows:
-            write_part(self.fs, self.root, self.next_part, rows)  # the commit point
-            self.next_part += 1
-        return names
-
-
-    def drop_staging(self, unit_id: str) -> None:
-        """Remove a committed unit's (now empty) staging folder; object stores have no folders to remove."""
-        path = join(self.root, STAGING_DIR, unit_id)
-        if is_local(self.fs) and self.fs.exists(path):
-            self.fs.rm(path, recursive=True)
-
-
-def clean_orphans(fs, root: str, prefix: str, committed: set) -> int:
-    """Remove staged leftovers and shards that no manifest part names (a run killed mid-commit)."""
-    removed = 0
-    staging = join(root, STAGING_DIR)
-    if fs.exists(staging):
-        fs.rm(staging, recursive=True)
-    for path in fs.glob(join(root, f"{prefix}-*.tar")) + fs.glob(join(root, f"{prefix}-*.idx")):
-        name = path.rsplit("/", 1)[-1]
-        if name[:-4] + ".tar" not in committed:
-            fs.rm_file(path)
-            removed += 1
-    return removed
-
-
-def run_sharding(cfg: ShardConfig) -> ShardSummary:
-    """Shard `cfg.inputs` into `cfg.output`: resumes a killed run, skips committed inputs, extends the manifest."""
+def run_sharding(cfg: ShardConfig, make_reducer: Optional[Callable[[], SliceReducer]] = None) -> ShardSummary:
+    """Shard `cfg.inputs` into `cfg.output`: resumes a killed run, skips committed inputs, extends the manifest.
+    `cfg.reduce` needs `make_reducer`, a factory of per-volume reducers (the command line hands dedup's)."""
     if not cfg.output:
         raise ConfigError("shard.output is not set: pass --output URL (a folder or s3://bucket/prefix).")
     if not cfg.inputs:
         raise ConfigError("no inputs: pass files, folders or URLs to `medscale shard`, or set shard.inputs.")
+    if cfg.reduce and make_reducer is None:
+        raise ConfigError(f"shard.reduce={cfg.reduce} needs its reducer: run `medscale shard`, or pass "
+                          "make_reducer=medscale.dedup.volume.slice_reducer(...) to run_sharding.")
     start = time.perf_counter()
     fs, root = filesystem(cfg.output, cfg.storage_options)
     check_writable(fs, root, cfg.output)
-    state = committed_state(fs, root, cfg.prefix)
-    orphans = clean_orphans(fs, root, cfg.prefix, state.shards)
-    if orphans:
-        logger.info("removed %d uncommitted shard files left by an interrupted run", orphans)
+    state, committer = open_output(fs, root, cfg.prefix)
     summary = ShardSummary(output=full_url(fs, root))
 
     files = expand_inputs(cfg.inputs, cfg.storage_options)
     todo = [f for f in files if f.url not in state.done_paths]
     summary.inputs, summary.skipped_inputs = len(todo), len(files) - len(todo)
-    committer = ShardCommitter(fs, root, cfg.prefix, state.next_shard, state.parts)
     executor = create_executor(cfg.executor, cfg.ray_address, cfg.num_cpus)
     try:
         scans = []
         batches = [todo[i:i + SCAN_BATCH] for i in range(0, len(todo), SCAN_BATCH)]
-        bar = tqdm(total=len(todo), desc="scan", unit="file", disable=not cfg.progress or not todo)
-        for batch, result, error in executor.imap_unordered(scan_batch, batches, cfg.storage_options):
+        for _, result, error in fan_out(executor, scan_batch, batches, cfg.storage_options, desc="scan", unit="file",
+                                        weight=len, progress=cfg.progress):
             if error is not None:
                 raise error
             scans.extend(result)
-            bar.update(len(batch))
-        bar.close()
         scans.sort(key=lambda r: r.file.url)
         rejected = [quarantine_row(r.file.source, r.kind, r.file.url, r.error, None) for r in scans if r.error]
         if rejected:
@@ -136,13 +82,12 @@ def run_sharding(cfg: ShardConfig) -> ShardSummary:
             summary.quarantined += len(rejected)
         units = plan_units(
             scans, cfg.shard_size, cfg.files_per_unit, state.done_units,
-            labels_from_folders={f.source: source_options(cfg, f.source).labels_from_folders for f in files},
-            stride={f.source: source_options(cfg, f.source).slice_stride for f in files})
-        _run_units(executor, units, cfg, committer, summary)
+            labels_from_folders={f.source: cfg.source_options(f.source).labels_from_folders for f in files},
+            stride={f.source: cfg.source_options(f.source).slice_stride for f in files})
+        _run_units(executor, units, cfg, make_reducer, committer, summary)
     finally:
         executor.close()
-    if is_local(fs) and fs.exists(join(root, STAGING_DIR)) and not fs.ls(join(root, STAGING_DIR)):
-        fs.rm(join(root, STAGING_DIR), recursive=True)
+    close_output(fs, root)
     summary.seconds = time.perf_counter() - start
     summary.images_per_s = summary.slices / summary.seconds if summary.seconds else 0.0
     summary.total_samples = state.samples + summary.slices
@@ -150,13 +95,11 @@ def run_sharding(cfg: ShardConfig) -> ShardSummary:
     return summary
 
 
-def _run_units(executor, units: List[WorkUnit], cfg: ShardConfig, committer: ShardCommitter,
-               summary: ShardSummary) -> None:
-    bar = tqdm(total=sum(u.est_samples for u in units), desc="shard", unit="img",
-               disable=not cfg.progress or not units)
-    output_url = summary.output
-    for unit, result, error in executor.imap_unordered(process_unit, units, cfg, output_url,
-                                                       max_in_flight=cfg.max_in_flight):
+def _run_units(executor, units: List[WorkUnit], cfg: ShardConfig, make_reducer: Optional[Callable],
+               committer: ShardCommitter, summary: ShardSummary) -> None:
+    for unit, result, error in fan_out(executor, process_unit, units, cfg, summary.output, make_reducer,
+                                       desc="shard", unit="img", weight=lambda u: u.est_samples,
+                                       progress=cfg.progress, max_in_flight=cfg.max_in_flight):
         if error is not None:  # the task died (after Ray's retries): quarantine its inputs, keep going
             logger.error("unit %s failed: %s", unit.unit_id, error)
             reason = f"worker failed: {type(error).__name__}: {str(error).splitlines()[0][:300]}"
@@ -170,5 +113,3 @@ def _run_units(executor, units: List[WorkUnit], cfg: ShardConfig, committer: Sha
         summary.quarantined += result.quarantined
         summary.bytes += result.bytes
         summary.shards += len(names)
-        bar.update(unit.est_samples)
-    bar.close()

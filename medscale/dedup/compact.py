@@ -7,28 +7,25 @@ point into the new shards, the others (duplicate, excluded, quarantined) keep th
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Tuple
 
 import pyarrow.compute as pc
-from tqdm import tqdm
 
-from medscale.core.config import DedupConfig
+from medscale.core.digest import digest
 from medscale.core.errors import InputError, ShardFormatError
-from medscale.core.executor import create_executor
-from medscale.core.storage import check_writable, filesystem, full_url, is_local, join, put_bytes_atomic, \
-    put_file_atomic
-from medscale.data.ingest import STAGING_DIR
-from medscale.data.manifest import KEPT, committed_state, read_manifest
-from medscale.data.plan import digest
-from medscale.data.service import ShardCommitter, clean_orphans
-from medscale.data.shards import ShardInfo, ShardWriter, iter_shard
+from medscale.core.executor import create_executor, fan_out
+from medscale.core.storage import check_writable, filesystem, full_url, join
+from medscale.core.summary import Summary
+from medscale.data.commit import StagedShards, close_output, open_output
+from medscale.data.manifest import KEPT, read_manifest
+from medscale.data.shards import iter_shard
+from medscale.dedup.config import DedupConfig
 
 
 @dataclass
-class CompactSummary:
+class CompactSummary(Summary):
     """What a compaction wrote."""
 
     output: str
@@ -42,10 +39,6 @@ class CompactSummary:
         return (f"medscale dedup --write-kept -> {self.output}: {self.kept} kept samples in {self.shards} shards "
                 f"({self.dropped} rows without a shard), {self.seconds:.1f} s")
 
-    def as_dict(self) -> Dict[str, Any]:
-        """JSON-ready."""
-        return asdict(self)
-
 
 def copy_kept(task: Tuple[str, str, List[str]], source_url: str, output_url: str,
               storage_options: Mapping[str, Any], shard_size: int) -> Tuple[List[str], List[Tuple[str, int]]]:
@@ -53,32 +46,13 @@ def copy_kept(task: Tuple[str, str, List[str]], source_url: str, output_url: str
     unit_id, shard, keep = task
     wanted = set(keep)
     src_fs, src_root = filesystem(source_url, storage_options)
-    fs, root = filesystem(output_url, storage_options)
-    staging = join(root, STAGING_DIR, unit_id)
-    local_tmp = staging if is_local(fs) else None
-    if local_tmp:
-        os.makedirs(local_tmp, exist_ok=True)
-    staged: List[str] = []
     placed: List[Tuple[str, int]] = []
-
-    def on_shard(info: ShardInfo) -> None:
-        path = join(staging, f"{len(staged):04d}.tar")
-        put_bytes_atomic(fs, path[:-4] + ".idx", info.idx_bytes)
-        put_file_atomic(fs, info.local_path, path)
-        staged.append(path)
-
-    writer = ShardWriter(on_shard, shard_size, 1 << 62, tmp_dir=local_tmp)
-    try:
-        with src_fs.open(join(src_root, shard), "rb") as fh:
-            for key, members in iter_shard(fh, shard):
-                if key in wanted:
-                    writer.write(key, members)
-                    placed.append((key, len(staged)))
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    return staged, placed
+    with StagedShards(output_url, storage_options, unit_id, shard_size, 1 << 62) as writer, \
+            src_fs.open(join(src_root, shard), "rb") as fh:
+        for key, members in iter_shard(fh, shard):
+            if key in wanted:
+                placed.append((key, writer.write(key, members)))
+    return writer.staged, placed
 
 
 def write_kept(url: str, output: str, cfg: DedupConfig, shard_size: int = 1000, prefix: str = "shard"
@@ -93,8 +67,7 @@ def write_kept(url: str, output: str, cfg: DedupConfig, shard_size: int = 1000, 
     if full_url(fs, root) == full_url(src_fs, src_root):
         raise InputError(f"--write-kept {output}: the output must differ from the input {url}")
     check_writable(fs, root, output)
-    state = committed_state(fs, root, prefix)
-    clean_orphans(fs, root, prefix, state.shards)
+    state, committer = open_output(fs, root, prefix)
     rows = table.to_pylist()
     by_shard: Dict[str, List[dict]] = {}
     loose: List[dict] = []
@@ -104,12 +77,11 @@ def write_kept(url: str, output: str, cfg: DedupConfig, shard_size: int = 1000, 
              for shard, members in sorted(by_shard.items())]
     tasks = [t for t in tasks if t[0] not in state.done_units]
     summary = CompactSummary(output=full_url(fs, root))
-    committer = ShardCommitter(fs, root, prefix, state.next_shard, state.parts)
     executor = create_executor(cfg.executor, cfg.ray_address, cfg.num_cpus)
     try:
-        bar = tqdm(total=len(tasks), desc="compact", unit="shard", disable=not cfg.progress)
-        for task, result, error in executor.imap_unordered(copy_kept, tasks, full_url(src_fs, src_root),
-                                                           summary.output, cfg.storage_options, shard_size):
+        for task, result, error in fan_out(executor, copy_kept, tasks, full_url(src_fs, src_root), summary.output,
+                                           cfg.storage_options, shard_size, desc="compact", unit="shard",
+                                           progress=cfg.progress):
             if error is not None:
                 raise error
             unit_id, shard, _ = task
@@ -125,15 +97,12 @@ def write_kept(url: str, output: str, cfg: DedupConfig, shard_size: int = 1000, 
                 new_rows.append(row)
             summary.shards += len(committer.commit(new_rows, staged))
             committer.drop_staging(unit_id)
-            bar.update(1)
-        bar.close()
         meta = "c" + digest(url, "rows-without-shards", n=16)
         if loose and meta not in state.done_units:
             committer.commit([dict(r, unit=meta) for r in loose], [])
     finally:
         executor.close()
-    if is_local(fs) and fs.exists(join(root, STAGING_DIR)) and not fs.ls(join(root, STAGING_DIR)):
-        fs.rm(join(root, STAGING_DIR), recursive=True)
+    close_output(fs, root)
     kept = int(pc.sum(pc.equal(table["status"], KEPT)).as_py() or 0)
     summary.kept, summary.dropped = kept, len(table) - kept
     summary.seconds = time.perf_counter() - start

@@ -9,28 +9,29 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from medscale.core.config import DedupConfig, ShardConfig, parse_verify
 from medscale.core.errors import InputError
 from medscale.core.executor import create_executor, ordered_map
 from medscale.core.storage import filesystem, full_url, join, put_bytes_atomic
-from medscale.data.ingest import iter_item
+from medscale.core.summary import Summary
+from medscale.data.config import ShardConfig
 from medscale.data.manifest import EXCLUDED, read_manifest, update_rows
-from medscale.data.plan import WorkUnit, expand_inputs, plan_units, scan_batch
-from medscale.dedup.hashes import hash_images
-from medscale.dedup.lsh import merge_pairs, plan_lsh, verified
+from medscale.data.sources import plan_reading, read_unit
+from medscale.dedup.config import DedupConfig
+from medscale.dedup.lsh import merge_pairs, parse_verify, plan_lsh, verified
 from medscale.dedup.report import REPORT_DIR
 from medscale.dedup.strategies import cross_table_task
+from medscale.hashing.hashes import hash_images
 
 
 @dataclass
-class ContaminationSummary:
+class ContaminationSummary(Summary):
     """Per evaluation set (and split): how many of its images the pre-training corpus contains."""
 
     output: str
@@ -50,39 +51,27 @@ class ContaminationSummary:
         lines.append(f"  corpus samples marked excluded: {self.excluded}; report: {self.report}")
         return "\n".join(lines)
 
-    def as_dict(self) -> Dict[str, Any]:
-        """JSON-ready."""
-        return asdict(self)
 
-
-def hash_eval_unit(unit: WorkUnit, shard_cfg: ShardConfig, names: Tuple[str, ...]) -> Tuple[List[Tuple], np.ndarray]:
-    """([(set, split, image id)], uint64 hashes `[N, len(names)]`) of every image of one evaluation-set unit."""
+def hash_eval_unit(unit, shard_cfg: ShardConfig, names: Tuple[str, ...]) -> Tuple[List[Tuple], np.ndarray]:
+    """([(set, split, image id)], uint64 hashes `[N, len(names)]`) of every image of one evaluation-set unit
+    (unreadable evaluation files are skipped: they cannot leak)."""
     ids, images = [], []
-    for item in unit.items:
-        for produced in iter_item(item, shard_cfg, unit.unit_id):
-            if isinstance(produced, dict):
-                continue  # unreadable evaluation files are skipped (they cannot leak)
-            fields, pixels = produced
-            image_id = fields["path"] + (f"#{fields['split']}[{fields['frame']}]" if fields.get("split") else
-                                         (f"#{fields['slice']}" if fields.get("slice") is not None else ""))
-            ids.append((item.source, fields.get("split"), image_id))
-            images.append(pixels)
+    for source, fields, pixels in read_unit(unit, shard_cfg):
+        image_id = fields["path"] + (f"#{fields['split']}[{fields['frame']}]" if fields.get("split") else
+                                     (f"#{fields['slice']}" if fields.get("slice") is not None else ""))
+        ids.append((source, fields.get("split"), image_id))
+        images.append(pixels)
     hashes = hash_images(images, names)
     return ids, np.stack([hashes[n] for n in names], axis=1) if images else np.zeros((0, len(names)), np.uint64)
 
 
 def _eval_hashes(cfg: DedupConfig, executor, names: Tuple[str, ...]) -> Tuple[List[Tuple], np.ndarray]:
     shard_cfg = ShardConfig(storage_options=cfg.storage_options, progress=False)
-    files = expand_inputs(cfg.against, cfg.storage_options)
-    scans = [r for batch in ordered_map(executor, scan_batch, [files[i:i + 256] for i in range(0, len(files), 256)],
-                                 cfg.storage_options) for r in batch]
-    bad = [r for r in scans if r.error]
-    if bad and len(bad) == len(scans):
-        raise InputError(f"no readable evaluation images in {cfg.against}: {bad[0].file.url}: {bad[0].error}")
-    units = plan_units(scans, 2000, 0, set(), {}, {})
+    units = plan_reading(cfg.against, cfg.storage_options, executor)
     ids: List[Tuple] = []
     hashes = []
-    for unit_ids, unit_hashes in ordered_map(executor, hash_eval_unit, units, shard_cfg, names):
+    for unit_ids, unit_hashes in ordered_map(executor, hash_eval_unit, units, shard_cfg, names, desc="hash eval sets",
+                                             unit="unit", progress=cfg.progress):
         ids.extend(unit_ids)
         hashes.append(unit_hashes)
     return ids, (np.concatenate(hashes) if hashes else np.zeros((0, len(names)), np.uint64))

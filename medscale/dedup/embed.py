@@ -8,16 +8,15 @@ from typing import Any, Dict, List, Mapping, Tuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from medscale.core.card import load_backbone
-from medscale.core.config import DedupConfig
 from medscale.core.errors import InputError
 from medscale.core.executor import ordered_map
 from medscale.core.storage import filesystem, full_url, join, put_bytes_atomic
-from medscale.data.shards import iter_shard
-from medscale.dedup.report import REPORT_DIR
 from medscale.data.png import decode_png
+from medscale.data.shards import iter_shard
+from medscale.dedup.config import DedupConfig
+from medscale.dedup.report import REPORT_DIR
 
 
 def preprocess(image: np.ndarray, card: Mapping[str, Any]) -> np.ndarray:
@@ -90,13 +89,10 @@ def embed_corpus(fs, root: str, shards: List[str], cfg: DedupConfig, executor) -
     `ROOT/dedup/embeddings.parquet` (key, embedding)."""
     keys: List[str] = []
     parts = []
-    bar = tqdm(total=len(shards), desc="embed", unit="shard", disable=not cfg.progress)
     for shard_keys, vectors in ordered_map(executor, embed_shard, shards, full_url(fs, root), cfg.backbone,
-                                           cfg.storage_options):
+                                           cfg.storage_options, desc="embed", unit="shard", progress=cfg.progress):
         keys.extend(shard_keys)
         parts.append(vectors)
-        bar.update(1)
-    bar.close()
     matrix = np.concatenate(parts)
     table = pa.table({"key": keys, "embedding": pa.FixedSizeListArray.from_arrays(
         pa.array(matrix.reshape(-1), pa.float32()), matrix.shape[1])})

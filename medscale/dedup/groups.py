@@ -51,3 +51,11 @@ def star_exemplars(n: int, pairs: np.ndarray, rank: np.ndarray | None = None) ->
         claimed[free] = True
         exemplar[free] = item
     return exemplar
+
+
+def connected_exemplars(n: int, pairs: np.ndarray, rank: np.ndarray | None = None) -> np.ndarray:
+    """Exemplar `[n]` of connected groups (see `exemplars`)."""
+    return exemplars(n, pairs, rank)[0]
+
+
+GROUPINGS = {"star": star_exemplars, "connected": connected_exemplars}  # `dedup.groups`: pairs -> exemplars

@@ -13,6 +13,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from medscale.hashing.hashes import HASH_NAMES
+
 HASH_BITS = 64
 
 
@@ -135,3 +137,16 @@ def verified(pairs: np.ndarray, extra: np.ndarray, limit: int) -> np.ndarray:
         return pairs
     dist = np.bitwise_count(extra[pairs[:, 0]] ^ extra[pairs[:, 1]]).sum(axis=1)
     return pairs[dist <= limit]
+
+
+def parse_verify(spec: str) -> Tuple[Tuple[str, ...], int]:
+    """`"dhash+ahash<=16"` -> (("dhash", "ahash"), 16): a pair also needs the summed distance of these hashes."""
+    try:
+        left, bound = spec.replace(" ", "").split("<=")
+        hashes, limit = tuple(left.split("+")), int(bound)
+    except ValueError:
+        raise ValueError(f"verify rule {spec!r} must look like 'dhash+ahash<=16'") from None
+    unknown = [h for h in hashes if h not in HASH_NAMES]
+    if unknown or limit < 0:
+        raise ValueError(f"verify rule {spec!r}: hashes must be among {', '.join(HASH_NAMES)} and the bound >= 0")
+    return hashes, limit

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Tuple
 
-from medscale.core.storage import filesystem, join
+import numpy as np
+import pyarrow as pa
+
+from medscale.core.executor import create_executor, fan_out
+from medscale.core.storage import filesystem, full_url, join
+from medscale.data.manifest import read_manifest, update_rows
 from medscale.data.png import decode_png
 from medscale.data.shards import iter_shard
-from medscale.dedup.hashes import hash_images
+from medscale.dedup.config import DedupConfig
+from medscale.hashing.hashes import HASH_NAMES, hash_images
 
 
 def hash_shard(shard: str, root_url: str, storage_options: Mapping[str, Any]) -> Tuple[List[str], Dict[str, Any]]:
@@ -20,3 +26,25 @@ def hash_shard(shard: str, root_url: str, storage_options: Mapping[str, Any]) ->
                 keys.append(key)
                 images.append(decode_png(members["png"]))
     return keys, hash_images(images)
+
+
+def rehash_manifest(url: str, cfg: DedupConfig) -> int:
+    """Compute the manifest's hash columns from the shards at `url` (a task per shard); returns samples hashed."""
+    fs, root = filesystem(url, cfg.storage_options)
+    table = read_manifest(fs, root, columns=["key", "shard"])
+    shards = sorted(set(s for s in table["shard"].to_pylist() if s))
+    executor = create_executor(cfg.executor, cfg.ray_address, cfg.num_cpus)
+    keys, values = [], {name: [] for name in HASH_NAMES}
+    try:
+        for _, result, error in fan_out(executor, hash_shard, shards, full_url(fs, root), cfg.storage_options,
+                                        desc="hash", unit="shard", progress=cfg.progress):
+            if error is not None:
+                raise error
+            keys.extend(result[0])
+            for name in HASH_NAMES:
+                values[name].append(result[1][name])
+    finally:
+        executor.close()
+    if keys:
+        update_rows(fs, root, pa.table({"key": keys, **{n: np.concatenate(values[n]) for n in HASH_NAMES}}))
+    return len(keys)

@@ -12,9 +12,9 @@ from PIL import Image, ImageDraw
 
 from medscale.core.storage import full_url, join, put_bytes_atomic
 from medscale.data.manifest import DUPLICATE
-from medscale.data.shards import read_members
-from medscale.dedup.hashes import to_8bit
 from medscale.data.png import decode_png
+from medscale.data.shards import read_members
+from medscale.hashing.hashes import to_8bit
 
 REPORT_DIR = "dedup"
 TILE = 112
@@ -98,8 +98,7 @@ def _markdown(strategy: str, by_source: List[Dict[str, Any]], groups: List[Dict[
     return "\n".join(lines)
 
 
-def write_report(fs, root: str, table: pa.Table, cfg, strategy: str, examples: int
-                 ) -> Tuple[List[Dict[str, Any]], str]:
+def write_report(fs, root: str, table: pa.Table, strategy: str, examples: int) -> Tuple[List[Dict[str, Any]], str]:
     """Write `ROOT/dedup/{report.json, report.md, groups.png}`; returns (counts by source, report URL)."""
     by_source = counts_by_source(table)
     groups = largest_groups(table)

@@ -62,21 +62,3 @@ def cluster_duplicates(x: np.ndarray, centroid: np.ndarray, eps: float) -> Tuple
     exemplar[order] = order[ex_sorted]
     distance[order] = 1.0 - np.einsum("ij,ij->i", xs, xs[ex_sorted])
     return exemplar, distance
-
-
-def semantic_reduce(embeddings: np.ndarray, eps: float, clusters: int = 0, seed: int = 0
-                    ) -> Tuple[np.ndarray, np.ndarray]:
-    """`embeddings: [N, D]` -> (exemplar `[N]`, cosine distance `[N]`); clusters default to ~sqrt(N)."""
-    if not 0.0 <= eps < 1.0:
-        raise ValueError(f"eps must be in [0, 1), got {eps}")
-    x = normalize(embeddings)
-    k = clusters or max(1, int(round(np.sqrt(len(x)))))
-    centroids, assign = spherical_kmeans(x, k, seed=seed)
-    exemplar = np.arange(len(x))
-    distance = np.zeros(len(x), np.float32)
-    for c in np.unique(assign):
-        members = np.flatnonzero(assign == c)
-        ex, dist = cluster_duplicates(x[members], centroids[c], eps)
-        exemplar[members] = members[ex]
-        distance[members] = dist
-    return exemplar, distance

@@ -5,31 +5,33 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
-from medscale.core.config import DedupConfig, parse_verify
-from medscale.core.errors import InputError
 from medscale.core.card import load_backbone
+from medscale.core.errors import InputError
 from medscale.core.executor import create_executor
 from medscale.core.storage import filesystem, full_url
-from medscale.data.manifest import DUPLICATE, HASH_COLUMNS, KEPT, read_manifest, update_rows
+from medscale.core.summary import Summary
+from medscale.data.manifest import DUPLICATE, KEPT, read_manifest, update_rows
+from medscale.dedup.config import DedupConfig
 from medscale.dedup.embed import embed_corpus, load_embeddings
-from medscale.dedup.rehash import hash_shard
+from medscale.dedup.lsh import parse_verify
 from medscale.dedup.report import write_report
-from medscale.dedup.strategies import Corpus, create_strategy
+from medscale.dedup.strategies import Corpus, strategy_from_config
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class DedupSummary:
+class DedupSummary(Summary):
     """What a dedup run decided."""
+
+    DERIVED = ("reduction",)
 
     output: str
     strategy: str
@@ -60,10 +62,6 @@ class DedupSummary:
             lines.append(f"  report: {self.report}")
         return "\n".join(lines)
 
-    def as_dict(self) -> Dict[str, Any]:
-        """JSON-ready."""
-        return {**asdict(self), "reduction": self.reduction}
-
 
 def eligible_mask(table: pa.Table) -> np.ndarray:
     """Rows a strategy decides on: samples in shards whose status is kept or duplicate (not excluded or
@@ -71,32 +69,6 @@ def eligible_mask(table: pa.Table) -> np.ndarray:
     status = table["status"].to_numpy(zero_copy_only=False)
     has_shard = pc.is_valid(table["shard"]).to_numpy(zero_copy_only=False)
     return has_shard & np.isin(status, [KEPT, DUPLICATE])
-
-
-def rehash(url: str, cfg: DedupConfig) -> int:
-    """Compute the manifest's hash columns from the shards (Ray task per shard); returns samples hashed."""
-    fs, root = filesystem(url, cfg.storage_options)
-    table = read_manifest(fs, root, columns=["key", "shard"])
-    shards = sorted(set(s for s in table["shard"].to_pylist() if s))
-    executor = create_executor(cfg.executor, cfg.ray_address, cfg.num_cpus)
-    keys, values = [], {name: [] for name in HASH_COLUMNS}
-    try:
-        bar = tqdm(total=len(shards), desc="hash", unit="shard", disable=not cfg.progress)
-        for shard, result, error in executor.imap_unordered(hash_shard, shards, full_url(fs, root),
-                                                            cfg.storage_options):
-            if error is not None:
-                raise error
-            keys.extend(result[0])
-            for name in HASH_COLUMNS:
-                values[name].append(result[1][name])
-            bar.update(1)
-        bar.close()
-    finally:
-        executor.close()
-    if keys:
-        update = pa.table({"key": keys, **{n: np.concatenate(values[n]) for n in HASH_COLUMNS}})
-        update_rows(fs, root, update)
-    return len(keys)
 
 
 def _corpus(table: pa.Table, cfg: DedupConfig, url: str) -> Corpus:
@@ -129,7 +101,7 @@ def run_dedup(url: str, cfg: DedupConfig) -> DedupSummary:
     if not len(full):
         raise InputError(f"{url}: no manifest with samples (looked for {url}/manifest.parquet); "
                          "run `medscale shard` into this URL first")
-    strategy = create_strategy(cfg.strategy, **asdict(cfg))
+    strategy = strategy_from_config(cfg)
     table = full.filter(pa.array(eligible_mask(full)))
     corpus = _corpus(table, cfg, url)
     if cfg.strategy == "embedding" and not (cfg.embeddings or cfg.backbone):
@@ -161,7 +133,7 @@ def run_dedup(url: str, cfg: DedupConfig) -> DedupSummary:
         update_rows(fs, root, decisions)
         summary.written = True
     decided = _merge(table, decisions)
-    summary.by_source, summary.report = write_report(fs, root, decided, cfg, summary.strategy, cfg.examples)
+    summary.by_source, summary.report = write_report(fs, root, decided, summary.strategy, cfg.examples)
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -1,22 +1,26 @@
 """The reduction strategies, one registry and one factory: `create_strategy("hash-volume", threshold=6)`.
 
 A strategy maps the eligible samples of a corpus to (exemplar index, distance) per sample; a sample whose
-exemplar is itself is kept. Work is fanned out through an executor (Ray tasks or in-process).
+exemplar is itself is kept. Work is fanned out through an executor (Ray tasks or in-process). Each strategy
+takes only its own options (a misspelled one is an error) and reads them off the `dedup` section in `from_config`.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from medscale.core.executor import ordered_map
-from medscale.dedup.groups import exemplars, star_exemplars
-from medscale.core.config import parse_verify
-from medscale.dedup.lsh import LshPlan, merge_pairs, plan_lsh, table_pairs, verified
+from medscale.dedup.groups import GROUPINGS
+from medscale.dedup.lsh import LshPlan, merge_pairs, parse_verify, plan_lsh, table_pairs, verified
 from medscale.dedup.semantic import cluster_duplicates, normalize, spherical_kmeans
 from medscale.dedup.volume import every_n, greedy_volume
+
+if TYPE_CHECKING:
+    from medscale.dedup.config import DedupConfig
 
 Decisions = Tuple[np.ndarray, np.ndarray]  # (exemplar index [N], distance [N])
 VOLUMES_PER_TASK = 256
@@ -58,6 +62,7 @@ def _table_task(table: int, hashes: np.ndarray, plan: LshPlan) -> np.ndarray:
 
 
 def cross_table_task(table: int, hashes: np.ndarray, plan: LshPlan, groups: np.ndarray) -> np.ndarray:
+    """Pairs of one LSH table between different `groups` only (a Ray task of the contamination check)."""
     return table_pairs(hashes, plan, table, groups)
 
 
@@ -69,11 +74,17 @@ def _cluster_task(item: Tuple[np.ndarray, np.ndarray], eps: float) -> Decisions:
 class HashVolume:
     """Less is More's Hash-k: greedy per volume in slice order; 2D images are left alone."""
 
-    def __init__(self, hash: str = "dhash", threshold: int = 6, **_: object) -> None:
-        self.hash, self.threshold = hash, threshold
+    def __init__(self, hash_name: str = "dhash", threshold: int = 6) -> None:
+        self.hash_name, self.threshold = hash_name, threshold
+
+    @classmethod
+    def from_config(cls, cfg: "DedupConfig") -> "HashVolume":
+        """The strategy with the options of `cfg`."""
+        return cls(hash_name=cfg.hash, threshold=cfg.threshold)
 
     def describe(self) -> str:
-        return f"hash-volume {self.hash}<={self.threshold}"
+        """The strategy and its parameters, as recorded in the manifest."""
+        return f"hash-volume {self.hash_name}<={self.threshold}"
 
     def reduce(self, corpus: Corpus, executor) -> Decisions:
         exemplar, distance = np.arange(len(corpus)), np.zeros(len(corpus), np.float32)
@@ -90,17 +101,24 @@ class HashVolume:
 class HashGlobal:
     """Near-duplicates across the whole corpus: LSH candidates verified by exact Hamming, connected groups."""
 
-    def __init__(self, hash: str = "dhash", threshold: int = 6, lsh_recall: float = 0.995, lsh_seed: int = 0,
-                 groups: str = "star", verify: Optional[str] = None, **_: object) -> None:
-        if groups not in ("star", "connected"):
-            raise ValueError(f"groups must be 'star' or 'connected', got {groups!r}")
-        self.hash, self.threshold, self.recall, self.seed, self.groups = hash, threshold, lsh_recall, lsh_seed, groups
-        self.verify = verify
+    def __init__(self, hash_name: str = "dhash", threshold: int = 6, lsh_recall: float = 0.995, lsh_seed: int = 0,
+                 groups: str = "star", verify: Optional[str] = None) -> None:
+        if groups not in GROUPINGS:
+            raise ValueError(f"groups must be one of {', '.join(GROUPINGS)}, got {groups!r}")
+        self.hash_name, self.threshold, self.recall, self.seed = hash_name, threshold, lsh_recall, lsh_seed
+        self.groups, self.verify = groups, verify
         self.verify_hashes, self.verify_limit = parse_verify(verify) if verify else ((), 0)
 
+    @classmethod
+    def from_config(cls, cfg: "DedupConfig") -> "HashGlobal":
+        """The strategy with the options of `cfg`."""
+        return cls(hash_name=cfg.hash, threshold=cfg.threshold, lsh_recall=cfg.lsh_recall, lsh_seed=cfg.lsh_seed,
+                   groups=cfg.groups, verify=cfg.verify)
+
     def describe(self) -> str:
+        """The strategy and its parameters, as recorded in the manifest."""
         check = f" verify {self.verify.replace(' ', '')}" if self.verify else ""
-        return f"hash-global {self.hash}<={self.threshold}{check} {self.groups}"
+        return f"hash-global {self.hash_name}<={self.threshold}{check} {self.groups}"
 
     def reduce(self, corpus: Corpus, executor) -> Decisions:
         extra = corpus.extra if self.verify else np.zeros((len(corpus), 0), np.uint64)
@@ -113,10 +131,7 @@ class HashGlobal:
         pairs = merge_pairs(ordered_map(executor, _table_task, list(range(plan.tables)),
                                         np.ascontiguousarray(unique[:, 0]), plan))
         pairs = verified(pairs, unique[:, 1:], self.verify_limit)
-        if self.groups == "star":
-            value_exemplar = star_exemplars(len(unique), pairs, rank=first)
-        else:
-            value_exemplar = exemplars(len(unique), pairs, rank=first)[0]
+        value_exemplar = GROUPINGS[self.groups](len(unique), pairs, rank=first)
         exemplar = first[value_exemplar[inverse.reshape(-1)]]
         distance = np.bitwise_count(corpus.hashes ^ corpus.hashes[exemplar]).astype(np.float32)
         return exemplar, distance
@@ -125,10 +140,16 @@ class HashGlobal:
 class EveryN:
     """Keep slices 0, n, 2n... of each volume (the baseline of the Less-is-More paper); 2D images stay."""
 
-    def __init__(self, every_n: int = 2, **_: object) -> None:
+    def __init__(self, every_n: int = 2) -> None:
         self.n = every_n
 
+    @classmethod
+    def from_config(cls, cfg: "DedupConfig") -> "EveryN":
+        """The strategy with the options of `cfg`."""
+        return cls(every_n=cfg.every_n)
+
     def describe(self) -> str:
+        """The strategy and its parameters, as recorded in the manifest."""
         return f"every-n n={self.n}"
 
     def reduce(self, corpus: Corpus, executor) -> Decisions:
@@ -141,10 +162,16 @@ class EveryN:
 class Embedding:
     """SemDeDup: spherical k-means on embeddings, then cosine similarity > 1 - eps inside a cluster."""
 
-    def __init__(self, eps: float = 0.05, clusters: int = 0, lsh_seed: int = 0, **_: object) -> None:
-        self.eps, self.clusters, self.seed = eps, clusters, lsh_seed
+    def __init__(self, eps: float = 0.05, clusters: int = 0, seed: int = 0) -> None:
+        self.eps, self.clusters, self.seed = eps, clusters, seed
+
+    @classmethod
+    def from_config(cls, cfg: "DedupConfig") -> "Embedding":
+        """The strategy with the options of `cfg`."""
+        return cls(eps=cfg.eps, clusters=cfg.clusters, seed=cfg.lsh_seed)
 
     def describe(self) -> str:
+        """The strategy and its parameters, as recorded in the manifest."""
         return f"embedding cos>{1 - self.eps:.4g}"
 
     def reduce(self, corpus: Corpus, executor) -> Decisions:
@@ -167,7 +194,19 @@ STRATEGIES: Dict[str, type] = {"hash-volume": HashVolume, "hash-global": HashGlo
 
 
 def create_strategy(name: str, **params: object):
-    """The strategy registered as `name`, built with its parameters (unknown parameters are ignored)."""
+    """The strategy registered as `name`, built with its own parameters; an unknown name or parameter is a
+    ValueError naming the choices."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    accepted = list(inspect.signature(STRATEGIES[name]).parameters)
+    unknown = [p for p in params if p not in accepted]
+    if unknown:
+        raise ValueError(f"strategy {name!r} has no option {unknown[0]!r}; its options: {', '.join(accepted)}")
     return STRATEGIES[name](**params)
+
+
+def strategy_from_config(cfg: "DedupConfig"):
+    """The strategy `cfg.strategy` names, with its options read off `cfg`."""
+    if cfg.strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[cfg.strategy].from_config(cfg)

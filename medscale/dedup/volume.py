@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+import functools
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -51,3 +52,14 @@ def every_n(count: int, n: int) -> np.ndarray:
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     return (np.arange(count) // n) * n
+
+
+SLICE_REDUCERS = {"hash-volume": VolumeReducer}  # `shard.reduce`: reducers the sharding service can be handed
+
+
+def slice_reducer(name: str, threshold: int) -> Callable[[], VolumeReducer]:
+    """A picklable factory of a fresh streaming reducer per volume, handed to `run_sharding` by the command line
+    (so that `data` never imports `dedup`)."""
+    if name not in SLICE_REDUCERS:
+        raise ValueError(f"unknown sharding reducer {name!r}; choose one of {', '.join(SLICE_REDUCERS)}")
+    return functools.partial(SLICE_REDUCERS[name], threshold)

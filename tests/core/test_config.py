@@ -2,13 +2,15 @@
 
 import pytest
 
-from medscale.core.config import load_config, to_yaml
+from medscale.config import load as load_config
+from medscale.core.config import to_yaml
 from medscale.core.errors import ConfigError
 
 
 def test_defaults_yaml_and_overrides_merge(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("shard:\n  shard_size: 500\n  sources:\n    ct:\n      window_center: 40\n      window_width: 400\n")
+    path.write_text("shard:\n  shard_size: 500\n  sources:\n    ct:\n"
+                    "      window_center: 40\n      window_width: 400\n")
     cfg = load_config(path, ["shard.bit_depth=16", "shard.output=s3://bucket/x"])
     assert cfg.shard.shard_size == 500
     assert cfg.shard.bit_depth == 16
@@ -70,3 +72,34 @@ def test_every_bundled_preset_loads():
     for preset in presets:
         load_config(preset)
     assert load_config(presets[0].parent / "dedup-2d.yaml").dedup.verify == "dhash+ahash<=16"
+
+
+def test_choices_come_from_the_registries_and_name_them():
+    from medscale.dedup.strategies import STRATEGIES
+
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["dedup.strategy=fuzzy"])
+    assert all(name in str(info.value) for name in STRATEGIES)
+    with pytest.raises(ConfigError, match="shard.reduce.*hash-volume"):
+        load_config(None, ["shard.reduce=every-other"])
+    with pytest.raises(ConfigError, match="shard.reduce_hash.*ahash | dhash | phash"):
+        load_config(None, ["shard.reduce_hash=md5"])
+
+
+def test_expected_types_are_read_off_the_sections():
+    from medscale.config import MedscaleConfig
+    from medscale.core.config import expected_type
+
+    assert expected_type(MedscaleConfig, "shard.shard_size") == "int"
+    assert expected_type(MedscaleConfig, "shard.max_size") == "Optional[int]"
+    assert expected_type(MedscaleConfig, "shard.sources.ct.window_width") == "Optional[float]"
+    assert expected_type(MedscaleConfig, "dedup.nope") is None
+
+
+def test_reduction_while_sharding_needs_the_reducer_handed_in(tmp_path):
+    from medscale.data.config import ShardConfig
+    from medscale.data.service import run_sharding
+
+    cfg = ShardConfig(inputs=[str(tmp_path)], output=str(tmp_path / "out"), reduce="hash-volume")
+    with pytest.raises(ConfigError, match="needs its reducer"):
+        run_sharding(cfg)

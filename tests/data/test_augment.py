@@ -31,3 +31,13 @@ def test_grey_channels_are_identical_and_match_the_rgb_path():
     torch.manual_seed(0)
     a = mae_transform(24, mean=[0, 0, 0], std=[1, 1, 1])(grey)
     assert torch.equal(a[0], a[2])
+
+
+def test_every_configurable_augmentation_has_its_torch_transform():
+    from medscale.data.augment import TRANSFORMS
+    from medscale.data.config import AUGMENTS, LoaderConfig
+
+    assert set(TRANSFORMS) == set(AUGMENTS)
+    for name in AUGMENTS:
+        out = TRANSFORMS[name](LoaderConfig(augment=name, image_size=16, small_size=8))(np.zeros((20, 20), np.uint8))
+        assert (out[0] if isinstance(out, list) else out).shape[-1] == 16

@@ -6,10 +6,10 @@ import shutil
 import numpy as np
 import pytest
 
-from medscale.core.config import DedupConfig
 from medscale.core.errors import ConfigError
-from medscale.data.loader import ShardDataset
+from medscale.data.dataset import ShardDataset
 from medscale.data.service import run_sharding
+from medscale.dedup.config import DedupConfig
 from tests.conftest import PYDICOM_DATA, shard_config
 
 pytest.importorskip("nvidia.dali")

@@ -15,7 +15,7 @@ def _rank_main(rank, world, url, init_file, out):
     import torch.distributed as dist
 
     from medscale.data.augment import resize_transform
-    from medscale.data.loader import ShardDataset, ShardLoader
+    from medscale.data.dataset import ShardDataset, ShardLoader
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:

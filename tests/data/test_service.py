@@ -108,7 +108,7 @@ def test_rerun_does_nothing_and_new_inputs_extend(corpus, tmp_path):
 
 
 def test_labels_from_folders(corpus, tmp_path):
-    from medscale.core.config import SourceOptions
+    from medscale.data.config import SourceOptions
 
     cfg = shard_config([f"xray={corpus['xray']}"], tmp_path / "out",
                        sources={"xray": SourceOptions(labels_from_folders=True)})
@@ -216,7 +216,7 @@ def test_kill_minus_nine_then_resume_is_exactly_once(corpus, tmp_path, executor)
 
 
 def test_slice_stride_and_window_per_source(corpus, tmp_path):
-    from medscale.core.config import SourceOptions
+    from medscale.data.config import SourceOptions
 
     cfg = shard_config([f"ct={corpus['ct']}"], tmp_path / "out",
                        sources={"ct": SourceOptions(slice_stride=2, window_center=40, window_width=400)})

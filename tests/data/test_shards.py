@@ -75,7 +75,7 @@ def test_webdataset_library_reads_shards(tmp_path):
 
 
 def test_dali_cpu_reader_with_written_index(tmp_path):
-    dali = pytest.importorskip("nvidia.dali")
+    pytest.importorskip("nvidia.dali")
     from nvidia.dali import fn, pipeline_def
 
     done, samples = _write(tmp_path, n=12, max_count=5)

@@ -55,9 +55,9 @@ def test_star_vs_connected_on_a_chain():
 
 
 def test_verify_rule_filters_pairs_and_is_validated():
-    from medscale.core.config import load_config, parse_verify
+    from medscale.config import load as load_config
     from medscale.core.errors import ConfigError
-    from medscale.dedup.lsh import verified
+    from medscale.dedup.lsh import parse_verify, verified
 
     assert parse_verify("dhash + ahash<=16") == (("dhash", "ahash"), 16)
     with pytest.raises(ConfigError, match="dedup.verify"):

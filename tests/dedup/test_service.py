@@ -12,13 +12,16 @@ import pytest
 from PIL import Image
 
 from medscale.cli import main
-from medscale.core.config import DedupConfig, load_config
+from medscale.config import load as load_config
 from medscale.core.errors import ConfigError, InputError
 from medscale.core.storage import filesystem
 from medscale.data.manifest import HASH_COLUMNS, read_manifest, update_rows
 from medscale.data.service import run_sharding
+from medscale.dedup.config import DedupConfig
 from medscale.dedup.contamination import run_contamination
-from medscale.dedup.service import rehash, run_dedup
+from medscale.dedup.rehash import rehash_manifest as rehash
+from medscale.dedup.service import run_dedup
+from medscale.dedup.volume import slice_reducer
 from tests.conftest import MEDMNIST, PYDICOM_DATA, PYDICOM_FILES, shard_config
 
 PLANTED = 40
@@ -44,8 +47,9 @@ def _build(root, **kwargs):
     shutil.copy(MEDMNIST / "breastmnist_28.npz", inputs / "breast.npz")
     _planted_copies(inputs / "copies")
     out = root / "out"
-    run_sharding(shard_config([f"ct={inputs / 'ct'}", f"breast={inputs / 'breast.npz'}",
-                               f"copies={inputs / 'copies'}"], out, shard_size=300, **kwargs))
+    cfg = shard_config([f"ct={inputs / 'ct'}", f"breast={inputs / 'breast.npz'}", f"copies={inputs / 'copies'}"],
+                       out, shard_size=300, **kwargs)
+    run_sharding(cfg, slice_reducer(cfg.reduce, cfg.reduce_threshold) if cfg.reduce else None)
     return out
 
 
@@ -294,7 +298,7 @@ def test_dedup_and_contamination_on_s3(corpus, s3_server):
     cont = run_contamination(url, DedupConfig(against=[str(MEDMNIST / "breastmnist_28.npz")], threshold=0,
                                               executor="local", progress=False, storage_options=s3_server))
     assert {s["split"]: s["fraction"] for s in cont.sets}["test"] == 1.0
-    from medscale.data.loader import ShardDataset
+    from medscale.data.dataset import ShardDataset
 
     ds = ShardDataset(url, storage_options=s3_server, rank=0, world_size=1)
     assert len(ds.index) == summary.kept

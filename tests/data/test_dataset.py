@@ -6,10 +6,10 @@ import shutil
 import pytest
 import torch
 
-from medscale.core.config import DedupConfig
 from medscale.core.errors import InputError
 from medscale.data.augment import resize_transform
-from medscale.data.loader import ShardDataset, ShardLoader
+from medscale.data.dataset import ShardDataset, ShardLoader
+from medscale.dedup.config import DedupConfig
 
 BATCH = 16
 
@@ -166,7 +166,7 @@ def test_reads_from_s3(corpus, s3_server):
 
 
 def test_create_loader_from_config(corpus):
-    from medscale.core.config import load_config
+    from medscale.config import load as load_config
     from medscale.core.errors import ConfigError
     from medscale.data import create_loader
 

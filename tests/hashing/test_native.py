@@ -7,18 +7,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medscale.dedup import native
-from medscale.dedup.coefficients import reference_resize, vertical_first
-from medscale.dedup.hashes import _dct_rows, _low_frequencies
-from medscale.dedup.resample import resize_many
-from tests.conftest import MEDMNIST, needs_native as built, pillow_resize as _pillow
+from medscale.hashing import native
+from medscale.hashing.coefficients import reference_resize, vertical_first
+from medscale.hashing.hashes import _dct_rows, _low_frequencies
+from medscale.hashing.resample import resize_many
+from tests.conftest import MEDMNIST
+from tests.conftest import needs_native as built
+from tests.conftest import pillow_resize as _pillow
 
 LEVELS = native.levels() or (0,)
 
 
 def test_the_kernel_is_built_where_ci_requires_it():
     if os.environ.get("MEDSCALE_REQUIRE_NATIVE") and not native.available():
-        pytest.fail("medscale.dedup._lanczos did not build: check that gcc and the Python headers are installed")
+        pytest.fail("medscale.hashing._lanczos did not build: check that gcc and the Python headers are installed")
     assert native.available() == bool(native.levels())
 
 
@@ -60,7 +62,8 @@ def test_pass_order_probe_agrees_with_pillow():
     probe = np.random.default_rng(2).integers(0, 256, (64, 32), dtype=np.uint8)
     for size in [(16, 16), (8, 9), (70, 20)]:
         order = vertical_first(64, 32, *size)
-        np.testing.assert_array_equal(reference_resize(probe, *size, vertical_first=order), _pillow(probe[None], *size)[0])
+        np.testing.assert_array_equal(reference_resize(probe, *size, vertical_first=order),
+                                      _pillow(probe[None], *size)[0])
     assert vertical_first(28, 28, 28, 9) is False  # one pass only: nothing to order
 
 
@@ -88,7 +91,7 @@ def test_bad_requests_are_clear_errors():
 
 @built
 def test_the_kernel_checks_every_window_against_the_buffers():
-    from medscale.dedup import _lanczos
+    from medscale.hashing import _lanczos
 
     images = np.zeros((1, 4, 4), np.uint8)
     start, taps = np.array([2], np.int32), np.array([3], np.int32)  # [2, 5) lies outside a 4-pixel row

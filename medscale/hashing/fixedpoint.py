@@ -16,7 +16,7 @@ from typing import Dict, List, NamedTuple, Tuple
 
 import numpy as np
 
-from medscale.dedup.coefficients import PRECISION_BITS, resample_matrix
+from medscale.hashing.coefficients import PRECISION_BITS, resample_matrix
 
 _EXACT_FLOAT32 = 1 << 24  # float32 holds every integer of smaller magnitude
 _HALF = 1 << (PRECISION_BITS - 1)  # Pillow's rounding offset

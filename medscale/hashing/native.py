@@ -13,10 +13,10 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from medscale.dedup.coefficients import PRECISION_BITS, pass_matrix
+from medscale.hashing.coefficients import PRECISION_BITS, pass_matrix
 
 try:
-    from medscale.dedup import _lanczos
+    from medscale.hashing import _lanczos
 except ImportError:  # built without a C compiler: `resample` falls back to the numpy path
     _lanczos = None
 

@@ -30,7 +30,7 @@ from medscale.data.png import decode_png
 logger = logging.getLogger(__name__)
 
 
-def _dist_default(rank: Optional[int], world_size: Optional[int]) -> tuple:
+def rank_and_world(rank: Optional[int], world_size: Optional[int]) -> tuple:
     """Rank and world size from the arguments, else torch.distributed, else the torchrun environment, else (0, 1)."""
     if rank is not None and world_size is not None:
         return rank, world_size
@@ -43,7 +43,8 @@ def _dist_default(rank: Optional[int], world_size: Optional[int]) -> tuple:
 
 
 class ShardDataset(IterableDataset):
-    """Samples `{"key", "image" (or "views"), "label", "index"}` of the kept rows of a sharding output, in the (seed, epoch) order.
+    """Samples `{"key", "image" (or "views"), "label", "index"}` of the kept rows of a sharding output, in the
+    (seed, epoch) order.
 
     Every kept sample is delivered once per epoch across all ranks and workers; `remainder` says what happens when
     the count does not divide by the world size: `pad` (repeat the epoch's first samples so every rank has as many
@@ -62,7 +63,7 @@ class ShardDataset(IterableDataset):
             raise ConfigError("batch_size and shuffle_window must be >= 1")
         self.url = url
         self.seed, self.shuffle, self.window, self.remainder = seed, shuffle, shuffle_window, remainder
-        self.rank, self.world_size = _dist_default(rank, world_size)
+        self.rank, self.world_size = rank_and_world(rank, world_size)
         if not 0 <= self.rank < self.world_size:
             raise ConfigError(f"rank {self.rank} is outside world size {self.world_size}")
         self.batch_size = batch_size

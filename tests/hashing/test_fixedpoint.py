@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from medscale.dedup.fixedpoint import PRECISION_BITS, combine_limbs, split_limbs
-from medscale.dedup.coefficients import resample_matrix
-from medscale.dedup.resample import resize_lanczos, resize_many
-from tests.conftest import MEDMNIST, needs_native, pillow_resize as _pillow
+from medscale.hashing.coefficients import resample_matrix
+from medscale.hashing.fixedpoint import PRECISION_BITS, combine_limbs, split_limbs
+from medscale.hashing.resample import resize_lanczos, resize_many
+from tests.conftest import MEDMNIST, needs_native
+from tests.conftest import pillow_resize as _pillow
 
 
 def test_limbs_reassemble_the_coefficients():

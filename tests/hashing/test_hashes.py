@@ -6,7 +6,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from medscale.dedup.hashes import average_hash, dhash, hamming, phash, resize_lanczos
+from medscale.hashing.hashes import average_hash, dhash, hamming, phash, resize_lanczos
 from tests.conftest import MEDMNIST, PYDICOM_DATA
 
 PAIRS = [(average_hash, imagehash.average_hash), (dhash, imagehash.dhash), (phash, imagehash.phash)]
@@ -21,11 +21,12 @@ def _real_batches():
     return {"medmnist28": small, "odd53x37": odd, "mr64": mr, "us_rgb": us}
 
 
+@pytest.mark.parametrize("backend", ["auto", "numpy"])  # the compiled kernel (where built) and the numpy fallback
 @pytest.mark.parametrize("hash_size", [8, 4])
-def test_bit_identical_to_imagehash(hash_size):
+def test_bit_identical_to_imagehash(hash_size, backend):
     for name, batch in _real_batches().items():
         for ours, theirs in PAIRS:
-            got = ours(batch, hash_size=hash_size)
+            got = ours(batch, hash_size=hash_size, backend=backend)
             expected = [str(theirs(Image.fromarray(img), hash_size=hash_size)) for img in batch]
             assert [bytes(h).hex() for h in got] == expected, (name, ours.__name__)
 
@@ -74,7 +75,7 @@ def test_bit_identical_on_degenerate_images():
 
 def test_hash_images_shares_the_resize_and_matches_imagehash():
     """Mixed shapes, RGB and 16-bit slices in one call: one shared horizontal pass per shape, same bits."""
-    from medscale.dedup.hashes import hash_images
+    from medscale.hashing.hashes import hash_images
 
     batches = _real_batches()
     images = list(batches["medmnist28"][:20]) + list(batches["odd53x37"][:10]) + list(batches["us_rgb"][:2])
@@ -83,3 +84,13 @@ def test_hash_images_shares_the_resize_and_matches_imagehash():
     reference = images + list(batches["mr64"][:3])
     for name, fn in [("ahash", imagehash.average_hash), ("dhash", imagehash.dhash), ("phash", imagehash.phash)]:
         assert [f"{int(v):016x}" for v in got[name]] == [str(fn(Image.fromarray(i))) for i in reference], name
+
+
+def test_hash_images_takes_the_backend_and_names_from_the_registry():
+    from medscale.hashing.hashes import HASH_NAMES, hash_images
+
+    batch = list(_real_batches()["odd53x37"][:10])
+    native, fallback = hash_images(batch, backend="auto"), hash_images(batch, backend="numpy")
+    assert set(native) == set(HASH_NAMES) and all((native[n] == fallback[n]).all() for n in HASH_NAMES)
+    with pytest.raises(ValueError, match="unknown hash 'bhash'"):
+        hash_images(batch, ("bhash",))

@@ -1,18 +1,19 @@
 """Batched perceptual hashes (aHash, dHash, pHash), bit-identical to the `imagehash` library on the same pixels.
 
 imagehash resizes each image with Pillow's LANCZOS filter, whose 8-bit path uses fixed-point coefficients;
-`medscale.dedup.resample` rebuilds those exact coefficients and applies them to a whole batch as exact matrix
+`medscale.hashing.resample` rebuilds those exact coefficients and applies them to a whole batch as exact matrix
 products, so hashing a batch costs a few BLAS calls instead of N Pillow calls.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Sequence
 
 import numpy as np
 
-from medscale.dedup.native import phash_low_native
-from medscale.dedup.resample import CHUNK_PIXELS, resize_lanczos, resize_many
+from medscale.hashing.native import phash_low_native
+from medscale.hashing.resample import CHUNK_PIXELS, resize_lanczos, resize_many
 
 
 def as_pixels(images) -> np.ndarray:
@@ -55,15 +56,15 @@ def _dhash_bits(pixels: np.ndarray) -> np.ndarray:
     return pixels[:, :, 1:] > pixels[:, :, :-1]
 
 
-def average_hash(images: np.ndarray, hash_size: int = 8) -> np.ndarray:
+def average_hash(images: np.ndarray, hash_size: int = 8, backend: str = "auto") -> np.ndarray:
     """aHash of `images: [N, H, W(, 3)]` uint8 (numpy, or torch also channels-first) -> `[N, hash_size**2 / 8]`
-    uint8 (imagehash.average_hash)."""
-    return _pack(_ahash_bits(resize_lanczos(to_grey(images), hash_size, hash_size)))
+    uint8 (imagehash.average_hash). `backend`: the resampling backend (`resample.BACKENDS`)."""
+    return _pack(_ahash_bits(resize_lanczos(to_grey(images), hash_size, hash_size, backend)))
 
 
-def dhash(images: np.ndarray, hash_size: int = 8) -> np.ndarray:
+def dhash(images: np.ndarray, hash_size: int = 8, backend: str = "auto") -> np.ndarray:
     """dHash (horizontal gradient) -> `[N, hash_size**2 / 8]` uint8 (imagehash.dhash)."""
-    return _pack(_dhash_bits(resize_lanczos(to_grey(images), hash_size, hash_size + 1)))
+    return _pack(_dhash_bits(resize_lanczos(to_grey(images), hash_size, hash_size + 1, backend)))
 
 
 @lru_cache(maxsize=16)
@@ -82,19 +83,21 @@ def _low_frequencies(pixels: np.ndarray, keep: int) -> np.ndarray:
     return (d @ by_row).reshape(keep, n, keep).transpose(1, 0, 2)  # then along axis 1
 
 
-def phash(images: np.ndarray, hash_size: int = 8, highfreq_factor: int = 4) -> np.ndarray:
+def phash(images: np.ndarray, hash_size: int = 8, highfreq_factor: int = 4, backend: str = "auto") -> np.ndarray:
     """pHash (low frequencies of a 2D DCT above their median) -> `[N, hash_size**2 / 8]` (imagehash.phash).
 
     The DCT corner is two matrix products; an image whose coefficients lie within rounding distance of their
     median (where the products and scipy's FFT-based DCT could disagree on a bit) is redone with scipy.
     """
     size = hash_size * highfreq_factor
-    return _pack(_phash_bits(resize_lanczos(to_grey(images), size, size), hash_size))
+    return _pack(_phash_bits(resize_lanczos(to_grey(images), size, size, backend), hash_size, backend))
 
 
-def _phash_bits(resized: np.ndarray, hash_size: int) -> np.ndarray:
-    """`resized: [N, S, S]` uint8 -> `[N, hash_size**2]` bits: DCT corner above its median."""
-    native = phash_low_native(resized, _dct_rows(resized.shape[1], 8)) if hash_size == 8 else None
+def _phash_bits(resized: np.ndarray, hash_size: int, backend: str) -> np.ndarray:
+    """`resized: [N, S, S]` uint8 -> `[N, hash_size**2]` bits: DCT corner above its median. The compiled DCT
+    corner is used unless `backend` is "numpy"."""
+    use_native = hash_size == 8 and backend != "numpy"
+    native = phash_low_native(resized, _dct_rows(resized.shape[1], 8)) if use_native else None
     if native is not None:
         low, med = native
     else:
@@ -118,7 +121,10 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.unpackbits(np.bitwise_xor(a, b), axis=-1).sum(axis=-1)
 
 
+HASHES = {"ahash": average_hash, "dhash": dhash, "phash": phash}  # the registry: one function per hash name
+HASH_NAMES = tuple(HASHES)
 _SIZES = {"ahash": (8, 8), "dhash": (8, 9), "phash": (32, 32)}  # what each 64-bit hash resizes to
+_BITS = {"ahash": _ahash_bits, "dhash": _dhash_bits}
 
 
 def to_uint64(packed: np.ndarray) -> np.ndarray:
@@ -137,8 +143,11 @@ def to_8bit(pixels: np.ndarray) -> np.ndarray:
     raise ValueError(f"hashes need uint8 or uint16 pixels, got {pixels.dtype}")
 
 
-def hash_images(images: list, names: tuple = ("ahash", "dhash", "phash")) -> dict:
+def hash_images(images: list, names: Sequence[str] = HASH_NAMES, backend: str = "auto") -> dict:
     """64-bit hashes of a list of slices of any shapes -> `{name: uint64[N]}` (batched per shape)."""
+    unknown = [name for name in names if name not in HASHES]
+    if unknown:
+        raise ValueError(f"unknown hash {unknown[0]!r}; choose among {', '.join(HASH_NAMES)}")
     out = {name: np.zeros(len(images), np.uint64) for name in names}
     by_shape: dict = {}
     for i, img in enumerate(images):  # group first, convert whole groups (no per-image numpy calls)
@@ -148,10 +157,9 @@ def hash_images(images: list, names: tuple = ("ahash", "dhash", "phash")) -> dic
         for first in range(0, len(idx), step):  # stacked a chunk at a time, so the copy stays in cache
             chunk = np.array(idx[first:first + step])
             batch = to_grey(to_8bit(np.stack([images[i] for i in chunk])))
-            resized = resize_many(batch, [_SIZES[name] for name in names])
+            resized = resize_many(batch, [_SIZES[name] for name in names], backend)
             for name in names:
                 pixels = resized[_SIZES[name]]
-                bits = _phash_bits(pixels, 8) if name == "phash" else (
-                    _ahash_bits(pixels) if name == "ahash" else _dhash_bits(pixels))
+                bits = _phash_bits(pixels, 8, backend) if name == "phash" else _BITS[name](pixels)
                 out[name][chunk] = to_uint64(_pack(bits))
     return out

@@ -7,7 +7,6 @@ from functools import lru_cache
 
 import numpy as np
 
-
 PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c, 8 bits per channel
 _LANCZOS_SUPPORT = 3.0
 

@@ -2,7 +2,7 @@
 
 Two backends compute the same bits. `native` is the compiled kernel (`_lanczos.c`, built by setup.py when a C
 compiler is present). `numpy` is the fallback: each pass one exact float32 matrix product
-(`medscale.dedup.fixedpoint`); several output sizes share one horizontal product against the concatenated
+(`medscale.hashing.fixedpoint`); several output sizes share one horizontal product against the concatenated
 coefficients. Both run the horizontal pass first; the sizes that the installed Pillow resizes vertical pass first
 (`coefficients.vertical_first`) go through them transposed.
 """
@@ -13,9 +13,9 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from medscale.dedup import native
-from medscale.dedup.coefficients import vertical_first
-from medscale.dedup.fixedpoint import resize_numpy
+from medscale.hashing import native
+from medscale.hashing.coefficients import vertical_first
+from medscale.hashing.fixedpoint import resize_numpy
 
 CHUNK_PIXELS = 1 << 20  # pixels resized per call where a caller stacks images: ~1 MiB of uint8, 4 MiB of float32
 BACKENDS = ("auto", "native", "numpy")

@@ -1,0 +1,37 @@
+"""The root config of a run: one section per stage, each owned by its stage; what the command line loads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from medscale.core.config import check, load_config
+from medscale.data.config import LoaderConfig, ShardConfig
+from medscale.dedup.config import DedupConfig
+from medscale.dedup.volume import SLICE_REDUCERS
+
+
+@dataclass
+class MedscaleConfig:
+    """One run; each stage reads its own section."""
+
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+
+    def validate(self, origin: str) -> None:
+        """Each section's checks, then those that span sections (`shard.reduce` names a reducer of dedup's)."""
+        self.shard.validate(origin)
+        check(self.shard.reduce is None or self.shard.reduce in SLICE_REDUCERS, origin, "shard.reduce",
+              "null or " + " | ".join(SLICE_REDUCERS), self.shard.reduce)
+        self.dedup.validate(origin)
+        self.loader.validate(origin)
+
+
+SECTIONS = tuple(MedscaleConfig.__dataclass_fields__)
+
+
+def load(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> MedscaleConfig:
+    """Defaults <- YAML file at `path` <- `section.key=value` overrides; validated, or ConfigError naming the key."""
+    return load_config(MedscaleConfig, path, overrides)

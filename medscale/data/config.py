@@ -1,0 +1,123 @@
+"""The data stage's config sections: `shard` (the sharding service) and `loader` (how trainers read shards).
+
+Torch-free: sharding workers unpickle these classes, and must not load torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from medscale.core.config import check, check_choice
+from medscale.core.executor import EXECUTORS
+from medscale.data.order import REMAINDERS
+from medscale.hashing.hashes import HASH_NAMES
+
+AUGMENTS = ("mae", "contrastive", "resize")  # the augmentation graphs; the torch and DALI twins are keyed by these
+LOADERS = ("auto", "torch", "dali")
+DALI_DEVICES = ("auto", "gpu", "cpu")
+
+
+@dataclass
+class SourceOptions:
+    """How one input source is read; `shard.defaults` applies to all, `shard.sources.NAME` to one."""
+
+    modality: Optional[str] = None  # overrides the detected modality (npz/png/NIfTI carry none)
+    window_center: Optional[float] = None  # CT window in HU; both center and width, or neither
+    window_width: Optional[float] = None
+    nifti_axis: int = 2  # slicing axis after canonical (RAS) reorientation; 2 = axial
+    nifti_volume: int = 0  # which volume of a 4D NIfTI
+    labels_from_folders: bool = False  # PNG/JPEG: label = index of the sorted sub-folder name
+    slice_stride: int = 1  # keep every n-th slice of a volume
+
+    def validate(self, origin: str, key: str) -> None:
+        """Value checks; `key` is where these options sit (`shard.defaults`, `shard.sources.NAME`)."""
+        check(self.nifti_axis in (0, 1, 2), origin, f"{key}.nifti_axis", "0, 1 or 2", self.nifti_axis)
+        check(self.nifti_volume >= 0, origin, f"{key}.nifti_volume", "an int >= 0", self.nifti_volume)
+        check(self.slice_stride >= 1, origin, f"{key}.slice_stride", "an int >= 1", self.slice_stride)
+        has_c, has_w = self.window_center is not None, self.window_width is not None
+        check(has_c == has_w, origin, f"{key}.window_width", "set together with window_center", self.window_width)
+        check(not has_w or self.window_width > 0, origin, f"{key}.window_width", "a width > 0", self.window_width)
+
+
+@dataclass
+class ShardConfig:
+    """The sharding service (`medscale shard`)."""
+
+    inputs: List[str] = field(default_factory=list)
+    output: Optional[str] = None
+    prefix: str = "shard"
+    shard_size: int = 1000  # samples per shard
+    shard_bytes: int = 256 * 1024 * 1024  # a shard is cut at whichever limit comes first
+    bit_depth: int = 8  # 8 or 16-bit PNG for grey images (colour stays 8-bit)
+    max_size: Optional[int] = None  # resize so that the longer side is at most this
+    png_compress_level: int = 1  # zlib level 0-9: 1 is ~3x faster than 6 for ~10% more bytes
+    files_per_unit: int = 0  # image files per Ray task; 0 = shard_size
+    executor: str = "ray"  # ray | local (in-process, for debugging and tiny corpora)
+    ray_address: Optional[str] = None  # None starts a local Ray; "auto" or "ray://..." joins a cluster
+    num_cpus: Optional[int] = None  # for a local Ray; None = all cores
+    max_in_flight: int = 0  # tasks submitted at once; 0 = 2 x CPUs (bounds memory)
+    progress: bool = True
+    storage_options: Dict[str, Any] = field(default_factory=dict)  # fsspec options (e.g. S3 endpoint); never logged
+    reduce: Optional[str] = None  # hash-volume: drop Less-is-More duplicates while sharding (recorded, not written)
+    reduce_hash: str = "dhash"  # ahash | dhash | phash
+    reduce_threshold: int = 6  # Hamming distance (bits of 64) at or under which slices are duplicates
+    defaults: SourceOptions = field(default_factory=SourceOptions)
+    sources: Dict[str, SourceOptions] = field(default_factory=dict)
+
+    def validate(self, origin: str) -> None:
+        """Value checks that types alone cannot express (`shard.reduce` is checked by the root, which knows the
+        reducers dedup offers)."""
+        check(self.shard_size >= 1, origin, "shard.shard_size", "an int >= 1", self.shard_size)
+        check(self.shard_bytes >= 1024, origin, "shard.shard_bytes", "an int >= 1024", self.shard_bytes)
+        check(self.bit_depth in (8, 16), origin, "shard.bit_depth", "8 or 16", self.bit_depth)
+        check(self.max_size is None or self.max_size >= 8, origin, "shard.max_size", "null or an int >= 8",
+              self.max_size)
+        check(0 <= self.png_compress_level <= 9, origin, "shard.png_compress_level", "0..9", self.png_compress_level)
+        check(self.files_per_unit >= 0, origin, "shard.files_per_unit", "an int >= 0", self.files_per_unit)
+        check_choice(self.executor, tuple(EXECUTORS), origin, "shard.executor")
+        check(self.max_in_flight >= 0, origin, "shard.max_in_flight", "an int >= 0", self.max_in_flight)
+        check("/" not in self.prefix and "." not in self.prefix and self.prefix != "", origin, "shard.prefix",
+              "a name without '/' or '.'", self.prefix)
+        check_choice(self.reduce_hash, HASH_NAMES, origin, "shard.reduce_hash")
+        check(0 <= self.reduce_threshold < 32, origin, "shard.reduce_threshold", "0..31", self.reduce_threshold)
+        self.defaults.validate(origin, "shard.defaults")
+        for name, opts in self.sources.items():
+            opts.validate(origin, f"shard.sources.{name}")
+
+    def source_options(self, source: str) -> SourceOptions:
+        """The options of `source`: its own entry in `sources`, else `defaults`."""
+        return self.sources.get(source, self.defaults)
+
+
+@dataclass
+class LoaderConfig:
+    """How trainers read shards (`medscale.data.create_loader`)."""
+
+    loader: str = "auto"  # auto (DALI when a GPU and kept-only shards are there) | torch | dali
+    batch_size: int = 64
+    num_workers: int = 2  # torch loader processes
+    seed: int = 0
+    shuffle: bool = True
+    shuffle_window: int = 4096  # torch: samples shuffled together after the shard permutation
+    remainder: str = "pad"  # pad | drop | uneven: when samples do not divide by the world size
+    augment: str = "mae"  # mae | contrastive | resize
+    image_size: int = 224
+    small_crops: int = 0  # contrastive: extra small views (SwAV multi-crop)
+    small_size: int = 96
+    device: str = "auto"  # DALI decoding: auto | gpu | cpu
+    cache_dir: Optional[str] = None  # where remote shards are copied
+    storage_options: Dict[str, Any] = field(default_factory=dict)  # fsspec options; never logged
+
+    def validate(self, origin: str) -> None:
+        """Value checks that types alone cannot express."""
+        check_choice(self.loader, LOADERS, origin, "loader.loader")
+        check(self.batch_size >= 1, origin, "loader.batch_size", "an int >= 1", self.batch_size)
+        check(self.num_workers >= 0, origin, "loader.num_workers", "an int >= 0", self.num_workers)
+        check(self.shuffle_window >= 1, origin, "loader.shuffle_window", "an int >= 1", self.shuffle_window)
+        check_choice(self.remainder, REMAINDERS, origin, "loader.remainder")
+        check_choice(self.augment, AUGMENTS, origin, "loader.augment")
+        check(self.image_size >= 8, origin, "loader.image_size", "an int >= 8", self.image_size)
+        check(self.small_size >= 8, origin, "loader.small_size", "an int >= 8", self.small_size)
+        check(self.small_crops >= 0, origin, "loader.small_crops", "an int >= 0", self.small_crops)
+        check_choice(self.device, DALI_DEVICES, origin, "loader.device")

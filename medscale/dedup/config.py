@@ -1,0 +1,59 @@
+"""The dedup stage's config section: corpus reduction and the contamination check (`medscale dedup`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from medscale.core.config import check, check_choice
+from medscale.core.errors import ConfigError
+from medscale.core.executor import EXECUTORS
+from medscale.dedup.groups import GROUPINGS
+from medscale.dedup.lsh import parse_verify
+from medscale.dedup.strategies import STRATEGIES
+from medscale.hashing.hashes import HASH_NAMES
+
+
+@dataclass
+class DedupConfig:
+    """Corpus reduction and the contamination check (`medscale dedup`)."""
+
+    strategy: str = "hash-volume"  # hash-volume | hash-global | embedding | every-n
+    hash: str = "dhash"  # ahash | dhash | phash (64-bit, from the manifest)
+    threshold: int = 6  # Hamming distance at or under which two slices are near-duplicates (Hash-6)
+    every_n: int = 2  # every-n: keep slices 0, n, 2n... of each volume
+    lsh_recall: float = 0.995  # hash-global / contamination: expected recall of pairs at `threshold`
+    lsh_seed: int = 0
+    verify: Optional[str] = None  # hash-global / contamination: also require e.g. "dhash+ahash<=16"
+    groups: str = "star"  # hash-global: star (each duplicate within threshold of its exemplar) | connected
+    embeddings: Optional[str] = None  # embedding: Parquet with `key` and `embedding` (list of floats)
+    backbone: Optional[str] = None  # embedding: an exported backbone folder (card.json + backbone.safetensors)
+    eps: float = 0.05  # embedding: duplicates when cosine similarity > 1 - eps
+    clusters: int = 0  # embedding: k-means clusters; 0 = about sqrt(N)
+    against: List[str] = field(default_factory=list)  # evaluation sets for the contamination check
+    exclude: bool = False  # contamination: mark corpus samples near an evaluation image as excluded
+    dry_run: bool = False  # report only; leave the manifest as it is
+    examples: int = 6  # duplicate groups drawn in the report's PNG grid
+    executor: str = "ray"  # ray | local
+    ray_address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    progress: bool = True
+    storage_options: Dict[str, Any] = field(default_factory=dict)  # fsspec options; never logged
+
+    def validate(self, origin: str) -> None:
+        """Value checks that types alone cannot express; choices come from the registries."""
+        check_choice(self.strategy, tuple(STRATEGIES), origin, "dedup.strategy")
+        check_choice(self.hash, HASH_NAMES, origin, "dedup.hash")
+        check(0 <= self.threshold < 32, origin, "dedup.threshold", "0..31 (bits of a 64-bit hash)", self.threshold)
+        check_choice(self.groups, tuple(GROUPINGS), origin, "dedup.groups")
+        if self.verify is not None:
+            try:
+                parse_verify(self.verify)
+            except ValueError as exc:
+                raise ConfigError(f"{origin}: bad value for key 'dedup.verify': {exc}") from None
+        check(self.every_n >= 1, origin, "dedup.every_n", "an int >= 1", self.every_n)
+        check(0.0 < self.lsh_recall < 1.0, origin, "dedup.lsh_recall", "a number in (0, 1)", self.lsh_recall)
+        check(0.0 <= self.eps < 1.0, origin, "dedup.eps", "a number in [0, 1)", self.eps)
+        check(self.clusters >= 0, origin, "dedup.clusters", "an int >= 0", self.clusters)
+        check(self.examples >= 0, origin, "dedup.examples", "an int >= 0", self.examples)
+        check_choice(self.executor, tuple(EXECUTORS), origin, "dedup.executor")
