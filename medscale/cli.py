@@ -3,27 +3,54 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
+import os
+import re
 import sys
 from typing import List, Optional, Sequence, Tuple
 
 from medscale.config import SECTIONS, MedscaleConfig, load
 from medscale.core.config import to_yaml
-from medscale.core.errors import MedscaleError
+from medscale.core.errors import ConfigError, MedscaleError
 from medscale.core.executor import EXECUTORS
+from medscale.core.faults import describe, fault_kind, stopped, traceback_text
 from medscale.data.config import AUGMENTS, SourceOptions
 from medscale.dedup.strategies import STRATEGIES
 from medscale.hashing.hashes import HASH_NAMES
 
+_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")
+
 
 def split_overrides(args: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """(positional inputs, `section.key=value` overrides): an override starts with a config section name."""
+    """(positional inputs, `section.key=value` overrides): an override starts with a config section name. An
+    argument shaped like an override of an unknown section (`shrad.bit_depth=16`) whose value is no existing path
+    is an error naming the sections, not an input."""
     inputs, overrides = [], []
     for a in args:
-        head = a.split("=", 1)[0]
-        (overrides if "=" in a and head.split(".", 1)[0] in SECTIONS and "." in head else inputs).append(a)
+        head, _, value = a.partition("=")
+        if "=" in a and head.split(".", 1)[0] in SECTIONS and "." in head:
+            overrides.append(a)
+        elif _OVERRIDE.match(a) and "://" not in value and not os.path.exists(value):
+            section = head.split(".", 1)[0]
+            close = difflib.get_close_matches(section, SECTIONS, n=1)
+            hint = f"; did you mean '{close[0]}{a[len(section):]}'?" if close else ""
+            raise ConfigError(f"argument '{a}' looks like a config override, but '{section}' is not a config "
+                              f"section (sections: {', '.join(SECTIONS)}){hint} An input named with a dot needs "
+                              "an existing path after '='.")
+        else:
+            inputs.append(a)
     return inputs, overrides
+
+
+def _overrides_only(extra: Sequence[str]) -> List[str]:
+    """The `section.key=value` overrides of a command that takes no other extra arguments."""
+    rest, overrides = split_overrides(extra)
+    if rest:
+        raise ConfigError(f"unexpected argument(s) {' '.join(rest)}: this command takes section.key=value "
+                          "overrides after its options")
+    return overrides
 
 
 def _slice_reducer(cfg: MedscaleConfig):
@@ -39,7 +66,7 @@ def _shard(args: argparse.Namespace, extra: List[str]) -> int:
     inputs, overrides = split_overrides(list(args.inputs) + extra)
     if args.output:
         overrides.append(f"shard.output={args.output}")
-    if args.shard_size:
+    if args.shard_size is not None:
         overrides.append(f"shard.shard_size={args.shard_size}")
     if args.executor:
         overrides.append(f"shard.executor={args.executor}")
@@ -48,7 +75,7 @@ def _shard(args: argparse.Namespace, extra: List[str]) -> int:
     cfg = load(args.config, overrides)
     if inputs:
         cfg.shard.inputs = inputs
-    summary = run_sharding(cfg.shard, _slice_reducer(cfg))
+    summary = run_sharding(cfg.shard, _slice_reducer(cfg), force=args.force)
     print(json.dumps(summary.as_dict()) if args.json else summary.format())
     return 0
 
@@ -57,7 +84,7 @@ def _demo(args: argparse.Namespace, extra: List[str]) -> int:
     from medscale.data.service import run_sharding
     from medscale.demo import DEMO_MODALITIES, default_output, demo_inputs
 
-    cfg = load(args.config, extra)
+    cfg = load(args.config, _overrides_only(extra))
     for name, modality in DEMO_MODALITIES.items():
         cfg.shard.sources.setdefault(name, SourceOptions(modality=modality))
     cfg.shard.inputs = cfg.shard.inputs or demo_inputs()
@@ -68,8 +95,6 @@ def _demo(args: argparse.Namespace, extra: List[str]) -> int:
     # then the Less-is-More reduction of the same corpus, recorded in its manifest (the shards stay as they are)
     from medscale.dedup.service import run_dedup
 
-    if cfg.dedup.strategy in ("hash-volume", "every-n"):
-        cfg.dedup.executor = "local"  # a few ms of work: not worth starting Ray again
     cfg.dedup.progress = cfg.shard.progress
     print(run_dedup(cfg.shard.output, cfg.dedup).format())
     return 0
@@ -80,7 +105,7 @@ def _dedup(args: argparse.Namespace, extra: List[str]) -> int:
     from medscale.dedup.rehash import rehash_manifest
     from medscale.dedup.service import run_dedup
 
-    _, overrides = split_overrides(extra)
+    overrides = _overrides_only(extra)
     for key in ("strategy", "hash", "threshold", "every_n", "embeddings", "backbone", "eps", "verify", "executor",
                 "ray_address"):  # each flag sets the dedup key of the same name
         value = getattr(args, key)
@@ -93,13 +118,14 @@ def _dedup(args: argparse.Namespace, extra: List[str]) -> int:
     if args.against:
         cfg.against = list(args.against)
     if args.rehash:
-        print(f"hashed {rehash_manifest(args.url, cfg)} samples from the shards of {args.url}")
-    summary = run_contamination(args.url, cfg) if cfg.against else run_dedup(args.url, cfg)
+        print(f"hashed {rehash_manifest(args.url, cfg, args.force)} samples from the shards of {args.url}")
+    summary = (run_contamination(args.url, cfg, args.force) if cfg.against else
+               run_dedup(args.url, cfg, args.force))
     print(json.dumps(summary.as_dict()) if args.json else summary.format())
     if args.write_kept:
         from medscale.dedup.compact import write_kept
 
-        compacted = write_kept(args.url, args.write_kept, cfg)
+        compacted = write_kept(args.url, args.write_kept, cfg, force=args.force)
         print(json.dumps(compacted.as_dict()) if args.json else compacted.format())
     return 0
 
@@ -110,7 +136,7 @@ def _preview(args: argparse.Namespace, extra: List[str]) -> int:
     from medscale.data.loaders import create_loader
     from medscale.data.preview import batch_grid
 
-    _, overrides = split_overrides(extra)
+    overrides = _overrides_only(extra)
     if args.augment:
         overrides.append(f"loader.augment={args.augment}")
     cfg = load(args.config, overrides).loader
@@ -122,7 +148,7 @@ def _preview(args: argparse.Namespace, extra: List[str]) -> int:
 
 
 def _config(args: argparse.Namespace, extra: List[str]) -> int:
-    print(to_yaml(load(args.config, extra)), end="")
+    print(to_yaml(load(args.config, _overrides_only(extra))), end="")
     return 0
 
 
@@ -141,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="YAML config file")
     p.add_argument("--executor", choices=tuple(EXECUTORS), help="Ray tasks (default) or in-process")
     p.add_argument("--ray-address", help="join an existing Ray cluster (e.g. auto)")
+    p.add_argument("--force", action="store_true", help="break another run's lock on the output (if it is dead)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_shard)
 
@@ -163,8 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", help="embedding: Parquet file with key, embedding")
     p.add_argument("--backbone", help="embedding: an exported backbone folder (card.json + backbone.safetensors)")
     p.add_argument("--eps", type=float, help="embedding: duplicates when cosine similarity > 1 - eps")
-    p.add_argument("--against", nargs="+", metavar="SOURCE",
-                   help="contamination check: evaluation sets (npz, folders, files; NAME=PATH names a set)")
+    p.add_argument("--against", action="append", metavar="SOURCE",
+                   help="contamination check: an evaluation set (npz, folder, file; NAME=PATH names it); repeat "
+                        "the flag for several")
     p.add_argument("--exclude", action="store_true", help="with --against: mark matching corpus samples excluded")
     p.add_argument("--write-kept", metavar="OUTPUT", help="then write new shards holding only the kept samples")
     p.add_argument("--rehash", action="store_true", help="first compute the manifest's hashes from the shards")
@@ -172,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="YAML config file")
     p.add_argument("--executor", choices=tuple(EXECUTORS))
     p.add_argument("--ray-address")
+    p.add_argument("--force", action="store_true", help="break another run's lock on the output (if it is dead)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_dedup)
 
@@ -204,6 +233,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except MedscaleError as exc:
         print(f"medscale: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("medscale: interrupted; nothing committed is lost: rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # storage faults (disk, network) and bugs: one line here, the traceback in a log file
+        kind = fault_kind(exc)
+        print(f"medscale: error: {stopped(f'medscale {args.command}', kind, describe(exc), traceback_text(exc))}",
+              file=sys.stderr)
+        return 2 if kind else 1
 
 
 if __name__ == "__main__":

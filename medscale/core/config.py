@@ -74,15 +74,31 @@ def load_config(root: Type[T], path: Optional[str | Path] = None, overrides: Seq
             raise ConfigError(_describe(root, exc, f"override '{item}'")) from exc
     result: T = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     validate = getattr(result, "validate", None)
+    origin = str(path) if path else "config"
     if validate is not None:
-        validate(str(path) if path else "config")
+        try:
+            validate(origin)
+        except ConfigError as exc:  # name the override that set the bad key, not the file
+            item = _override_of(exc.key, overrides)
+            if item is None:
+                raise
+            raise ConfigError(str(exc).replace(f"{origin}:", f"override '{item}':", 1), exc.key) from None
     return result
+
+
+def _override_of(key: Optional[str], overrides: Sequence[str]) -> Optional[str]:
+    """The last override that set `key` (or a key above or below it), if any."""
+    for item in reversed(overrides):
+        set_key = item.split("=", 1)[0]
+        if key and (set_key == key or key.startswith(set_key + ".") or set_key.startswith(key + ".")):
+            return item
+    return None
 
 
 def check(ok: bool, origin: str, key: str, expected: str, value: Any) -> None:
     """Raise a ConfigError naming `key`, where it came from and what was expected, unless `ok`."""
     if not ok:
-        raise ConfigError(f"{origin}: bad value for key '{key}': {value!r}; expected {expected}.")
+        raise ConfigError(f"{origin}: bad value for key '{key}': {value!r}; expected {expected}.", key)
 
 
 def check_choice(value: Any, choices: Sequence[Any], origin: str, key: str) -> None:

@@ -6,7 +6,11 @@ class MedscaleError(Exception):
 
 
 class ConfigError(MedscaleError):
-    """A config file or override is wrong (unknown key, bad type, missing value)."""
+    """A config file or override is wrong (unknown key, bad type, missing value); `key` names it when known."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class InputError(MedscaleError):
@@ -19,3 +23,8 @@ class StorageError(MedscaleError):
 
 class ShardFormatError(MedscaleError):
     """A shard or manifest does not follow the file contract (bad member name, missing index)."""
+
+
+class FaultError(MedscaleError):
+    """A failed attempt stopped the run (full disk, permissions, network after retries, a dead worker); nothing
+    committed is lost and rerunning the same command resumes."""

@@ -6,10 +6,12 @@ moves as tasks finish; `ordered_map` is its all-or-nothing form that keeps the i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from collections import deque
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
@@ -81,7 +83,83 @@ class RayExecutor:
             self._ray.shutdown()
 
 
-EXECUTORS: Dict[str, type] = {"ray": RayExecutor, "local": LocalExecutor}
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Hide the caller's main script from processes started meanwhile: multiprocessing would re-import it in
+    every worker (a script without an `if __name__ == "__main__":` guard would start its work again there). Tasks
+    are functions of importable modules, so workers never need it."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    for key in saved:
+        setattr(main, key, None) if key == "__spec__" else delattr(main, key)
+    try:
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+
+
+class PoolExecutor:
+    """Runs calls in a pool of local processes (forkserver, with the task modules imported once in the server, so
+    that workers start in milliseconds): no cluster to start, for one machine and work too small to pay Ray's."""
+
+    def __init__(self, num_cpus: Optional[int] = None, preload: Sequence[str] = ()) -> None:
+        import multiprocessing
+        import time
+        from concurrent.futures import ProcessPoolExecutor, wait
+
+        context = multiprocessing.get_context("forkserver")
+        if preload:
+            context.set_forkserver_preload(list(preload))
+        self.num_cpus = num_cpus or os.cpu_count() or 1
+        self._pool = ProcessPoolExecutor(self.num_cpus, mp_context=context)
+        with _main_module_hidden():  # start every worker now (one per call while none is idle)
+            wait([self._pool.submit(time.sleep, 0.05) for _ in range(self.num_cpus)])
+
+    def imap_unordered(self, fn: Callable, items: Iterable, *args: Any, max_in_flight: int = 0) -> Iterator[Outcome]:
+        """(item, result, None) as calls finish, or (item, None, error); a worker that died fails every pending
+        call with BrokenProcessPool (a fault: the run stops, the rerun resumes)."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        limit = max_in_flight or 2 * self.num_cpus
+        pending: dict = {}
+        queue = deque(items)
+        while queue or pending:
+            while queue and len(pending) < limit:
+                item = queue.popleft()
+                pending[self._pool.submit(fn, item, *args)] = item
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in done:
+                item = pending.pop(future)
+                try:
+                    yield item, future.result(), None
+                except Exception as exc:
+                    yield item, None, exc
+
+    def close(self) -> None:
+        """Stop the worker processes (calls not started are cancelled)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+EXECUTORS: Dict[str, type] = {"ray": RayExecutor, "pool": PoolExecutor, "local": LocalExecutor}
+EXECUTOR_CHOICES = ("auto", *EXECUTORS)  # what `executor:` keys accept; auto applies `choose_executor`
+# measured on a 2-core machine (README, "Speed"): what each way costs before the first task runs
+RAY_START_S = 2.8  # a local Ray cluster (ray.init) and its first tasks, 2.3-5 s
+POOL_START_S = 0.7  # a forkserver pool, the sharding modules imported once, workers started
+
+
+def choose_executor(kind: str, address: Optional[str], work_s: float, num_cpus: Optional[int] = None) -> str:
+    """The executor `kind` names; for `auto`, by the estimated work (`work_s` CPU-seconds on one core):
+    in-process below twice a pool's start-up, a local pool while Ray's start-up would cost more than 5% of
+    the run (wall work < 20 x RAY_START_S), Ray above that or whenever a cluster `address` is given."""
+    if kind != "auto":
+        return kind
+    if address:
+        return "ray"
+    wall = work_s / max(1, num_cpus or os.cpu_count() or 1)
+    if wall < 2 * POOL_START_S:
+        return "local"
+    return "pool" if wall < 20 * RAY_START_S else "ray"
 
 
 def fan_out(executor, fn: Callable, items: Iterable, *args: Any, desc: Optional[str] = None, unit: str = "it",
@@ -117,10 +195,23 @@ def ordered_map(executor, fn: Callable, items: list, *args: Any, desc: Optional[
     return results
 
 
-def create_executor(kind: str, address: Optional[str] = None, num_cpus: Optional[int] = None):
-    """`ray` or `local` (see EXECUTORS); Ray joins `address` when given, else starts (or reuses) a local cluster."""
+def create_executor(kind: str, address: Optional[str] = None, num_cpus: Optional[int] = None,
+                    preload: Sequence[str] = ()):
+    """`ray`, `pool` or `local` (see EXECUTORS; resolve `auto` with `choose_executor` first); Ray joins `address`
+    when given, else starts (or reuses) a local cluster; a pool imports the `preload` modules once."""
     if kind not in EXECUTORS:
         raise ValueError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")
     if kind == "local":
         return LocalExecutor()
+    if kind == "pool":
+        return PoolExecutor(num_cpus, preload)
     return RayExecutor(address, num_cpus)
+
+
+def executor_for(kind: str, work_s: float, address: Optional[str] = None, num_cpus: Optional[int] = None,
+                 preload: Sequence[str] = ()):
+    """`create_executor` of what `choose_executor` picks for `work_s` estimated CPU-seconds (logged)."""
+    chosen = choose_executor(kind, address, work_s, num_cpus)
+    if kind == "auto":
+        logger.info("executor auto -> %s (about %.1f CPU-s of work)", chosen, work_s)
+    return create_executor(chosen, address, num_cpus, preload)

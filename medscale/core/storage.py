@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from typing import Any, Mapping, Optional, Tuple
@@ -36,22 +37,95 @@ def full_url(fs: AbstractFileSystem, path: str) -> str:
     return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
-def put_bytes_atomic(fs: AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write `data` so that `path` appears complete or not at all (temp+rename locally, one PUT on S3)."""
+def _umask() -> int:
+    """The process umask, read without changing it where the OS tells (Linux), else by setting and restoring."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The permission bits a plain `open(path, "w")` would give a new file: 0o666 less the umask."""
+    return 0o666 & ~_umask()
+
+
+def mkstemp_shared(directory: Optional[str] = None, prefix: str = ".tmp-", suffix: str = "") -> Tuple[int, str]:
+    """`tempfile.mkstemp`, but with the permissions the umask gives new files (mkstemp makes them owner-only,
+    and renaming a temp file into place keeps its mode): other users of a shared cluster can read the corpus."""
+    fd, path = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
+    os.fchmod(fd, file_mode())
+    return fd, path
+
+
+def _exists_error(path: str) -> StorageError:
+    return StorageError(f"{path} already exists and is never overwritten: another writer is using this output "
+                        "(one writer per output); rerun when it has finished")
+
+
+def _link_into_place(src: str, dst: str) -> None:
+    """Rename `src` to `dst` unless `dst` exists (a hard link fails on an existing name; atomic)."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise _exists_error(dst) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+            raise
+        if os.path.exists(dst):  # a filesystem without hard links: check, then rename
+            raise _exists_error(dst) from None
+        os.replace(src, dst)
+        return
+    os.unlink(src)
+
+
+def put_bytes_atomic(fs: AbstractFileSystem, path: str, data: bytes, overwrite: bool = True) -> None:
+    """Write `data` so that `path` appears complete or not at all (temp+rename locally, one PUT on S3). With
+    `overwrite=False` an existing `path` is an error (locally a hard link; on S3 a conditional PUT, or a check
+    where the store does not support one)."""
     if is_local(fs):
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        fd, tmp = mkstemp_shared(directory)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-            os.replace(tmp, path)
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                _link_into_place(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-    else:
+    elif overwrite:
         fs.pipe_file(path, data)
+    else:
+        _put_if_absent(fs, path, data)
+
+
+def _put_if_absent(fs: AbstractFileSystem, path: str, data: bytes) -> None:
+    try:
+        fs.pipe_file(path, data, mode="create")
+        return
+    except (TypeError, NotImplementedError):  # this filesystem has no exclusive-create mode
+        pass
+    except OSError as exc:
+        code = str(getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code", "")) \
+            if exc.__cause__ is not None and hasattr(exc.__cause__, "response") else ""
+        if code in ("PreconditionFailed", "412") or "PreconditionFailed" in str(exc) or exc.errno == errno.EINVAL:
+            raise _exists_error(path) from None
+        if code not in ("NotImplemented", "501"):
+            raise
+    if fs.exists(path):
+        raise _exists_error(path)
+    fs.pipe_file(path, data)
 
 
 def put_file_atomic(fs: AbstractFileSystem, local_path: str, path: str) -> None:
@@ -64,22 +138,42 @@ def put_file_atomic(fs: AbstractFileSystem, local_path: str, path: str) -> None:
         os.unlink(local_path)
 
 
-def move(fs: AbstractFileSystem, src: str, dst: str) -> None:
-    """Rename within one store (atomic rename locally, server-side copy then delete on S3)."""
+def move(fs: AbstractFileSystem, src: str, dst: str, overwrite: bool = True) -> None:
+    """Rename within one store (atomic rename locally, server-side copy then delete on S3). With
+    `overwrite=False` an existing `dst` is an error (the commit never replaces a shard)."""
     if is_local(fs):
-        os.replace(src, dst)
+        if overwrite:
+            os.replace(src, dst)
+        else:
+            _link_into_place(src, dst)
     else:
+        if not overwrite and fs.exists(dst):
+            raise _exists_error(dst)
         fs.mv(src, dst)
 
 
+def bucket_of(fs: AbstractFileSystem, path: str) -> Optional[str]:
+    """The bucket of a path on an object store (None on the local disk)."""
+    return None if is_local(fs) else path.split("/", 1)[0]
+
+
 def check_writable(fs: AbstractFileSystem, path: str, url: str) -> None:
-    """Fail early, naming the URL, when the output location cannot be created or written."""
+    """Fail early, naming the URL, when the output location cannot be written. Never creates a bucket: a
+    misspelled one would otherwise silently receive the corpus."""
+    bucket = bucket_of(fs, path)
     try:
-        fs.makedirs(path, exist_ok=True)
-        probe = join(path, "_write_probe")
+        if bucket is not None:
+            if not fs.exists(bucket):
+                raise StorageError(f"bucket {bucket!r} of output {url!r} does not exist; medscale never creates "
+                                   "buckets: check the name, or create it first")
+        else:
+            fs.makedirs(path, exist_ok=True)
+        probe = join(path, f"_write_probe-{os.getpid()}")
         fs.pipe_file(probe, b"ok")
         fs.rm_file(probe)
-    except Exception as exc:  # permission, missing bucket, network: all surface the same way
+    except StorageError:
+        raise
+    except Exception as exc:  # permission, network: all surface the same way
         raise StorageError(f"output {url!r} is not writable ({type(exc).__name__}: {exc}); "
                            "check the path, the bucket name and the credentials.") from exc
 

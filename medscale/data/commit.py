@@ -1,23 +1,32 @@
 """The commit protocol of a sharded output: the only way shards are added to one (sharding, `--write-kept`).
 
-1. `open_output(fs, root, prefix)` on every (re)start: reads what is committed, and removes staged leftovers and
+0. `OutputLock` first: one writer per output.
+1. `open_output(fs, root, prefix, lock)` on every (re)start: reads what is committed, and removes staged leftovers and
    final-named shards that no manifest part names (a run killed mid-commit). Returns the state and a committer.
 2. Workers write a unit's shards with `StagedShards` into `ROOT/_staging/UNIT/NNNN.tar` (its `.idx` first, so a
    staged tar always has its index).
 3. The driver's `ShardCommitter.commit(rows, staged)` renames staged shards to the next `PREFIX-NNNNNN.tar` names,
    then writes the manifest part naming them: that part is the commit record. A shard is visible only complete.
 4. `close_output(fs, root)` removes the empty staging folder.
+Nothing is ever overwritten: a final shard name or manifest part that exists is an error (another writer), and
+`OutputLock` keeps to one writer per output.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from typing import Any, Dict, List, Mapping, Tuple
+import socket
+import threading
+import time
+import uuid
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from fsspec import AbstractFileSystem
 
-from medscale.core.storage import filesystem, is_local, join, move, put_bytes_atomic, put_file_atomic
+from medscale.core.errors import StorageError
+from medscale.core.storage import filesystem, full_url, is_local, join, move, put_bytes_atomic, put_file_atomic
 from medscale.data.manifest import CommittedState, committed_state, write_part
 from medscale.data.shards import ShardInfo, ShardWriter, idx_name, shard_name
 
@@ -63,19 +72,23 @@ class StagedShards:
 class ShardCommitter:
     """Moves staged shards to their final names and writes the manifest part that commits them (driver side)."""
 
-    def __init__(self, fs: AbstractFileSystem, root: str, prefix: str, next_shard: int, next_part: int) -> None:
+    def __init__(self, fs: AbstractFileSystem, root: str, prefix: str, next_shard: int, next_part: int,
+                 lock: Optional["OutputLock"] = None) -> None:
         self.fs, self.root, self.prefix = fs, root, prefix
         self.next_shard, self.next_part = next_shard, next_part
+        self.lock = lock
 
     def commit(self, rows: List[Dict], staged: List[str]) -> List[str]:
         """Final shard names for `staged`, in order; rows' staged shard indices become those names. Rows with no
         staged shards (quarantined inputs, decisions) are committed the same way."""
+        if self.lock is not None:
+            self.lock.check()
         names = []
         for path in staged:
             name = shard_name(self.prefix, self.next_shard)
             self.next_shard += 1
-            move(self.fs, path[:-4] + ".idx", join(self.root, idx_name(name)))
-            move(self.fs, path, join(self.root, name))
+            move(self.fs, path[:-4] + ".idx", join(self.root, idx_name(name)), overwrite=False)
+            move(self.fs, path, join(self.root, name), overwrite=False)
             names.append(name)
         for row in rows:
             if isinstance(row.get("shard"), int):
@@ -106,14 +119,15 @@ def clean_orphans(fs: AbstractFileSystem, root: str, prefix: str, committed: set
     return removed
 
 
-def open_output(fs: AbstractFileSystem, root: str, prefix: str) -> Tuple[CommittedState, ShardCommitter]:
+def open_output(fs: AbstractFileSystem, root: str, prefix: str, lock: "OutputLock"
+                ) -> Tuple[CommittedState, ShardCommitter]:
     """What is committed under `root`, with orphans of an interrupted run removed, and a committer that goes on
-    from there."""
+    from there (checking before each commit that this run still holds `lock`, taken first)."""
     state = committed_state(fs, root, prefix)
     orphans = clean_orphans(fs, root, prefix, state.shards)
     if orphans:
         logger.info("removed %d uncommitted shard files left by an interrupted run", orphans)
-    return state, ShardCommitter(fs, root, prefix, state.next_shard, state.parts)
+    return state, ShardCommitter(fs, root, prefix, state.next_shard, state.parts, lock)
 
 
 def close_output(fs: AbstractFileSystem, root: str) -> None:
@@ -121,3 +135,111 @@ def close_output(fs: AbstractFileSystem, root: str) -> None:
     staging = join(root, STAGING_DIR)
     if is_local(fs) and fs.exists(staging) and not fs.ls(staging):
         fs.rm(staging, recursive=True)
+
+
+LOCK_NAME = "_lock.json"
+LOCK_HEARTBEAT_S = 30.0  # the holder rewrites its heartbeat this often
+LOCK_STALE_S = 600.0  # a lock whose heartbeat is older than this is stale (its holder died on another machine)
+
+
+class OutputLock:
+    """One writer per output: `OUTPUT/_lock.json` names the holder (command, host, pid, start time) and carries a
+    heartbeat. Taken by `medscale shard`, `medscale dedup` (decisions) and `--write-kept` (its output).
+
+    Stale rule: the lock is free when its holder ran on this host and its pid is gone, or when its heartbeat is
+    older than LOCK_STALE_S (a holder on another machine that died). `force=True` (`--force`) breaks a live lock.
+    """
+
+    def __init__(self, fs: AbstractFileSystem, root: str, command: str, force: bool = False) -> None:
+        self.fs, self.path, self.command, self.force = fs, join(root, LOCK_NAME), command, force
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.lost = False  # set when another writer broke this lock (with --force)
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+    def _record(self) -> bytes:
+        return json.dumps({"holder": self.command, "host": socket.gethostname(), "pid": os.getpid(),
+                           "started": self._started, "heartbeat": time.time(), "token": self.token}).encode()
+
+    def read(self) -> Optional[Dict[str, Any]]:
+        """The current lock record, or None when there is none (or it is unreadable: treated as stale)."""
+        try:
+            return json.loads(self.fs.cat_file(self.path))
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError):
+            return {}
+
+    @staticmethod
+    def is_stale(record: Mapping[str, Any]) -> bool:
+        """The stale rule (see the class docstring)."""
+        if not record:
+            return True
+        if record.get("host") == socket.gethostname():
+            try:
+                os.kill(int(record.get("pid", -1)), 0)
+            except ProcessLookupError:
+                return True
+            except (PermissionError, ValueError, OverflowError):
+                pass
+        return time.time() - float(record.get("heartbeat", 0)) > LOCK_STALE_S
+
+    def acquire(self) -> "OutputLock":
+        """Take the lock, or raise StorageError naming the live holder and the way out."""
+        for _ in range(2):
+            try:
+                put_bytes_atomic(self.fs, self.path, self._record(), overwrite=False)
+                break
+            except StorageError:
+                record = self.read()
+                if record is None:
+                    continue  # released meanwhile: try again
+                if not (self.force or self.is_stale(record)):
+                    raise StorageError(
+                        f"{full_url(self.fs, self.path)}: this output is being written by `{record.get('holder')}` "
+                        f"on {record.get('host')} (pid {record.get('pid')}, since {record.get('started')}); wait "
+                        "for it to finish, or pass --force if that run is dead") from None
+                logger.warning("breaking the %s lock of %s on %s (pid %s)", "live" if not self.is_stale(record)
+                               else "stale", record.get("holder"), record.get("host"), record.get("pid"))
+                self.fs.rm_file(self.path)
+        else:
+            raise StorageError(f"{full_url(self.fs, self.path)}: another writer took the lock at the same moment; "
+                               "rerun when it has finished")
+        self._thread = threading.Thread(target=self._beat, name="medscale-lock", daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(LOCK_HEARTBEAT_S):
+            record = self.read()
+            if not record or record.get("token") != self.token:
+                self.lost = True
+                return
+            try:
+                put_bytes_atomic(self.fs, self.path, self._record())
+            except OSError as exc:  # a heartbeat missed is not fatal; the next one may pass
+                logger.warning("could not refresh the output lock: %s", exc)
+
+    def check(self) -> None:
+        """Raise StorageError when another writer broke this lock (read before each commit)."""
+        record = self.read()
+        self.lost = self.lost or not record or record.get("token") != self.token
+        if self.lost:
+            raise StorageError(f"{full_url(self.fs, self.path)}: another run broke this run's lock (--force); "
+                               "stopping before the next commit. Rerun when that run has finished")
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the lock if it is still this run's."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        record = self.read()
+        if record and record.get("token") == self.token:
+            self.fs.rm_file(self.path)
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.release()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from medscale.core.config import check, check_choice
-from medscale.core.executor import EXECUTORS
+from medscale.core.executor import EXECUTOR_CHOICES
 from medscale.data.order import REMAINDERS
 from medscale.hashing.hashes import HASH_NAMES
 
@@ -53,11 +53,12 @@ class ShardConfig:
     max_size: Optional[int] = None  # resize so that the longer side is at most this
     png_compress_level: int = 1  # zlib level 0-9: 1 is ~3x faster than 6 for ~10% more bytes
     files_per_unit: int = 0  # image files per Ray task; 0 = shard_size
-    executor: str = "ray"  # ray | local (in-process, for debugging and tiny corpora)
+    executor: str = "auto"  # auto (a local process pool for small work, else Ray) | ray | pool | local (in-process)
     ray_address: Optional[str] = None  # None starts a local Ray; "auto" or "ray://..." joins a cluster
     num_cpus: Optional[int] = None  # for a local Ray; None = all cores
     max_in_flight: int = 0  # tasks submitted at once; 0 = 2 x CPUs (bounds memory)
     progress: bool = True
+    retries: int = 3  # retries of a unit after a transient fault (network, throttling), waiting 1, 2, 4... s
     storage_options: Dict[str, Any] = field(default_factory=dict)  # fsspec options (e.g. S3 endpoint); never logged
     reduce: Optional[str] = None  # hash-volume: drop Less-is-More duplicates while sharding (recorded, not written)
     reduce_hash: str = "dhash"  # ahash | dhash | phash
@@ -75,7 +76,8 @@ class ShardConfig:
               self.max_size)
         check(0 <= self.png_compress_level <= 9, origin, "shard.png_compress_level", "0..9", self.png_compress_level)
         check(self.files_per_unit >= 0, origin, "shard.files_per_unit", "an int >= 0", self.files_per_unit)
-        check_choice(self.executor, tuple(EXECUTORS), origin, "shard.executor")
+        check_choice(self.executor, EXECUTOR_CHOICES, origin, "shard.executor")
+        check(self.retries >= 0, origin, "shard.retries", "an int >= 0", self.retries)
         check(self.max_in_flight >= 0, origin, "shard.max_in_flight", "an int >= 0", self.max_in_flight)
         check("/" not in self.prefix and "." not in self.prefix and self.prefix != "", origin, "shard.prefix",
               "a name without '/' or '.'", self.prefix)

@@ -24,7 +24,7 @@ from medscale.data.config import AUGMENTS
 from medscale.data.dataset import rank_and_world
 from medscale.data.manifest import KEPT, read_manifest
 from medscale.data.order import REMAINDERS
-from medscale.data.shards import idx_name
+from medscale.data.shards import check_shard_name, idx_name
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def kept_only_shards(url: str, storage_options: Mapping[str, Any]) -> Tuple[List
                           f"whole shards; write kept-only shards with `medscale dedup {url} --write-kept OUT` and "
                           "load OUT, or use loader=torch (which skips them)")
     sixteen_bit = (pc.max(in_shards["bits"]).as_py() or 8) > 8
-    return sorted(set(in_shards["shard"].to_pylist())), sixteen_bit
+    return sorted(set(map(check_shard_name, in_shards["shard"].to_pylist()))), sixteen_bit
 
 
 def local_paths(url: str, shards: List[str], storage_options: Mapping[str, Any],

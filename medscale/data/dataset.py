@@ -143,7 +143,7 @@ class ShardDataset(IterableDataset):
         ix = self.index
         shard, key = ix.shards[ix.shard_of[i]], ix.keys[i]
         try:
-            pixels = decode_png(reader.read(shard, int(ix.offsets[i]), int(ix.lengths[i])))
+            pixels = decode_png(reader.read(shard, int(ix.offsets[i]), int(ix.lengths[i]), f"{key}.png"))
         except (OSError, MedscaleError, ValueError) as exc:  # a missing or damaged shard: log it, count, go on
             self.skipped += 1
             logger.error("skipping sample %s of %s: %s", key, shard, exc)

@@ -15,7 +15,9 @@ import pyarrow.compute as pc
 from medscale.core.errors import InputError, ShardFormatError
 from medscale.core.storage import filesystem, full_url, is_local, join
 from medscale.data.manifest import KEPT, read_manifest
-from medscale.data.shards import idx_name, parse_idx
+from medscale.data.shards import check_shard_name, idx_name, member_name, parse_idx
+
+HEADER = 512  # a ustar member header, just before the member data
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ def load_index(url: str, storage_options: Optional[Mapping[str, Any]] = None, ex
     labels = {k: (-1 if v is None else v) for k, v in zip(table["key"].to_pylist(), table["label"].to_pylist())}
     by_shard: Dict[str, List[str]] = {}
     for key, shard in zip(table["key"].to_pylist(), table["shard"].to_pylist()):
-        by_shard.setdefault(shard, []).append(key)
+        by_shard.setdefault(check_shard_name(shard), []).append(key)
     shards = sorted(by_shard)
     texts = fs.cat([join(root, idx_name(s)) for s in shards], on_error="return")
     keys, shard_of, offsets, lengths = [], [], [], []
@@ -112,19 +114,26 @@ class ShardReader:
                     os.unlink(tmp)
         return path
 
-    def read(self, shard: str, offset: int, size: int) -> bytes:
-        """The bytes of one member; raises OSError / FileNotFoundError when the shard is gone."""
+    def read(self, shard: str, offset: int, size: int, member: str) -> bytes:
+        """The bytes of the member named `member` (e.g. `KEY.png`) at `offset`; its tar header, read in the same
+        call, must carry that name (the index and the shard must agree). Raises OSError / FileNotFoundError when
+        the shard is gone, ShardFormatError when it does not match."""
         fh = self._handles.pop(shard, None)
         if fh is None:
-            fh = open(self._local_path(shard), "rb")
+            fh = open(self._local_path(check_shard_name(shard)), "rb")
             if len(self._handles) >= self.max_open:
                 self._handles.popitem(last=False)[1].close()
         self._handles[shard] = fh
-        fh.seek(offset)
-        data = fh.read(size)
-        if len(data) != size:
-            raise ShardFormatError(f"{shard}: member at {offset} is truncated ({len(data)} of {size} bytes)")
-        return data
+        if offset < HEADER:
+            raise ShardFormatError(f"{shard}: index offset {offset} of {member} leaves no room for its tar header")
+        fh.seek(offset - HEADER)
+        raw = fh.read(HEADER + size)
+        if len(raw) != HEADER + size:
+            raise ShardFormatError(f"{shard}: member at {offset} is truncated ({len(raw) - HEADER} of {size} bytes)")
+        if member_name(raw[:HEADER]) != member:
+            raise ShardFormatError(f"{shard}: the index says {member} is at {offset}, the tar header there names "
+                                   f"{member_name(raw[:HEADER])!r}; the shard and its index disagree")
+        return raw[HEADER:]
 
     def close(self) -> None:
         """Close the open shard files."""

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import tempfile
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Tuple
 
@@ -19,6 +21,7 @@ import numpy as np
 
 from medscale.core.digest import digest
 from medscale.core.errors import InputError
+from medscale.core.faults import TRANSIENT, describe, fault_kind, retrying
 from medscale.core.storage import filesystem, is_local
 from medscale.data.commit import StagedShards
 from medscale.data.config import ShardConfig
@@ -32,7 +35,9 @@ from medscale.data.plan import ImageItem, Item, NiftiItem, NpzItem, SeriesItem, 
 from medscale.data.png import encode_png
 from medscale.hashing.hashes import hash_images
 
+logger = logging.getLogger(__name__)
 _OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass
@@ -48,9 +53,15 @@ class UnitResult:
     volumes: int = 0
 
 
+def _raise_faults(exc: BaseException) -> None:
+    """Re-raise `exc` when it is a failed attempt (storage, network) rather than a bad file: never quarantine it."""
+    if fault_kind(exc):
+        raise exc
+
+
 def quarantine_row(source: str, kind: Optional[str], url: str, reason: str, unit: Optional[str]) -> Dict[str, Any]:
     """A manifest row for an input that could not be used (object reprs scrubbed so reasons are reproducible)."""
-    reason = _OBJECT_REPR.sub("<file>", reason)
+    reason = _OBJECT_REPR.sub("<file>", _ANSI.sub("", reason))
     return {"status": QUARANTINED, "reason": reason, "source": source, "kind": kind, "path": url, "unit": unit}
 
 
@@ -89,6 +100,7 @@ def _series_samples(item: SeriesItem, cfg: ShardConfig, unit: str) -> Iterator[A
             with fsspec.open(file.url, "rb", **cfg.storage_options) as fh:
                 frames, colour = read_frames(fh, file.url)
         except InputError as exc:
+            _raise_faults(exc)
             yield quarantine_row(item.source, "dicom", file.url, str(exc).replace(file.url + ": ", ""), unit)
             continue
         for f in range(frames.shape[0]):
@@ -110,6 +122,7 @@ def _nifti_samples(item: NiftiItem, cfg: ShardConfig, unit: str) -> Iterator[Any
         with local_copy(item.file.url, cfg.storage_options) as path:
             voxels, spacing = load_volume(path, opts.nifti_volume)
     except InputError as exc:
+        _raise_faults(exc)
         yield quarantine_row(item.source, "nifti", item.file.url, str(exc).split(": ", 1)[-1], unit)
         return
     in_plane = [s for i, s in enumerate(spacing) if i != opts.nifti_axis]
@@ -124,6 +137,7 @@ def _image_sample(item: ImageItem, cfg: ShardConfig, unit: str) -> Iterator[Any]
         with fsspec.open(item.file.url, "rb", **cfg.storage_options) as fh:
             raw, colour, display_max = read_image(fh, item.file.url)
     except InputError as exc:
+        _raise_faults(exc)
         yield quarantine_row(item.source, "image", item.file.url, str(exc).replace(item.file.url + ": ", ""), unit)
         return
     pixels = (colour_to_output(raw, cfg.max_size) if colour else
@@ -138,6 +152,7 @@ def _npz_samples(item: NpzItem, cfg: ShardConfig, unit: str) -> Iterator[Any]:
         with fsspec.open(item.file.url, "rb", **cfg.storage_options) as fh:
             images, labels = read_npz_rows(fh, item.file.url, item.split, item.start, item.stop)
     except InputError as exc:
+        _raise_faults(exc)
         yield quarantine_row(item.source, "npz", item.file.url, str(exc).replace(item.file.url + ": ", ""), unit)
         return
     modality = cfg.source_options(item.source).modality
@@ -164,7 +179,8 @@ def iter_item(item: Item, cfg: ShardConfig, unit: str) -> Iterator[Any]:
     """Samples (fields, pixels) and quarantine rows of one item; an unexpected error quarantines what is left."""
     try:
         yield from _READERS[type(item)](item, cfg, unit)
-    except Exception as exc:  # a decoder bug on one file must not take the unit down
+    except Exception as exc:  # a decoder bug on one file must not take the unit down (a storage fault must)
+        _raise_faults(exc)
         url = item.file.url if not isinstance(item, SeriesItem) else item.files[0][0].url
         yield quarantine_row(item.source, None, url, f"unexpected {type(exc).__name__}: {exc}", unit)
 
@@ -253,3 +269,29 @@ def process_unit(unit: WorkUnit, cfg: ShardConfig, output_url: str,
         _write_samples(pending, cfg, unit.unit_id, writer, result)
     result.staged = writer.staged
     return result
+
+
+@dataclass
+class UnitFailure:
+    """A unit that could not be done (a storage fault, retries spent, or an unexpected error): its inputs are left
+    to the next run, never quarantined."""
+
+    unit_id: str
+    kind: str  # transient (retries spent) | fatal | error (unexpected)
+    message: str  # one line: `Type: message`
+    details: str  # the worker's full traceback, for the log file
+    attempts: int = 1
+
+
+def run_unit(unit: WorkUnit, cfg: ShardConfig, output_url: str,
+             make_reducer: Optional[Callable[[], SliceReducer]] = None) -> Any:
+    """`process_unit` as a task: transient faults are retried `cfg.retries` times (waits 1, 2, 4... s); returns
+    its UnitResult, or a UnitFailure (never raises, so that no traceback reaches the terminal)."""
+    try:
+        return retrying(process_unit, unit, cfg, output_url, make_reducer, retries=cfg.retries,
+                        what=f"unit {unit.unit_id}")
+    except Exception as exc:
+        kind = fault_kind(exc)
+        logger.error("unit %s failed: %s", unit.unit_id, describe(exc))
+        return UnitFailure(unit.unit_id, kind or "error", describe(exc), traceback.format_exc(),
+                           cfg.retries + 1 if kind == TRANSIENT else 1)

@@ -65,7 +65,7 @@ def write_part(fs: AbstractFileSystem, root: str, part: int, rows: Sequence[Mapp
     buf = io.BytesIO()
     pq.write_table(rows_to_table(rows), buf, compression="zstd")
     path = join(root, MANIFEST_DIR, f"part-{part:06d}.parquet")
-    put_bytes_atomic(fs, path, buf.getvalue())
+    put_bytes_atomic(fs, path, buf.getvalue(), overwrite=False)  # a part is never replaced: it is a commit
     return path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from collections import defaultdict
@@ -12,10 +13,13 @@ import fsspec
 
 from medscale.core.digest import digest
 from medscale.core.errors import InputError, StorageError
+from medscale.core.faults import describe, fault_kind, retrying
 from medscale.core.storage import filesystem, full_url
 from medscale.data import detect
 from medscale.data.dicom import DicomHeader, order_series, read_header
 from medscale.data.npz import npz_splits
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -126,11 +130,14 @@ def expand_inputs(specs: Sequence[str], storage_options: Optional[Mapping[str, A
         else:
             found = {path: fs.info(path)}
             root = os.path.dirname(path)
+        before = len(files)
         for p, info in sorted(found.items()):
             if info.get("type") == "directory" or any(part.startswith(".") for part in p[len(root):].split("/")):
                 continue
             u = full_url(fs, p)
             files.setdefault(u, InputFile(source, u, full_url(fs, root), int(info.get("size") or 0)))
+        if len(files) == before:
+            logger.warning("input %s holds no files", url)
     return sorted(files.values(), key=lambda f: (f.source, f.url))
 
 
@@ -169,16 +176,18 @@ def scan_file(file: InputFile, storage_options: Optional[Mapping[str, Any]] = No
                 result.slices = sum(rows for rows, _, _ in result.npz.values())
             elif kind == detect.NIFTI:
                 result.slices = _nifti_slices(head)
-    except InputError as exc:
-        result.error = str(exc).replace(file.url + ": ", "")
-    except Exception as exc:  # network or permission problems on one file must not stop the run
-        result.error = f"cannot read ({type(exc).__name__}: {exc})"
+    except Exception as exc:
+        if fault_kind(exc):  # a failed attempt (storage, network), not a bad file: the caller retries or stops
+            raise
+        result.error = (str(exc).replace(file.url + ": ", "") if isinstance(exc, InputError)
+                        else f"cannot read ({describe(exc)})")
     return result
 
 
-def scan_batch(files: Sequence[InputFile], storage_options: Optional[Mapping[str, Any]] = None) -> List[ScanResult]:
-    """`scan_file` over a batch (one Ray task)."""
-    return [scan_file(f, storage_options) for f in files]
+def scan_batch(files: Sequence[InputFile], storage_options: Optional[Mapping[str, Any]] = None,
+               retries: int = 0) -> List[ScanResult]:
+    """`scan_file` over a batch (one task); a file's transient storage faults are retried `retries` times."""
+    return [retrying(scan_file, f, storage_options, retries=retries, what=f"scan {f.url}") for f in files]
 
 
 def _label_folders(images: Sequence[ScanResult]) -> Dict[str, Tuple[int, str]]:

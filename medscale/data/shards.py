@@ -6,16 +6,32 @@ import io
 import os
 import re
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from medscale.core.errors import ShardFormatError
-from medscale.core.storage import join
+from medscale.core.storage import join, mkstemp_shared
 
 IDX_VERSION = "v1.2"  # the format DALI's wds2idx writes and fn.readers.webdataset reads
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 _EXT_RE = re.compile(r"^[a-z0-9]+$")
+
+
+_SHARD_RE = re.compile(r"^[A-Za-z0-9_\-]+\.tar$")
+
+
+def check_shard_name(name: str) -> str:
+    """`name` when it is a plain shard file name in the corpus root (`x.tar`: no folders, no `..`); a manifest
+    naming anything else is refused, so that a crafted corpus cannot point a reader outside its root."""
+    if not isinstance(name, str) or not _SHARD_RE.match(name):
+        raise ShardFormatError(f"the manifest names shard {name!r}, which is not a plain `NAME.tar` in the corpus "
+                               "root; refusing to read it (a damaged or crafted manifest)")
+    return name
+
+
+def member_name(header: bytes) -> str:
+    """The name field of a 512-byte ustar header (what the member is called)."""
+    return header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
 def shard_name(prefix: str, index: int) -> str:
@@ -90,7 +106,7 @@ class ShardWriter:
         self._idx_lines: List[str] = []
 
     def _open(self) -> None:
-        fd, self._path = tempfile.mkstemp(suffix=".tar", dir=self.tmp_dir)
+        fd, self._path = mkstemp_shared(self.tmp_dir, prefix="tmp", suffix=".tar")
         self._fh = os.fdopen(fd, "wb", buffering=1 << 20)
         self._offset = 0
         self._keys, self._idx_lines = [], []
@@ -170,7 +186,11 @@ def parse_idx(text: str, name: str = "index") -> Dict[str, Dict[str, Tuple[int, 
         key = None
         for i in range(0, len(fields) - 3, 4):
             ext, offset, size, member = fields[i:i + 4]
-            key = check_member_name(member)[0]
+            member_key, member_ext = check_member_name(member)
+            if member_ext != ext or (key is not None and member_key != key):
+                raise ShardFormatError(f"{name}: index line names {member!r} as a {ext!r} member of "
+                                       f"{key or member_key!r}")
+            key = member_key
             members[ext] = (int(offset), int(size))
         if key is not None:
             samples[key] = members
@@ -182,7 +202,7 @@ def read_members(fs, root: str, shard: str, keys: List[str], ext: str = "png") -
     with fs.open(join(root, idx_name(shard)), "rb") as fh:
         index = parse_idx(fh.read().decode(), idx_name(shard))
     out = {}
-    with fs.open(join(root, shard), "rb") as fh:
+    with fs.open(join(root, check_shard_name(shard)), "rb") as fh:
         for key in keys:
             if key not in index or ext not in index[key]:
                 raise ShardFormatError(f"{shard}: no member {key}.{ext}")

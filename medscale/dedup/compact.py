@@ -14,14 +14,17 @@ from typing import Any, Dict, List, Mapping, Tuple
 import pyarrow.compute as pc
 
 from medscale.core.digest import digest
-from medscale.core.errors import InputError, ShardFormatError
-from medscale.core.executor import create_executor, fan_out
+from medscale.core.errors import FaultError, InputError, ShardFormatError
+from medscale.core.executor import executor_for, fan_out
+from medscale.core.faults import describe, fault_kind, stopped, traceback_text
 from medscale.core.storage import check_writable, filesystem, full_url, join
 from medscale.core.summary import Summary
-from medscale.data.commit import StagedShards, close_output, open_output
+from medscale.data.commit import OutputLock, StagedShards, close_output, open_output
 from medscale.data.manifest import KEPT, read_manifest
 from medscale.data.shards import iter_shard
 from medscale.dedup.config import DedupConfig
+
+COPY_COST_S = 2e-5  # CPU-seconds per sample copied, for `executor: auto`
 
 
 @dataclass
@@ -55,19 +58,28 @@ def copy_kept(task: Tuple[str, str, List[str]], source_url: str, output_url: str
     return writer.staged, placed
 
 
-def write_kept(url: str, output: str, cfg: DedupConfig, shard_size: int = 1000, prefix: str = "shard"
-               ) -> CompactSummary:
-    """New shards under `output` with only the rows of `url` whose status is kept; resumable."""
+def write_kept(url: str, output: str, cfg: DedupConfig, shard_size: int = 1000, prefix: str = "shard",
+               force: bool = False) -> CompactSummary:
+    """New shards under `output` with only the rows of `url` whose status is kept; resumable; holds the
+    output's writer lock (`force` breaks another run's)."""
+    src_fs, src_root = filesystem(url, cfg.storage_options)
+    fs, root = filesystem(output, cfg.storage_options)
+    if full_url(fs, root) == full_url(src_fs, src_root):
+        raise InputError(f"--write-kept {output}: the output must differ from the input {url}")
+    check_writable(fs, root, output)
+    with OutputLock(fs, root, "medscale dedup --write-kept", force=force) as lock:
+        return _write_kept(url, output, cfg, shard_size, prefix, lock)
+
+
+def _write_kept(url: str, output: str, cfg: DedupConfig, shard_size: int, prefix: str, lock: OutputLock
+                ) -> CompactSummary:
     start = time.perf_counter()
     src_fs, src_root = filesystem(url, cfg.storage_options)
     table = read_manifest(src_fs, src_root)
     if not len(table):
         raise InputError(f"{url}: no manifest with samples; run `medscale shard` into this URL first")
     fs, root = filesystem(output, cfg.storage_options)
-    if full_url(fs, root) == full_url(src_fs, src_root):
-        raise InputError(f"--write-kept {output}: the output must differ from the input {url}")
-    check_writable(fs, root, output)
-    state, committer = open_output(fs, root, prefix)
+    state, committer = open_output(fs, root, prefix, lock)
     rows = table.to_pylist()
     by_shard: Dict[str, List[dict]] = {}
     loose: List[dict] = []
@@ -77,13 +89,14 @@ def write_kept(url: str, output: str, cfg: DedupConfig, shard_size: int = 1000, 
              for shard, members in sorted(by_shard.items())]
     tasks = [t for t in tasks if t[0] not in state.done_units]
     summary = CompactSummary(output=full_url(fs, root))
-    executor = create_executor(cfg.executor, cfg.ray_address, cfg.num_cpus)
+    executor = executor_for(cfg.executor, len(table) * COPY_COST_S, cfg.ray_address, cfg.num_cpus)
     try:
         for task, result, error in fan_out(executor, copy_kept, tasks, full_url(src_fs, src_root), summary.output,
                                            cfg.storage_options, shard_size, desc="compact", unit="shard",
                                            progress=cfg.progress):
             if error is not None:
-                raise error
+                raise FaultError(stopped(f"copying {task[1]}", fault_kind(error), describe(error),
+                                         traceback_text(error))) from None
             unit_id, shard, _ = task
             staged, placed = result
             index = dict(placed)

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional
 
 from medscale.core.config import check, check_choice
 from medscale.core.errors import ConfigError
-from medscale.core.executor import EXECUTORS
+from medscale.core.executor import EXECUTOR_CHOICES
 from medscale.dedup.groups import GROUPINGS
 from medscale.dedup.lsh import parse_verify
 from medscale.dedup.strategies import STRATEGIES
@@ -34,7 +34,7 @@ class DedupConfig:
     exclude: bool = False  # contamination: mark corpus samples near an evaluation image as excluded
     dry_run: bool = False  # report only; leave the manifest as it is
     examples: int = 6  # duplicate groups drawn in the report's PNG grid
-    executor: str = "ray"  # ray | local
+    executor: str = "auto"  # auto (in-process or a local pool for small work, else Ray) | ray | pool | local
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
     progress: bool = True
@@ -50,10 +50,10 @@ class DedupConfig:
             try:
                 parse_verify(self.verify)
             except ValueError as exc:
-                raise ConfigError(f"{origin}: bad value for key 'dedup.verify': {exc}") from None
+                raise ConfigError(f"{origin}: bad value for key 'dedup.verify': {exc}", "dedup.verify") from None
         check(self.every_n >= 1, origin, "dedup.every_n", "an int >= 1", self.every_n)
         check(0.0 < self.lsh_recall < 1.0, origin, "dedup.lsh_recall", "a number in (0, 1)", self.lsh_recall)
         check(0.0 <= self.eps < 1.0, origin, "dedup.eps", "a number in [0, 1)", self.eps)
         check(self.clusters >= 0, origin, "dedup.clusters", "an int >= 0", self.clusters)
         check(self.examples >= 0, origin, "dedup.examples", "an int >= 0", self.examples)
-        check_choice(self.executor, tuple(EXECUTORS), origin, "dedup.executor")
+        check_choice(self.executor, EXECUTOR_CHOICES, origin, "dedup.executor")

@@ -17,9 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from medscale.core.errors import InputError
-from medscale.core.executor import create_executor, ordered_map
+from medscale.core.executor import executor_for, ordered_map
 from medscale.core.storage import filesystem, full_url, join, put_bytes_atomic
 from medscale.core.summary import Summary
+from medscale.data.commit import OutputLock
 from medscale.data.config import ShardConfig
 from medscale.data.manifest import EXCLUDED, read_manifest, update_rows
 from medscale.data.sources import plan_reading, read_unit
@@ -28,6 +29,8 @@ from medscale.dedup.lsh import merge_pairs, parse_verify, plan_lsh, verified
 from medscale.dedup.report import REPORT_DIR
 from medscale.dedup.strategies import cross_table_task
 from medscale.hashing.hashes import hash_images
+
+CORPUS_COST_S = 2e-5  # CPU-seconds per corpus sample searched (eval images are hashed on top), for `executor: auto`
 
 
 @dataclass
@@ -77,10 +80,18 @@ def _eval_hashes(cfg: DedupConfig, executor, names: Tuple[str, ...]) -> Tuple[Li
     return ids, (np.concatenate(hashes) if hashes else np.zeros((0, len(names)), np.uint64))
 
 
-def run_contamination(url: str, cfg: DedupConfig) -> ContaminationSummary:
-    """Match every image of `cfg.against` against the shards at `url`; optionally mark corpus hits excluded."""
-    start = time.perf_counter()
+def run_contamination(url: str, cfg: DedupConfig, force: bool = False) -> ContaminationSummary:
+    """Match every image of `cfg.against` against the shards at `url`; optionally mark corpus hits excluded
+    (then holding the output's writer lock; `force` breaks another run's)."""
     fs, root = filesystem(url, cfg.storage_options)
+    if not cfg.exclude or cfg.dry_run:
+        return _run_contamination(fs, root, url, cfg)
+    with OutputLock(fs, root, "medscale dedup --against --exclude", force=force):
+        return _run_contamination(fs, root, url, cfg)
+
+
+def _run_contamination(fs, root: str, url: str, cfg: DedupConfig) -> ContaminationSummary:
+    start = time.perf_counter()
     verify, limit = parse_verify(cfg.verify) if cfg.verify else ((), 0)
     names = (cfg.hash,) + tuple(verify)
     table = read_manifest(fs, root, columns=["key", "shard", "status", *dict.fromkeys(names)])
@@ -93,7 +104,7 @@ def run_contamination(url: str, cfg: DedupConfig) -> ContaminationSummary:
     corpus_all = np.stack([table[n].to_numpy(zero_copy_only=False).astype(np.uint64) for n in names], axis=1)
     corpus = corpus_all[:, 0]
     keys = table["key"].to_pylist()
-    executor = create_executor(cfg.executor, cfg.ray_address, cfg.num_cpus)
+    executor = executor_for(cfg.executor, len(table) * CORPUS_COST_S, cfg.ray_address, cfg.num_cpus)
     try:
         ids, eval_all = _eval_hashes(cfg, executor, names)
         evals = eval_all[:, 0]

@@ -18,6 +18,8 @@ from medscale.data.shards import iter_shard
 from medscale.dedup.config import DedupConfig
 from medscale.dedup.report import REPORT_DIR
 
+EMBED_COST_S = 2e-2  # CPU-seconds per sample through a small backbone, for `executor: auto`
+
 
 def preprocess(image: np.ndarray, card: Mapping[str, Any]) -> np.ndarray:
     """One stored slice -> `[C, S, S]` float32, resized to the card's image size and normalised with its mean/std."""

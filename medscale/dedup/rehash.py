@@ -7,8 +7,11 @@ from typing import Any, Dict, List, Mapping, Tuple
 import numpy as np
 import pyarrow as pa
 
-from medscale.core.executor import create_executor, fan_out
+from medscale.core.errors import FaultError
+from medscale.core.executor import executor_for, fan_out
+from medscale.core.faults import describe, fault_kind, stopped, traceback_text
 from medscale.core.storage import filesystem, full_url, join
+from medscale.data.commit import OutputLock
 from medscale.data.manifest import read_manifest, update_rows
 from medscale.data.png import decode_png
 from medscale.data.shards import iter_shard
@@ -28,18 +31,28 @@ def hash_shard(shard: str, root_url: str, storage_options: Mapping[str, Any]) ->
     return keys, hash_images(images)
 
 
-def rehash_manifest(url: str, cfg: DedupConfig) -> int:
-    """Compute the manifest's hash columns from the shards at `url` (a task per shard); returns samples hashed."""
+REHASH_COST_S = 2e-4  # CPU-seconds per sample (PNG decode + three hashes), for `executor: auto`
+
+
+def rehash_manifest(url: str, cfg: DedupConfig, force: bool = False) -> int:
+    """Compute the manifest's hash columns from the shards at `url` (a task per shard), holding the output's
+    writer lock; returns samples hashed."""
     fs, root = filesystem(url, cfg.storage_options)
+    with OutputLock(fs, root, "medscale dedup --rehash", force=force):
+        return _rehash(fs, root, cfg)
+
+
+def _rehash(fs, root: str, cfg: DedupConfig) -> int:
     table = read_manifest(fs, root, columns=["key", "shard"])
     shards = sorted(set(s for s in table["shard"].to_pylist() if s))
-    executor = create_executor(cfg.executor, cfg.ray_address, cfg.num_cpus)
+    executor = executor_for(cfg.executor, len(table) * REHASH_COST_S, cfg.ray_address, cfg.num_cpus)
     keys, values = [], {name: [] for name in HASH_NAMES}
     try:
-        for _, result, error in fan_out(executor, hash_shard, shards, full_url(fs, root), cfg.storage_options,
+        for shard, result, error in fan_out(executor, hash_shard, shards, full_url(fs, root), cfg.storage_options,
                                         desc="hash", unit="shard", progress=cfg.progress):
             if error is not None:
-                raise error
+                raise FaultError(stopped(f"hashing {shard}", fault_kind(error), describe(error),
+                                         traceback_text(error))) from None
             keys.extend(result[0])
             for name in HASH_NAMES:
                 values[name].append(result[1][name])

@@ -14,12 +14,13 @@ import pyarrow.compute as pc
 
 from medscale.core.card import load_backbone
 from medscale.core.errors import InputError
-from medscale.core.executor import create_executor
+from medscale.core.executor import executor_for
 from medscale.core.storage import filesystem, full_url
 from medscale.core.summary import Summary
+from medscale.data.commit import OutputLock
 from medscale.data.manifest import DUPLICATE, KEPT, read_manifest, update_rows
 from medscale.dedup.config import DedupConfig
-from medscale.dedup.embed import embed_corpus, load_embeddings
+from medscale.dedup.embed import EMBED_COST_S, embed_corpus, load_embeddings
 from medscale.dedup.lsh import parse_verify
 from medscale.dedup.report import write_report
 from medscale.dedup.strategies import Corpus, strategy_from_config
@@ -93,10 +94,18 @@ def _corpus(table: pa.Table, cfg: DedupConfig, url: str) -> Corpus:
                   slices=np.where(np.isnan(slices.astype(np.float64)), -1, slices).astype(np.int64))
 
 
-def run_dedup(url: str, cfg: DedupConfig) -> DedupSummary:
-    """Decide duplicates among the samples of the sharding output at `url` with `cfg.strategy`."""
-    start = time.perf_counter()
+def run_dedup(url: str, cfg: DedupConfig, force: bool = False) -> DedupSummary:
+    """Decide duplicates among the samples of the sharding output at `url` with `cfg.strategy`; holds the
+    output's writer lock unless a dry run (`force` breaks another run's lock)."""
     fs, root = filesystem(url, cfg.storage_options)
+    if cfg.dry_run:
+        return _run_dedup(fs, root, url, cfg)
+    with OutputLock(fs, root, "medscale dedup", force=force):
+        return _run_dedup(fs, root, url, cfg)
+
+
+def _run_dedup(fs, root: str, url: str, cfg: DedupConfig) -> DedupSummary:
+    start = time.perf_counter()
     full = read_manifest(fs, root)
     if not len(full):
         raise InputError(f"{url}: no manifest with samples (looked for {url}/manifest.parquet); "
@@ -109,7 +118,8 @@ def run_dedup(url: str, cfg: DedupConfig) -> DedupSummary:
                          "dedup.backbone=DIR (an exported backbone: card.json + backbone.safetensors)")
     if cfg.strategy == "embedding" and cfg.embeddings:
         corpus.embeddings = load_embeddings(cfg.embeddings, corpus.keys, cfg.storage_options)
-    executor = create_executor(cfg.executor, cfg.ray_address, cfg.num_cpus)
+    work = len(corpus) * (strategy.COST_S + (EMBED_COST_S if corpus.embeddings is None and cfg.backbone else 0))
+    executor = executor_for(cfg.executor, work, cfg.ray_address, cfg.num_cpus)
     try:
         if cfg.strategy == "embedding" and corpus.embeddings is None:
             load_backbone(cfg.backbone)  # fail early, in the driver, on a wrong folder

@@ -74,6 +74,8 @@ def _cluster_task(item: Tuple[np.ndarray, np.ndarray], eps: float) -> Decisions:
 class HashVolume:
     """Less is More's Hash-k: greedy per volume in slice order; 2D images are left alone."""
 
+    COST_S = 2e-6  # CPU-seconds per sample (measured order of magnitude), for `executor: auto`
+
     def __init__(self, hash_name: str = "dhash", threshold: int = 6) -> None:
         self.hash_name, self.threshold = hash_name, threshold
 
@@ -100,6 +102,8 @@ class HashVolume:
 
 class HashGlobal:
     """Near-duplicates across the whole corpus: LSH candidates verified by exact Hamming, connected groups."""
+
+    COST_S = 2e-5  # CPU-seconds per sample (measured order of magnitude), for `executor: auto`
 
     def __init__(self, hash_name: str = "dhash", threshold: int = 6, lsh_recall: float = 0.995, lsh_seed: int = 0,
                  groups: str = "star", verify: Optional[str] = None) -> None:
@@ -140,6 +144,8 @@ class HashGlobal:
 class EveryN:
     """Keep slices 0, n, 2n... of each volume (the baseline of the Less-is-More paper); 2D images stay."""
 
+    COST_S = 1e-6  # CPU-seconds per sample (measured order of magnitude), for `executor: auto`
+
     def __init__(self, every_n: int = 2) -> None:
         self.n = every_n
 
@@ -161,6 +167,8 @@ class EveryN:
 
 class Embedding:
     """SemDeDup: spherical k-means on embeddings, then cosine similarity > 1 - eps inside a cluster."""
+
+    COST_S = 2e-4  # CPU-seconds per sample (measured order of magnitude), for `executor: auto`
 
     def __init__(self, eps: float = 0.05, clusters: int = 0, seed: int = 0) -> None:
         self.eps, self.clusters, self.seed = eps, clusters, seed

@@ -1,20 +1,30 @@
 """The one fan-out helper: per-item errors, results as tasks finish, order kept by `ordered_map`, a moving bar."""
 
+import os
+import signal
 import time
 
 import pytest
 
-from medscale.core.executor import LocalExecutor, RayExecutor, create_executor, fan_out, ordered_map
+from medscale.core.executor import (
+    POOL_START_S,
+    RAY_START_S,
+    LocalExecutor,
+    choose_executor,
+    create_executor,
+    fan_out,
+    ordered_map,
+)
 from medscale.dedup.lsh import parse_verify  # a real function that fails on some items: run where Ray can import it
 
 SPECS = ["dhash<=3", "ahash+dhash<=9", "bad", "phash<=1", "colour<=2", "ahash<=0"]
 
 
-@pytest.mark.parametrize("kind", ["local", "ray"])
+@pytest.mark.parametrize("kind", ["local", "pool", "ray"])
 def test_fan_out_yields_every_item_once_with_its_own_error(kind, request):
     if kind == "ray":
         request.getfixturevalue("ray_local")
-    executor = LocalExecutor() if kind == "local" else RayExecutor()
+    executor = create_executor(kind, num_cpus=2)
     try:
         outcomes = list(fan_out(executor, parse_verify, SPECS, max_in_flight=2))
     finally:
@@ -46,5 +56,44 @@ def test_the_progress_bar_moves_as_items_finish(capsys):
 
 
 def test_an_unknown_executor_names_the_choices():
-    with pytest.raises(ValueError, match="unknown executor 'spark'; choose one of ray, local"):
+    with pytest.raises(ValueError, match="unknown executor 'spark'; choose one of ray, pool, local"):
         create_executor("spark")
+
+
+def test_auto_picks_by_the_work_and_any_cluster_address():
+    assert choose_executor("auto", None, work_s=0.1, num_cpus=2) == "local"
+    assert choose_executor("auto", None, work_s=2 * 2 * POOL_START_S + 1, num_cpus=2) == "pool"
+    assert choose_executor("auto", None, work_s=2 * 20 * RAY_START_S + 1, num_cpus=2) == "ray"
+    assert choose_executor("auto", "auto", work_s=0.1) == "ray"  # a cluster named: always Ray
+    assert choose_executor("local", None, work_s=1e9) == "local"  # an explicit choice stands
+
+
+def _kill_self(_: int) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)  # a worker killed for real (as the OOM killer would)
+
+
+def test_a_dead_pool_worker_is_a_fault_not_a_bad_item():
+    from medscale.core.faults import FATAL, fault_kind
+
+    executor = create_executor("pool", num_cpus=1)
+    try:
+        outcomes = list(fan_out(executor, _kill_self, [1]))
+    finally:
+        executor.close()
+    [(_, result, error)] = outcomes
+    assert result is None and fault_kind(error) == FATAL
+
+
+def test_a_pool_works_from_a_script_without_a_main_guard(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text("from medscale.core.executor import create_executor, ordered_map\n"
+                      "from medscale.dedup.lsh import parse_verify\n"
+                      "executor = create_executor('pool', num_cpus=2)\n"
+                      "print(ordered_map(executor, parse_verify, ['dhash<=3', 'ahash<=1'], progress=False))\n"
+                      "executor.close()\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[(('dhash',), 3), (('ahash',), 1)]"
