@@ -130,6 +130,21 @@ def _dedup(args: argparse.Namespace, extra: List[str]) -> int:
     return 0
 
 
+def _pretrain(args: argparse.Namespace, extra: List[str]) -> int:
+    from medscale.trainer.checkpoint import PREEMPTED_EXIT
+    from medscale.trainer.engine import Preempted, pretrain
+
+    cfg = load(args.config, _overrides_only(extra))
+    try:
+        summary = pretrain(cfg.train, cfg.loader)
+    except Preempted as exc:
+        print(f"medscale: {exc}", file=sys.stderr)
+        return PREEMPTED_EXIT
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary.as_dict()) if args.json else summary.format())
+    return 0
+
+
 def _preview(args: argparse.Namespace, extra: List[str]) -> int:
     from pathlib import Path
 
@@ -150,6 +165,19 @@ def _preview(args: argparse.Namespace, extra: List[str]) -> int:
 def _config(args: argparse.Namespace, extra: List[str]) -> int:
     print(to_yaml(load(args.config, _overrides_only(extra))), end="")
     return 0
+
+
+class OneLineFormatter(logging.Formatter):
+    """Log records with an exception show its one-line cause, never a traceback (libraries log some, e.g.
+    asyncio's "Task exception was never retrieved" when an S3 endpoint goes away); `-v` shows them whole."""
+
+    def formatException(self, ei) -> str:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            return super().formatException(ei)
+        return f"  ({describe(ei[1])})" if ei and ei[1] is not None else ""
+
+    def formatStack(self, stack_info: str) -> str:
+        return "" if not logging.getLogger().isEnabledFor(logging.DEBUG) else super().formatStack(stack_info)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,6 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_dedup)
 
+    p = sub.add_parser("pretrain", help="pre-train a backbone on a sharded corpus (DeepSpeed ZeRO; run it under "
+                                        "torchrun or the deepspeed launcher for several ranks)",
+                       epilog="Extra section.key=value arguments override the config, e.g. train.data=CORPUS "
+                              "train.run_dir=runs/x train.zero_stage=2. Exit code 75: preempted after a save "
+                              "(rerun to resume).")
+    p.add_argument("--config", "-c", help="YAML config file (e.g. configs/mae-tiny.yaml)")
+    p.add_argument("--local_rank", "--local-rank", type=int, help="set by the deepspeed launcher (also read from "
+                                                                  "LOCAL_RANK)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_pretrain)
+
     p = sub.add_parser("preview", help="write a PNG of one augmented batch, as a trainer would see it",
                        epilog="Extra loader.key=value arguments override the config, e.g. loader.image_size=128.")
     p.add_argument("url", help="a sharding output (folder or s3://...)")
@@ -223,8 +262,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `medscale` console script."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     bad = [e for e in extra if e.startswith("-")]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")

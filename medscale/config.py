@@ -10,6 +10,8 @@ from medscale.core.config import check, load_config
 from medscale.data.config import LoaderConfig, ShardConfig
 from medscale.dedup.config import DedupConfig
 from medscale.dedup.volume import SLICE_REDUCERS
+from medscale.trainer.config import TrainConfig
+from medscale.trainer.registry import METHODS
 
 
 @dataclass
@@ -19,6 +21,7 @@ class MedscaleConfig:
     shard: ShardConfig = field(default_factory=ShardConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self, origin: str) -> None:
         """Each section's checks, then those that span sections (`shard.reduce` names a reducer of dedup's)."""
@@ -27,6 +30,7 @@ class MedscaleConfig:
               "null or " + " | ".join(SLICE_REDUCERS), self.shard.reduce)
         self.dedup.validate(origin)
         self.loader.validate(origin)
+        self.train.validate(origin, tuple(METHODS))
 
 
 SECTIONS = tuple(MedscaleConfig.__dataclass_fields__)

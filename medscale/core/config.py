@@ -114,6 +114,7 @@ def _redacted(data: Any) -> Any:
 
 
 def to_yaml(cfg: Any, redact: bool = True) -> str:
-    """A config dataclass as YAML; storage options (credentials) are redacted unless asked."""
-    data = dataclasses.asdict(cfg)
+    """A config dataclass (or a mapping of section name -> dataclass) as YAML; storage options (credentials) are
+    redacted unless asked."""
+    data = ({k: dataclasses.asdict(v) for k, v in cfg.items()} if isinstance(cfg, dict) else dataclasses.asdict(cfg))
     return OmegaConf.to_yaml(OmegaConf.create(_redacted(data) if redact else data))

@@ -118,7 +118,7 @@ def stopped(what: str, kind: Optional[str], message: str, details: str, attempts
     full traceback is (written now)."""
     log = write_log(details, re.sub(r"[^A-Za-z0-9]+", "-", what)[:40].strip("-"))
     if kind == TRANSIENT:
-        why = f"{what} failed after {attempts} attempts: {message}"
+        why = f"{what} failed after {attempts} attempts: {message}" if attempts > 1 else f"{what} failed: {message}"
         fix = "rerun the same command to resume when the storage answers again"
     elif kind == FATAL:
         why = f"{what} stopped: {message}"

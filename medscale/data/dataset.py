@@ -24,7 +24,7 @@ from medscale.core.errors import ConfigError, MedscaleError
 from medscale.core.storage import filesystem, is_local
 from medscale.data.augment import to_tensor
 from medscale.data.index import SampleIndex, ShardReader, load_index
-from medscale.data.order import REMAINDERS, epoch_order, rank_stream, remaining, worker_stream
+from medscale.data.order import REMAINDERS, epoch_order, rank_stream, remaining, sample_seed, worker_stream
 from medscale.data.png import decode_png
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,9 @@ class ShardDataset(IterableDataset):
             self.skipped += 1
             logger.error("skipping sample %s of %s: %s", key, shard, exc)
             return None
-        out = self.transform(pixels)
+        with torch.random.fork_rng(devices=[]):  # this sample's own stream: resumes augment alike
+            torch.manual_seed(sample_seed(self.seed, self.epoch, i))
+            out = self.transform(pixels)
         name = "views" if isinstance(out, (list, tuple)) else "image"  # contrastive transforms give several views
         return {"key": key, name: out, "label": int(ix.labels[i]), "index": i}
 

@@ -59,3 +59,10 @@ def worker_stream(stream: np.ndarray, worker: int, num_workers: int, batch_size:
         raise ValueError("batch_size and num_workers must be >= 1")
     chunks = [stream[i:i + batch_size] for i in range(worker * batch_size, len(stream), num_workers * batch_size)]
     return np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of sample `index`'s augmentation in `epoch`: a pure function of the three, so that a resumed run
+    (any world size, any number of workers) augments every sample exactly as the uninterrupted run did."""
+    mixed = np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0]
+    return int(mixed >> np.uint64(1))  # torch.manual_seed takes a non-negative int64

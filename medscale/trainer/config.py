@@ -1,0 +1,79 @@
+"""The trainer's config section (`train.*`): the run, the schedule, the engine, and each method's own options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from medscale.core.config import check, check_choice
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+ZERO_STAGES = (0, 1, 2, 3)
+
+
+@dataclass
+class MaeOptions:
+    """MAE (the MedMAE recipe): masking, decoder, loss."""
+
+    mask_ratio: float = 0.75
+    decoder_dim: int = 512  # MedMAE: 512 wide, 8 deep, 16 heads for every encoder size
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    norm_pix_loss: bool = True  # per-patch normalised targets (the recommended recipe)
+
+
+@dataclass
+class TrainConfig:
+    """Pre-training (`medscale pretrain`): corpus, run directory, method, backbone, schedule, engine."""
+
+    data: Optional[str] = None  # the corpus: a `medscale shard` output (folder or s3://)
+    run_dir: Optional[str] = None  # config, checkpoints, export, TensorBoard run, JSON log
+    method: str = "mae"  # a registered method (medscale.trainer.methods.METHODS)
+    model: str = "vit_tiny_patch16_224"  # a timm model name
+    patch_size: int = 16
+    in_chans: int = 3
+    max_steps: int = 1000  # the schedule's length (optimizer steps)
+    stop_at_step: Optional[int] = None  # stop, save and exit 0 after this step; the schedule is unchanged
+    warmup_steps: int = 40
+    blr: float = 1.5e-4  # lr = blr x effective batch / 256 (MAE's rule)
+    min_lr: float = 0.0
+    weight_decay: float = 0.05  # not on biases, norms, position embeddings or cls/mask tokens
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_accum: int = 1
+    clip_grad: float = 0.0  # 0: no clipping
+    zero_stage: int = 2
+    precision: str = "auto"  # auto: bf16 on GPUs that have it, fp32 on CPU | fp32 | fp16 (loss scaling) | bf16
+    seed: int = 0
+    checkpoint_every: int = 100
+    keep_last: int = 3
+    log_every: int = 10  # steps between TensorBoard scalars
+    image_every: int = 0  # steps between reconstruction grids (0: at checkpoints only)
+    progress: bool = True
+    deepspeed: Dict[str, Any] = field(default_factory=dict)  # extra DeepSpeed config keys, merged last
+    storage_options: Dict[str, Any] = field(default_factory=dict)  # fsspec options of data and run_dir
+    mae: MaeOptions = field(default_factory=MaeOptions)
+
+    def validate(self, origin: str, methods: tuple = ()) -> None:
+        """Value checks; `methods` are the registered method names (the root passes them)."""
+        if methods:
+            check_choice(self.method, methods, origin, "train.method")
+        check_choice(self.zero_stage, ZERO_STAGES, origin, "train.zero_stage")
+        check_choice(self.precision, PRECISIONS, origin, "train.precision")
+        check(self.max_steps >= 1, origin, "train.max_steps", "an int >= 1", self.max_steps)
+        check(self.stop_at_step is None or self.stop_at_step >= 1, origin, "train.stop_at_step",
+              "null or an int >= 1", self.stop_at_step)
+        check(0 <= self.warmup_steps, origin, "train.warmup_steps", "an int >= 0", self.warmup_steps)
+        check(self.blr > 0, origin, "train.blr", "a number > 0", self.blr)
+        check(self.grad_accum >= 1, origin, "train.grad_accum", "an int >= 1", self.grad_accum)
+        check(self.clip_grad >= 0, origin, "train.clip_grad", "a number >= 0", self.clip_grad)
+        check(self.checkpoint_every >= 1, origin, "train.checkpoint_every", "an int >= 1", self.checkpoint_every)
+        check(self.keep_last >= 1, origin, "train.keep_last", "an int >= 1", self.keep_last)
+        check(self.log_every >= 1, origin, "train.log_every", "an int >= 1", self.log_every)
+        check(self.patch_size >= 1, origin, "train.patch_size", "an int >= 1", self.patch_size)
+        check(self.in_chans in (1, 3), origin, "train.in_chans", "1 or 3", self.in_chans)
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), origin, "train.betas",
+              "two numbers in [0, 1)", self.betas)
+        check(0.0 < self.mae.mask_ratio < 1.0, origin, "train.mae.mask_ratio", "a number in (0, 1)",
+              self.mae.mask_ratio)
+        check(self.mae.decoder_dim % self.mae.decoder_heads == 0, origin, "train.mae.decoder_heads",
+              "a divisor of train.mae.decoder_dim", self.mae.decoder_heads)

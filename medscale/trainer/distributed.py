@@ -1,0 +1,93 @@
+"""One process per GPU (per rank on CPU): rank, world and backend from the launcher's environment (torchrun, the
+deepspeed launcher, or nothing for one process), and the preemption flag that every rank agrees on."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from typing import List
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+@dataclass
+class Dist:
+    """Where this process stands: rank, world size, local rank, the device it trains on, the backend."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that prints, logs and writes shared files."""
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> Dist:
+    """Join the process group the launcher set up (RANK, WORLD_SIZE, MASTER_ADDR/PORT, LOCAL_RANK), or make a
+    group of one; NCCL on GPUs, gloo on CPU."""
+    import deepspeed
+
+    if "RANK" not in os.environ:  # a plain `medscale pretrain`: a world of one, no variables needed
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend)
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
+
+
+class PreemptionFlag:
+    """SIGTERM or SIGUSR1 on any rank sets a flag; `agreed()` all-reduces it at a step boundary, so every rank
+    saves and stops at the same step."""
+
+    def __init__(self) -> None:
+        self.signalled = False
+        self.signal_name = ""
+        self._previous: List = []
+
+    def install(self) -> "PreemptionFlag":
+        """Handle the preemption signals in this (main) thread."""
+        for sig in PREEMPT_SIGNALS:
+            self._previous.append((sig, signal.signal(sig, self._handle)))
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signalled = True
+        self.signal_name = signal.Signals(signum).name
+        logger.warning("received %s: saving at the next step boundary", self.signal_name)
+
+    def restore(self) -> None:
+        """Put the previous handlers back."""
+        for sig, handler in self._previous:
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def all_reduce_step(values: List[float], device: torch.device) -> List[float]:
+    """Sum `values` over all ranks in one call (losses, the preemption flag, a non-finite count)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor.tolist()

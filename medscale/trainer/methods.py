@@ -1,0 +1,91 @@
+"""Pre-training methods: a method takes a batch and returns its loss and what it wants logged; the engine owns
+everything else (optimizer, schedule, checkpoints, logging). Each says which loader augmentation it needs and
+which part of it is the backbone to export."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from medscale.core.errors import ConfigError
+from medscale.trainer.config import TrainConfig
+from medscale.trainer.mae import MaskedAutoencoder
+
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "reg_token")
+
+
+class PretrainMethod(nn.Module):
+    """The method interface. `forward(images, generator) -> (loss, {name: scalar tensor})`."""
+
+    augment = "mae"  # the loader augmentation (`loader.augment`) this method trains on
+
+    def backbone(self) -> nn.Module:
+        """The timm model to export (plain timm loads it back)."""
+        raise NotImplementedError
+
+    def backbone_kwargs(self) -> Dict[str, Any]:
+        """The `timm.create_model` keyword arguments that rebuild `backbone()`."""
+        raise NotImplementedError
+
+    def parameter_groups(self, weight_decay: float) -> list:
+        """Optimizer groups: weight decay on weight matrices only (not on biases, norms, position embeddings or
+        cls/mask tokens); frozen parameters are left out."""
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            plain = param.ndim <= 1 or any(n in name for n in NO_DECAY_NAMES)
+            (no_decay if plain else decay).append(param)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def timm_backbone(cfg: TrainConfig, image_size: int, **extra: Any) -> Tuple[nn.Module, Dict[str, Any]]:
+    """(`timm.create_model(cfg.model, ...)` without a classifier head, its kwargs); a clear error naming the key
+    for a name timm does not know."""
+    import timm
+
+    if not timm.is_model(cfg.model):
+        close = timm.list_models(f"*{cfg.model.split('_')[0]}*")[:5]
+        raise ConfigError(f"train.model: timm has no model {cfg.model!r}" + (f" (e.g. {', '.join(close)})"
+                                                                               if close else ""))
+    kwargs = {"img_size": image_size, "in_chans": cfg.in_chans, "num_classes": 0, **extra}
+    return timm.create_model(cfg.model, pretrained=False, **kwargs), kwargs
+
+
+class MaeMethod(PretrainMethod):
+    """MAE: reconstruct the removed 75% of patches from the rest (the MedMAE recipe)."""
+
+    augment = "mae"
+
+    def __init__(self, cfg: TrainConfig, image_size: int) -> None:
+        super().__init__()
+        if image_size % cfg.patch_size:
+            raise ConfigError(f"loader.image_size {image_size} is not a multiple of train.patch_size "
+                              f"{cfg.patch_size}")
+        encoder, self._kwargs = timm_backbone(cfg, image_size, patch_size=cfg.patch_size)
+        try:
+            self.mae = MaskedAutoencoder(encoder, cfg.mae.decoder_dim, cfg.mae.decoder_depth, cfg.mae.decoder_heads,
+                                         cfg.mae.mask_ratio, cfg.mae.norm_pix_loss)
+        except ValueError as exc:
+            raise ConfigError(f"train.model {cfg.model!r}: {exc}") from exc
+
+    def forward(self, images: torch.Tensor, generator: Optional[torch.Generator] = None
+                ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """`images: [N, C, H, W]` -> (loss, logs)."""
+        loss, _, mask = self.mae(images, generator)
+        return loss, {"loss": loss.detach(), "mask_ratio": mask.mean().detach()}
+
+    def backbone(self) -> nn.Module:
+        return self.mae.encoder
+
+    def backbone_kwargs(self) -> Dict[str, Any]:
+        return dict(self._kwargs)
+
+    @torch.no_grad()
+    def picture(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Rows of original / masked / reconstructed images `[3N, C, H, W]` (the input's normalisation)."""
+        loss, pred, mask = self.mae(images, generator)
+        masked, pasted = self.mae.reconstruct(images, pred, mask)
+        return torch.cat([images, masked, pasted])

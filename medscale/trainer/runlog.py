@@ -1,0 +1,70 @@
+"""What people look at during a run (rank 0 only): a progress bar, TensorBoard scalars and images, JSON lines,
+reconstruction grids as PNG files."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+from medscale.trainer import checkpoint as ck
+
+
+class RunLog:
+    """Rank 0 writes; other ranks' calls do nothing."""
+
+    def __init__(self, run_dir: Path, active: bool, progress: bool, start_step: int, max_steps: int) -> None:
+        self.active, self.run_dir = active, Path(run_dir)
+        self._writer = self._bar = None
+        if not active:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._writer = SummaryWriter(str(self.run_dir / ck.TB))
+        self._bar = tqdm(total=max_steps, initial=start_step, desc="pretrain", unit="step", disable=not progress)
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """One JSON line in `log.jsonl`."""
+        if self.active:
+            with open(self.run_dir / ck.LOG, "a") as fh:
+                fh.write(json.dumps({"event": kind, "time": time.time(), **fields}, default=str) + "\n")
+
+    def progress(self, step: int, loss: float) -> None:
+        """Advance the bar to `step`."""
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            self._bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def scalars(self, step: int, values: Dict[str, float]) -> None:
+        """TensorBoard scalars against the global step, and the same as a JSON line."""
+        if self._writer is not None:
+            for name, value in values.items():
+                self._writer.add_scalar(name, value, step)
+            self._writer.flush()
+            self.event("scalars", step=step, **values)
+
+    def picture(self, step: int, images: torch.Tensor, rows: int = 3) -> None:
+        """A grid of `images: [rows * N, C, H, W]` (normalised: shown min-max per image) to TensorBoard and PNG."""
+        if self._writer is None:
+            return
+        from torchvision.utils import make_grid, save_image
+
+        lo = images.amin(dim=(1, 2, 3), keepdim=True)
+        hi = images.amax(dim=(1, 2, 3), keepdim=True)
+        grid = make_grid((images - lo) / (hi - lo).clamp_min(1e-6), nrow=images.shape[0] // rows, padding=2)
+        self._writer.add_image("reconstruction", grid, step)
+        folder = self.run_dir / ck.IMAGES
+        folder.mkdir(exist_ok=True)
+        save_image(grid, folder / f"step-{step:08d}.png")
+
+    def close(self) -> None:
+        """Flush and close."""
+        if self._bar is not None:
+            self._bar.close()
+        if self._writer is not None:
+            self._writer.close()
