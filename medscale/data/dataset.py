@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional
 
@@ -155,6 +156,13 @@ class ShardDataset(IterableDataset):
         return {"key": key, name: out, "label": int(ix.labels[i]), "index": i}
 
 
+def ignore_preemption_signals(worker_id: int) -> None:
+    """In loader workers: ignore SIGTERM/SIGUSR1, which torchrun and schedulers send to the whole process group;
+    the trainer handles them (it saves at the next step boundary) and stops its workers itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 class ShardLoader(DataLoader):
     """A DataLoader over a `ShardDataset` that counts delivered batches in the main process, so that
     `state_dict()` is exact with any number of workers."""
@@ -163,6 +171,7 @@ class ShardLoader(DataLoader):
         if kwargs.pop("persistent_workers", False):
             raise ConfigError("ShardLoader needs fresh workers each epoch (persistent_workers=False)")
         kwargs.setdefault("pin_memory", torch.cuda.is_available())
+        kwargs.setdefault("worker_init_fn", ignore_preemption_signals)
         super().__init__(dataset, batch_size=dataset.batch_size, num_workers=num_workers, **kwargs)
 
     def __iter__(self):

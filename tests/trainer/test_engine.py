@@ -1,0 +1,157 @@
+"""The engine with real parts: 2 gloo ranks under torchrun with ZeRO 2 on real data, exact resume, SIGTERM then
+resume, the export loaded by plain timm in a process without medscale, clear errors before any step."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from medscale.data.service import run_sharding
+from tests.conftest import MEDMNIST, PYDICOM_DATA, shard_config
+
+REPO = Path(__file__).resolve().parents[2]
+PRESET = REPO / "configs" / "mae-tiny.yaml"
+ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def train_corpus(tmp_path_factory):
+    """Real multi-source data: BreastMNIST (ultrasound) and a multi-frame MR DICOM, sharded."""
+    root = tmp_path_factory.mktemp("train")
+    shutil.copy(MEDMNIST / "breastmnist_28.npz", root / "breast.npz")
+    shutil.copy(PYDICOM_DATA / "emri_small.dcm", root / "mr.dcm")
+    run_sharding(shard_config([f"breast={root / 'breast.npz'}", f"mr={root / 'mr.dcm'}"], root / "corpus",
+                              max_size=64))
+    return root / "corpus"
+
+
+def _args(corpus, run_dir, *extra):
+    return ["-m", "medscale", "pretrain", "-c", str(PRESET), f"train.data={corpus}", f"train.run_dir={run_dir}",
+            "train.progress=false", "train.log_every=1", "train.warmup_steps=2", "loader.batch_size=8",
+            "loader.num_workers=1", "train.mae.decoder_depth=1", *extra]
+
+
+def _torchrun(*args, ranks=2):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", *args]
+
+
+def _run(cmd, timeout=600):
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, **ENV),
+                          cwd=REPO)
+    return done
+
+
+def _losses(run_dir):
+    lines = [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+    return {e["step"]: e["train/loss"] for e in lines if e["event"] == "scalars"}
+
+
+@pytest.fixture(scope="module")
+def straight_run(train_corpus, tmp_path_factory):
+    """An uninterrupted 6-step run on 2 ranks (ZeRO 2)."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    done = _run(_torchrun(*_args(train_corpus, run_dir, "train.max_steps=6", "train.checkpoint_every=3")))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return run_dir
+
+
+@pytest.mark.slow
+def test_two_ranks_train_and_write_the_run_directory(straight_run):
+    losses = _losses(straight_run)
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6] and all(v == v for v in losses.values())
+    checkpoints = sorted(p.name for p in (straight_run / "checkpoints").iterdir())
+    assert checkpoints == ["step-00000003", "step-00000006"]
+    for name in checkpoints:
+        folder = straight_run / "checkpoints" / name
+        assert (folder / "COMPLETE").exists() and (folder / "rng-rank0.pt").exists() and (folder / "rng-rank1.pt")
+        assert json.loads((folder / "meta.json").read_text())["world_size"] == 2
+    assert (straight_run / "images" / "step-00000006.png").exists() and (straight_run / "config.yaml").exists()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(straight_run / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+    assert {"train/lr", "train/images_per_s", "train/data_wait_fraction", "train/grad_norm"} <= \
+        set(events.Tags()["scalars"])
+    assert events.Tags()["images"] == ["reconstruction"]
+
+
+@pytest.mark.slow
+def test_exact_resume_gives_bit_identical_losses(straight_run, train_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    first = _run(_torchrun(*_args(train_corpus, run_dir, "train.max_steps=6", "train.checkpoint_every=3",
+                                  "train.stop_at_step=3")))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert sorted(_losses(run_dir)) == [1, 2, 3]
+    second = _run(_torchrun(*_args(train_corpus, run_dir, "train.max_steps=6", "train.checkpoint_every=3")))
+    assert second.returncode == 0, second.stderr[-3000:]
+    resumed, straight = _losses(run_dir), _losses(straight_run)
+    assert [float(resumed[s]).hex() for s in range(1, 7)] == [float(straight[s]).hex() for s in range(1, 7)]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_at_a_step_boundary_and_the_rerun_resumes(train_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = _torchrun(*_args(train_corpus, run_dir, "train.max_steps=200", "train.checkpoint_every=1000"))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **ENV), cwd=REPO)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "log.jsonl").exists() and len(_losses(run_dir)) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # to the torchrun agent, which forwards it to every rank
+    out, err = proc.communicate(timeout=300)
+    marker = json.loads((run_dir / "preempted.json").read_text())
+    assert marker["exit_code"] == 75 and (Path(marker["checkpoint"]) / "COMPLETE").exists(), err[-3000:]
+    step = marker["step"]
+    assert 2 <= step < 200
+    again = _run(_torchrun(*_args(train_corpus, run_dir, "train.max_steps=200", f"train.stop_at_step={step + 2}",
+                                  "train.checkpoint_every=1000")))
+    assert again.returncode == 0, again.stderr[-3000:]
+    events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    resumed = [e for e in events if e["event"] == "resume"]
+    assert resumed and resumed[-1]["step"] == step
+    assert max(_losses(run_dir)) == step + 2
+
+
+@pytest.mark.slow
+def test_the_export_loads_in_plain_timm_without_medscale(straight_run):
+    code = ("import json, sys, timm, torch\n"
+            "from safetensors.torch import load_file\n"
+            f"card = json.load(open({str(straight_run / 'export' / 'card.json')!r}))\n"
+            "model = timm.create_model(card['model'], pretrained=False, **card['kwargs']).eval()\n"
+            f"model.load_state_dict(load_file({str(straight_run / 'export' / 'backbone.safetensors')!r}))\n"
+            "x = torch.randn(2, card['in_chans'], card['image_size'], card['image_size'])\n"
+            "print(tuple(model(x).shape), card['step'], 'medscale' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["(2,", "192)", "6", "False"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.model=vit_tiniest", "train.model: timm has no model 'vit_tiniest'"),
+    ("train.method=dino", "train.method"),
+    ("train.zero_stage=4", "train.zero_stage"),
+])
+def test_bad_config_is_a_clear_error_before_any_step(train_corpus, tmp_path, override, message):
+    done = _run([sys.executable, *_args(train_corpus, tmp_path / "run", "train.max_steps=2", override)])
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_run_directory_of_another_model_is_refused(straight_run, train_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight_run, run_dir)
+    done = _run([sys.executable, *_args(train_corpus, run_dir, "train.max_steps=8",
+                                        "train.model=vit_small_patch16_224")])
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "holds checkpoints of mae vit_tiny_patch16_224" in done.stderr
