@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(prog="medscale", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--local_rank", "--local-rank", type=int, dest="launcher_local_rank",
+                        help="set by the deepspeed launcher before the command (also read from LOCAL_RANK)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("shard", help="turn DICOM/NIfTI/PNG/JPEG/npz inputs into WebDataset shards + Parquet manifest",

@@ -155,3 +155,36 @@ def test_a_run_directory_of_another_model_is_refused(straight_run, train_corpus,
                                         "train.model=vit_small_patch16_224")])
     assert done.returncode == 2, done.stderr[-2000:]
     assert "holds checkpoints of mae vit_tiny_patch16_224" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_deepspeed_launcher_with_zero_3(train_corpus, tmp_path):
+    from tests.conftest import _free_port
+
+    run_dir = tmp_path / "run"
+    launcher = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(_free_port()),
+                "--module", *_args(train_corpus, run_dir, "train.max_steps=4", "train.checkpoint_every=2",
+                                   "train.zero_stage=3")[1:]]
+    done = _run(launcher)  # the launcher puts --local_rank=N before the command: the entry point accepts it
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert sorted(_losses(run_dir)) == [1, 2, 3, 4]
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run_dir / "export" / "backbone.safetensors"))  # gathered from the ZeRO-3 shards
+    assert weights["blocks.0.attn.qkv.weight"].shape == (576, 192) and weights["blocks.0.attn.qkv.weight"].abs().sum()
+
+
+@pytest.mark.slow
+def test_two_nodes_by_torchrun_rendezvous(train_corpus, tmp_path):
+    from tests.conftest import _free_port
+
+    run_dir, port = tmp_path / "run", _free_port()
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                                "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-nodes",
+                                *_args(train_corpus, run_dir, "train.max_steps=3", "train.checkpoint_every=3")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, **ENV),
+                               cwd=REPO) for _ in range(2)]
+    codes = [agent.wait(timeout=300) for agent in agents]
+    assert codes == [0, 0], [a.stderr.read()[-2000:] for a in agents]
+    meta = json.loads((run_dir / "checkpoints" / "step-00000003" / "meta.json").read_text())
+    assert meta["world_size"] == 2 and sorted(_losses(run_dir)) == [1, 2, 3]
