@@ -7,12 +7,15 @@ checkpoints with the loader position and every rank's RNG (exact resume), auto-r
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -101,15 +104,40 @@ def deepspeed_config(cfg: TrainConfig, batch_size: int, world_size: int, precisi
     return _merge(ds, cfg.deepspeed)
 
 
-def _check_resume(meta: Dict[str, Any], cfg: TrainConfig, world: Dist, path: Path) -> None:
+def _check_resume(meta: Dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     if (meta.get("method"), meta.get("model")) != (cfg.method, cfg.model):
         raise ConfigError(f"{path}: this run directory holds checkpoints of {meta.get('method')} "
                           f"{meta.get('model')}, the config asks for {cfg.method} {cfg.model}; use another "
                           "train.run_dir, or the model it was started with")
-    if meta.get("world_size") != world.world_size:
-        raise TrainingError(f"{path} was saved by {meta.get('world_size')} ranks, this run has {world.world_size}: "
-                            "resuming on another world size is not supported yet; relaunch with "
-                            f"--nproc_per_node/--nnodes giving {meta.get('world_size')} ranks")
+
+
+def keep_global_batch(saved_effective: int, batch_size: int, world_size: int, grad_accum: int) -> Tuple[int, str]:
+    """(gradient accumulation, what the log says) on another world size: the saved global batch is kept by
+    adjusting the accumulation where it divides; otherwise the configured one stays and the lr follows the rule."""
+    per_step = batch_size * world_size
+    if saved_effective % per_step == 0:
+        accum = saved_effective // per_step
+        return accum, f"global batch {saved_effective} kept: gradient accumulation {grad_accum} -> {accum}"
+    new = per_step * grad_accum
+    return grad_accum, (f"global batch {saved_effective} cannot be split over {world_size} ranks of {batch_size}: "
+                        f"now {new}, and the lr follows the rule (blr x {new} / 256)")
+
+
+def to_universal(resume: Path, world: Dist) -> Path:
+    """DeepSpeed's universal checkpoint of `resume` (converted once, by rank 0), for another world size."""
+    target = resume / "universal"
+    if world.is_main and not (target / ck.COMPLETE).exists():
+        shutil.rmtree(target, ignore_errors=True)
+        done = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                               str(resume / ck.DS_TAG), "--output_folder", str(target / ck.DS_TAG),
+                               "--inject_missing_state"], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise TrainingError(f"{resume}: conversion to a universal checkpoint failed: "
+                                f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+        ck.mark_complete(target, 0)
+    if dist.is_initialized():
+        dist.barrier()
+    return target
 
 
 def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
@@ -132,31 +160,46 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
     loader_cfg.augment = method.augment  # what the method needs (issue 14 lets the config override it)
     loader = create_loader(cfg.data, loader_cfg, rank=world.rank, world_size=world.world_size)
 
+    resume = ck.latest_checkpoint(run_dir)
+    meta = ck.read_json(resume / ck.META) if resume is not None else {}
+    universal, note = None, None
+    if resume is not None:
+        _check_resume(meta, cfg, resume)
+        if meta.get("world_size") != world.world_size:  # spot nodes came or went: DeepSpeed's universal format
+            universal = to_universal(resume, world)
+            accum, note = keep_global_batch(int(meta["effective_batch"]), loader_cfg.batch_size, world.world_size,
+                                            cfg.grad_accum)
+            cfg = dataclasses.replace(cfg, grad_accum=accum)
+            logger.warning("resuming %d ranks' checkpoint on %d ranks: %s", meta["world_size"], world.world_size,
+                           note)
     effective = loader_cfg.batch_size * cfg.grad_accum * world.world_size
     base_lr = scaled_lr(cfg.blr, effective)
     precision = precision_of(cfg, world.device)
+    ds_config = deepspeed_config(cfg, loader_cfg.batch_size, world.world_size, precision, base_lr)
+    if universal is not None:
+        ds_config = _merge(ds_config, {"checkpoint": {"load_universal": True}})
     engine, _, _, _ = deepspeed.initialize(
-        model=method, model_parameters=method.parameter_groups(cfg.weight_decay),
-        config=deepspeed_config(cfg, loader_cfg.batch_size, world.world_size, precision, base_lr))
+        model=method, model_parameters=method.parameter_groups(cfg.weight_decay), config=ds_config)
     generator = torch.Generator(device=world.device)
     generator.manual_seed(cfg.seed * 1_000_003 + world.rank)
 
     start_step = 0
-    resume = ck.latest_checkpoint(run_dir)
     if resume is not None:
-        meta = ck.read_json(resume / ck.META)
-        _check_resume(meta, cfg, world, resume)
-        engine.load_checkpoint(str(resume), tag=ck.DS_TAG)
+        engine.load_checkpoint(str(universal or resume), tag=ck.DS_TAG)
         loader.load_state_dict(ck.read_json(resume / ck.LOADER))
-        ck.load_rng(resume / f"rng-rank{world.rank}.pt", generator)
+        rng = resume / f"rng-rank{world.rank}.pt"
+        if rng.exists():
+            ck.load_rng(rng, generator)
+        else:  # a rank the checkpoint did not have: its own fresh stream
+            logger.warning("%s has no RNG state for rank %d: seeding it afresh", resume, world.rank)
         start_step = int(meta["step"])
     log = RunLog(run_dir, world.is_main, cfg.progress, start_step, cfg.max_steps)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / ck.CONFIG).write_text(to_yaml({"train": cfg, "loader": loader_cfg}))
         log.event("start" if resume is None else "resume", step=start_step, world_size=world.world_size,
-                  precision=precision, lr=base_lr, effective_batch=effective,
-                  checkpoint=str(resume) if resume else None)
+                  precision=precision, lr=base_lr, effective_batch=effective, grad_accum=cfg.grad_accum,
+                  checkpoint=str(resume) if resume else None, world_size_change=note)
     summary = PretrainSummary(str(run_dir), cfg.method, cfg.model, start_step, start_step, cfg.max_steps,
                               world.world_size)
     flag = PreemptionFlag().install()
@@ -286,6 +329,8 @@ def save_checkpoint(engine, method, loader, generator, cfg: TrainConfig, world: 
         ck.write_json(path / ck.LOADER, loader.state_dict())
         ck.write_json(path / ck.META, {"step": step, "world_size": world.world_size, "method": cfg.method,
                                        "model": cfg.model, "data": cfg.data, "max_steps": cfg.max_steps,
+                                       "batch_size": loader.batch_size, "grad_accum": cfg.grad_accum,
+                                       "effective_batch": loader.batch_size * cfg.grad_accum * world.world_size,
                                        "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
     if dist.is_initialized():
         dist.barrier()

@@ -188,3 +188,20 @@ def test_two_nodes_by_torchrun_rendezvous(train_corpus, tmp_path):
     assert codes == [0, 0], [a.stderr.read()[-2000:] for a in agents]
     meta = json.loads((run_dir / "checkpoints" / "step-00000003" / "meta.json").read_text())
     assert meta["world_size"] == 2 and sorted(_losses(run_dir)) == [1, 2, 3]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks, note, per_step", [(1, "gradient accumulation 1 -> 2", 16),
+                                                   (3, "the lr follows the rule", 24)])
+def test_resume_on_another_world_size(straight_run, train_corpus, tmp_path, ranks, note, per_step):
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight_run, run_dir)  # 6 steps of 2 ranks x 8 samples
+    cmd = _args(train_corpus, run_dir, "train.max_steps=8", "train.checkpoint_every=8")
+    done = _run(_torchrun(*cmd, ranks=ranks) if ranks > 1 else [sys.executable, *cmd])
+    assert done.returncode == 0, done.stderr[-3000:]
+    events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    resumed = [e for e in events if e["event"] == "resume"][-1]
+    assert resumed["step"] == 6 and resumed["world_size"] == ranks and note in resumed["world_size_change"]
+    loader = json.loads((run_dir / "checkpoints" / "step-00000008" / "loader.json").read_text())
+    assert loader["epoch"] == 0 and loader["consumed"] == 6 * 16 + 2 * per_step  # the data went on exactly once
+    assert (run_dir / "checkpoints" / "step-00000006" / "universal" / "COMPLETE").exists()
