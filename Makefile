@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/dedup_speed.py
 	$(PY) benchmarks/dedup_quality.py
 	$(PY) benchmarks/loader.py
+	$(PY) benchmarks/train.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -92,8 +92,10 @@ def deepspeed_config(cfg: TrainConfig, batch_size: int, world_size: int, precisi
         "gradient_accumulation_steps": cfg.grad_accum,
         "train_batch_size": batch_size * cfg.grad_accum * world_size,
         "zero_optimization": {"stage": cfg.zero_stage},
+        # DeepSpeed's fused Adam (compiled once, ~35 s, then cached): one pass over ZeRO's flat fp32 partitions,
+        # where torch's AdamW makes several (+4-15% per step on CPU; `optimizer.params.torch_adam: true` skips it)
         "optimizer": {"type": "AdamW", "params": {"lr": lr, "betas": list(cfg.betas), "eps": 1e-8,
-                                                  "weight_decay": cfg.weight_decay, "torch_adam": True}},
+                                                  "weight_decay": cfg.weight_decay, "torch_adam": False}},
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
         "steps_per_print": 1 << 30,

@@ -1,0 +1,141 @@
+"""Training speed: medscale's MAE step through DeepSpeed against the same step in plain torch, in one run.
+
+For each decoder (the CPU preset's 128x4 and the MedMAE 512x8x16) it measures the model FLOPs of one
+forward + backward (torch's FLOP counter), the step time of plain torch (module + torch.optim.AdamW) and of the
+DeepSpeed engine (ZeRO stage 2, fp32, one process), and this machine's dense float32 matmul rate, then prints MFU
+(model FLOPs / step time / matmul rate), DeepSpeed's overhead, and the images/s of the tiny CPU recipe.
+Run: `python benchmarks/train.py` (about 3 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+from medscale.trainer.config import MaeOptions, TrainConfig  # noqa: E402
+from medscale.trainer.engine import deepspeed_config  # noqa: E402
+from medscale.trainer.methods import MaeMethod  # noqa: E402
+
+
+def matmul_rate(n: int = 2048, repeat: int = 10) -> float:
+    """Dense float32 matmul FLOP/s of this machine (best of `repeat`)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def step_flops(method, images: torch.Tensor) -> float:
+    """Model FLOPs of one forward + backward (torch's FLOP counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss, _ = method(images, torch.Generator().manual_seed(0))
+        loss.backward()
+    method.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def time_steps(step, warmup: int, steps: int) -> float:
+    """Median seconds per step of `step()`."""
+    return time_alternating([step], warmup, steps)[0]
+
+
+def time_alternating(steps_fns, warmup: int, steps: int) -> list:
+    """Median seconds per step of each function, run in turn (A, B, A, B...) so that the machine's drift from
+    one moment to the next falls on all of them alike."""
+    for _ in range(warmup):
+        for fn in steps_fns:
+            fn()
+    times = [[] for _ in steps_fns]
+    for _ in range(steps):
+        for fn, out in zip(steps_fns, times):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return [sorted(t)[len(t) // 2] for t in times]
+
+
+def method_for(decoder, image_size: int, patch: int) -> MaeMethod:
+    dim, depth, heads = decoder
+    torch.manual_seed(0)
+    cfg = TrainConfig(model="vit_tiny_patch16_224", patch_size=patch,
+                      mae=MaeOptions(decoder_dim=dim, decoder_depth=depth, decoder_heads=heads))
+    return MaeMethod(cfg, image_size)
+
+
+def plain_step(method, images):
+    optimizer = torch.optim.AdamW(method.parameter_groups(0.05), lr=1e-4, betas=(0.9, 0.95))
+    generator = torch.Generator().manual_seed(0)
+
+    def step():
+        loss, _ = method(images, generator)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def deepspeed_step(method, images, batch: int):
+    import deepspeed
+
+    from medscale.trainer.distributed import init_distributed
+
+    init_distributed()
+    cfg = TrainConfig(zero_stage=2)
+    engine, _, _, _ = deepspeed.initialize(model=method, model_parameters=method.parameter_groups(0.05),
+                                           config=deepspeed_config(cfg, batch, 1, "fp32", 1e-4))
+    generator = torch.Generator().manual_seed(0)
+
+    def step():
+        loss, _ = engine(images, generator)
+        engine.backward(loss)
+        engine.step()
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rate = matmul_rate()
+    print(f"dense float32 matmul: {rate / 1e9:.0f} GFLOP/s ({args.threads} threads)\n")
+    print("| MAE ViT-Tiny, decoder | GFLOP/image (fwd+bwd) | plain torch s/step | MFU | DeepSpeed ZeRO-2 s/step | "
+          "MFU | DeepSpeed / torch MFU | engine overhead |")
+    print("|---|---|---|---|---|---|---|---|")
+    for decoder in [(128, 4, 4), (512, 8, 16)]:
+        images = torch.randn(args.batch, 3, args.image_size, args.image_size)
+        method = method_for(decoder, args.image_size, 16)
+        flops = step_flops(method, images)
+        torch_s, ds_s = time_alternating(
+            [plain_step(method, images), deepspeed_step(method_for(decoder, args.image_size, 16), images, args.batch)],
+            2, args.steps)
+        mfu_torch, mfu_ds = flops / torch_s / rate, flops / ds_s / rate
+        print(f"| {decoder[0]}x{decoder[1]} | {flops / args.batch / 1e9:.1f} | {torch_s:.2f} | "
+              f"{100 * mfu_torch:.0f}% | "
+              f"{ds_s:.2f} | {100 * mfu_ds:.0f}% | {mfu_ds / mfu_torch:.2f} | {100 * (ds_s / torch_s - 1):+.0f}% |")
+    # the tiny CPU recipe (configs/mae-tiny.yaml): 32 px, 4-px patches, batch 32, decoder 128x4
+    images = torch.randn(32, 3, 32, 32)
+    tiny_s = time_steps(deepspeed_step(method_for((128, 4, 4), 32, 4), images, 32), 3, 10)
+    print(f"\ntiny CPU recipe (configs/mae-tiny.yaml, 32 px, batch 32, DeepSpeed step only): "
+          f"{32 / tiny_s:.0f} images/s")
+
+
+if __name__ == "__main__":
+    main()
