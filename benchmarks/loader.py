@@ -22,7 +22,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from medscale.data.augment import IMAGENET_MEAN, IMAGENET_STD, mae_transform  # noqa: E402
+from medscale.data.augment import IMAGENET_MEAN, IMAGENET_STD, mae_transform, normalize_batch  # noqa: E402
 from medscale.data.config import ShardConfig, SourceOptions  # noqa: E402
 from medscale.data.dataset import ShardDataset, ShardLoader  # noqa: E402
 from medscale.data.png import decode_png  # noqa: E402
@@ -50,12 +50,15 @@ def build_folder(root: Path, n: int, side: int) -> Path:
     return folder
 
 
-def throughput(loader, limit_s: float = 120.0) -> tuple:
-    """(samples/s, samples) over one pass (first batch excluded: worker start-up)."""
+def throughput(loader, limit_s: float = 120.0, normalize: bool = False) -> tuple:
+    """(samples/s, samples) over one pass (first batch excluded: worker start-up); `normalize`: the trainer's side
+    of the uint8 path (float conversion + normalisation in this process) is timed too."""
     it = iter(loader)
     next(it)
     n, start = 0, time.perf_counter()
     for batch in it:
+        if normalize:
+            normalize_batch(batch["image"])
         n += len(batch["image"] if isinstance(batch, dict) else batch[0])
         if time.perf_counter() - start > limit_s:
             break
@@ -90,6 +93,10 @@ def main() -> None:
                           world_size=1)
         ours, n = throughput(ShardLoader(ds, num_workers=args.workers))
         rows.append(("medscale ShardLoader over shards", ours, n))
+        ds8 = ShardDataset(str(root / "shards"), batch_size=BATCH, rank=0, world_size=1,
+                           transform=mae_transform(args.size, output="uint8"))
+        ours8, n = throughput(ShardLoader(ds8, num_workers=args.workers), normalize=True)
+        rows.append(("medscale ShardLoader, uint8 batches normalised in the training process", ours8, n))
 
         try:
             from medscale.data.dali import DaliLoader

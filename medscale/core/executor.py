@@ -20,6 +20,24 @@ logger = logging.getLogger(__name__)
 Outcome = Tuple[Any, Any, Optional[BaseException]]  # (item, result, error)
 
 
+def _bounded(items: Iterable, limit: int, submit: Callable, wait_any: Callable, result: Callable
+             ) -> Iterator[Outcome]:
+    """The loop the executors share: at most `limit` calls in flight (`submit(item)` -> a handle), each outcome
+    yielded as its call finishes (`wait_any(handles)` -> finished ones; `result(handle)` raises a call's error)."""
+    pending: dict = {}
+    queue = deque(items)
+    while queue or pending:
+        while queue and len(pending) < limit:
+            item = queue.popleft()
+            pending[submit(item)] = item
+        for handle in wait_any(list(pending)):
+            item = pending.pop(handle)
+            try:
+                yield item, result(handle), None
+            except Exception as exc:  # RayTaskError, WorkerCrashedError, BrokenProcessPool...
+                yield item, None, exc
+
+
 class LocalExecutor:
     """Runs every call in this process, one after another (debugging, tiny corpora, tests)."""
 
@@ -62,20 +80,8 @@ class RayExecutor:
         if remote is None:
             remote = self._remote[fn] = ray.remote(max_retries=2)(fn)
         arg_refs = [ray.put(a) for a in args]
-        limit = max_in_flight or 2 * self.num_cpus
-        pending: dict = {}
-        queue = deque(items)
-        while queue or pending:
-            while queue and len(pending) < limit:
-                item = queue.popleft()
-                pending[remote.remote(item, *arg_refs)] = item
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                item = pending.pop(ref)
-                try:
-                    yield item, ray.get(ref), None
-                except Exception as exc:  # RayTaskError, WorkerCrashedError...
-                    yield item, None, exc
+        yield from _bounded(items, max_in_flight or 2 * self.num_cpus, lambda item: remote.remote(item, *arg_refs),
+                            lambda refs: ray.wait(refs, num_returns=1)[0], ray.get)
 
     def close(self) -> None:
         """Shut down the local Ray this executor started (an existing cluster is left running)."""
@@ -121,20 +127,9 @@ class PoolExecutor:
         call with BrokenProcessPool (a fault: the run stops, the rerun resumes)."""
         from concurrent.futures import FIRST_COMPLETED, wait
 
-        limit = max_in_flight or 2 * self.num_cpus
-        pending: dict = {}
-        queue = deque(items)
-        while queue or pending:
-            while queue and len(pending) < limit:
-                item = queue.popleft()
-                pending[self._pool.submit(fn, item, *args)] = item
-            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for future in done:
-                item = pending.pop(future)
-                try:
-                    yield item, future.result(), None
-                except Exception as exc:
-                    yield item, None, exc
+        yield from _bounded(items, max_in_flight or 2 * self.num_cpus,
+                            lambda item: self._pool.submit(fn, item, *args),
+                            lambda futures: wait(futures, return_when=FIRST_COMPLETED)[0], lambda f: f.result())
 
     def close(self) -> None:
         """Stop the worker processes (calls not started are cancelled)."""

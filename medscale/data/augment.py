@@ -41,26 +41,45 @@ def _channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     return x
 
 
-class _GreyFirst:
-    """Runs `geometry` on the native channels (1 for grey slices), then sets the channel count and normalises."""
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """A float image in [0, 1] -> uint8 (what crosses process boundaries: 4x fewer bytes than float32)."""
+    return x.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
 
-    def __init__(self, geometry: Callable, mean: Sequence[float], std: Sequence[float], channels: int) -> None:
+
+def normalize_batch(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """`images: [N, C, H, W]` uint8 (the loader's `batch_dtype: uint8`) -> float32 normalised, on their device (the
+    trainer's side of the uint8 path, as FFCV and timm's prefetcher do); float batches pass unchanged."""
+    if images.dtype != torch.uint8:
+        return images
+    c = images.shape[1]
+    m = torch.tensor(list(mean)[:c], device=images.device).view(1, c, 1, 1) * 255.0
+    s = torch.tensor(list(std)[:c], device=images.device).view(1, c, 1, 1) * 255.0
+    return (images.float() - m) / s
+
+
+class _GreyFirst:
+    """Runs `geometry` on the native channels (1 for grey slices), then sets the channel count and normalises
+    (float32 output) or quantises (uint8 output, normalised later by `normalize_batch` on the training device)."""
+
+    def __init__(self, geometry: Callable, mean: Sequence[float], std: Sequence[float], channels: int,
+                 output: str = "float32") -> None:
         self.geometry, self.channels = geometry, channels
-        self.normalize = v2.Normalize(list(mean)[:channels], list(std)[:channels])
+        self.finish = to_uint8 if output == "uint8" else v2.Normalize(list(mean)[:channels], list(std)[:channels])
 
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:
         x = to_tensor(pixels, channels=1 if pixels.ndim == 2 else 3)
-        return self.normalize(_channels(self.geometry(x), self.channels))
+        return self.finish(_channels(self.geometry(x), self.channels))
 
 
 def mae_transform(size: int = 224, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                  channels: int = 3) -> Callable[[np.ndarray], torch.Tensor]:
+                  channels: int = 3, output: str = "float32") -> Callable[[np.ndarray], torch.Tensor]:
     """MAE: RandomResizedCrop(size, scale 0.2-1.0, bicubic), horizontal flip, normalise -> `[C, size, size]`."""
     geometry = v2.Compose([
         v2.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
         v2.RandomHorizontalFlip(),
     ])
-    return _GreyFirst(geometry, mean, std, channels)
+    return _GreyFirst(geometry, mean, std, channels, output)
 
 
 def _view(size: int, scale: tuple, blur: float, colour: bool) -> v2.Compose:
@@ -76,32 +95,33 @@ def _view(size: int, scale: tuple, blur: float, colour: bool) -> v2.Compose:
 
 def contrastive_transform(size: int = 224, small_size: int = 96, small_crops: int = 0,
                           mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                          channels: int = 3) -> Callable[[np.ndarray], List[torch.Tensor]]:
+                          channels: int = 3, output: str = "float32") -> Callable[[np.ndarray], List[torch.Tensor]]:
     """Two global views (crop 0.08-1.0, flip, colour jitter p0.8, grayscale p0.2, blur p1.0/p0.1 as in BYOL) plus
     `small_crops` small views (SwAV multi-crop: `small_size`, scale 0.05-0.14 of the area) -> list of tensors."""
     specs = [(size, (0.08, 1.0), 1.0), (size, (0.08, 1.0), 0.1)] + [(small_size, (0.05, 0.14), 0.5)] * small_crops
     grey = [_view(s, sc, b, colour=False) for s, sc, b in specs]
     rgb = [_view(s, sc, b, colour=True) for s, sc, b in specs]
-    normalize = v2.Normalize(list(mean)[:channels], list(std)[:channels])
+    finish = to_uint8 if output == "uint8" else v2.Normalize(list(mean)[:channels], list(std)[:channels])
 
     def apply(pixels: np.ndarray) -> List[torch.Tensor]:
         x = to_tensor(pixels, channels=1 if pixels.ndim == 2 else 3)
         views = grey if x.shape[0] == 1 else rgb
-        return [normalize(_channels(view(x).clamp(0.0, 1.0), channels)) for view in views]
+        return [finish(_channels(view(x).clamp(0.0, 1.0), channels)) for view in views]
 
     return apply
 
 
 def resize_transform(size: int = 224, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                     channels: int = 3) -> Callable[[np.ndarray], torch.Tensor]:
+                     channels: int = 3, output: str = "float32") -> Callable[[np.ndarray], torch.Tensor]:
     """No augmentation (evaluation, embedding): resize to `size` x `size` (bicubic), normalise."""
     return _GreyFirst(v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-                      mean, std, channels)
+                      mean, std, channels, output)
 
 
 # the registry of torch transforms by `loader.augment` name (the DALI graphs in `data.dali` are keyed the same way)
 TRANSFORMS: Dict[str, Callable[["LoaderConfig"], Callable]] = {
-    "mae": lambda cfg: mae_transform(cfg.image_size),
-    "contrastive": lambda cfg: contrastive_transform(cfg.image_size, cfg.small_size, cfg.small_crops),
-    "resize": lambda cfg: resize_transform(cfg.image_size),
+    "mae": lambda cfg: mae_transform(cfg.image_size, output=cfg.batch_dtype),
+    "contrastive": lambda cfg: contrastive_transform(cfg.image_size, cfg.small_size, cfg.small_crops,
+                                                     output=cfg.batch_dtype),
+    "resize": lambda cfg: resize_transform(cfg.image_size, output=cfg.batch_dtype),
 }

@@ -16,6 +16,7 @@ from medscale.hashing.hashes import HASH_NAMES
 AUGMENTS = ("mae", "contrastive", "resize")  # the augmentation graphs; the torch and DALI twins are keyed by these
 LOADERS = ("auto", "torch", "dali")
 DALI_DEVICES = ("auto", "gpu", "cpu")
+BATCH_DTYPES = ("float32", "uint8")
 
 
 @dataclass
@@ -108,6 +109,7 @@ class LoaderConfig:
     small_crops: int = 0  # contrastive: extra small views (SwAV multi-crop)
     small_size: int = 96
     device: str = "auto"  # DALI decoding: auto | gpu | cpu
+    batch_dtype: str = "float32"  # torch loader: float32 (normalised in workers) | uint8 (normalised by the trainer)
     cache_dir: Optional[str] = None  # where remote shards are copied
     storage_options: Dict[str, Any] = field(default_factory=dict)  # fsspec options; never logged
 
@@ -123,3 +125,4 @@ class LoaderConfig:
         check(self.small_size >= 8, origin, "loader.small_size", "an int >= 8", self.small_size)
         check(self.small_crops >= 0, origin, "loader.small_crops", "an int >= 0", self.small_crops)
         check_choice(self.device, DALI_DEVICES, origin, "loader.device")
+        check_choice(self.batch_dtype, BATCH_DTYPES, origin, "loader.batch_dtype")

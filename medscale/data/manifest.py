@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -151,3 +152,12 @@ def update_rows(fs: AbstractFileSystem, root: str, updates: pa.Table) -> int:
         put_bytes_atomic(fs, path, buf.getvalue())
         changed += count
     return changed
+
+
+def kept_digest(fs: AbstractFileSystem, root: str) -> Tuple[str, int]:
+    """(digest, count) of the samples a trainer reads (status kept, in a shard): a dedup or contamination rerun
+    that changes the kept set changes the digest. Recorded in checkpoints and exported cards."""
+    table = read_manifest(fs, root, columns=["key", "shard", "status"])
+    kept = table.filter(pc.and_(pc.equal(table["status"], KEPT), pc.is_valid(table["shard"])))
+    keys = sorted(kept["key"].to_pylist())
+    return hashlib.sha1("\n".join(keys).encode()).hexdigest()[:16], len(keys)

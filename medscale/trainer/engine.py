@@ -23,8 +23,11 @@ import torch.distributed as dist
 from medscale.core.card import save_backbone
 from medscale.core.config import to_yaml
 from medscale.core.errors import ConfigError, MedscaleError
+from medscale.core.storage import filesystem
 from medscale.core.summary import Summary
+from medscale.data.augment import normalize_batch
 from medscale.data.config import LoaderConfig
+from medscale.data.manifest import kept_digest
 from medscale.trainer import checkpoint as ck
 from medscale.trainer.config import TrainConfig
 from medscale.trainer.distributed import Dist, PreemptionFlag, all_reduce_step, init_distributed
@@ -106,11 +109,38 @@ def deepspeed_config(cfg: TrainConfig, batch_size: int, world_size: int, precisi
     return _merge(ds, cfg.deepspeed)
 
 
-def _check_resume(meta: Dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+SCHEDULE_KEYS = ("max_steps", "blr", "min_lr", "warmup_steps", "weight_decay", "betas", "clip_grad", "grad_accum")
+
+
+def model_keys(cfg: TrainConfig, image_size: int) -> Dict[str, Any]:
+    """What defines the model: a checkpoint cannot be resumed with any of it changed."""
+    return {"method": cfg.method, "model": cfg.model, "patch_size": cfg.patch_size, "in_chans": cfg.in_chans,
+            "image_size": image_size, "method_options": dataclasses.asdict(getattr(cfg, cfg.method, None))
+            if dataclasses.is_dataclass(getattr(cfg, cfg.method, None)) else {}}
+
+
+def _check_resume(meta: Dict[str, Any], cfg: TrainConfig, image_size: int, digest: Tuple[str, int],
+                  path: Path) -> None:
+    """The model may not change (an error naming what differs); schedule keys may (a warning each); a changed
+    corpus (a dedup rerun changes the kept set) is a warning with the counts."""
     if (meta.get("method"), meta.get("model")) != (cfg.method, cfg.model):
         raise ConfigError(f"{path}: this run directory holds checkpoints of {meta.get('method')} "
                           f"{meta.get('model')}, the config asks for {cfg.method} {cfg.model}; use another "
                           "train.run_dir, or the model it was started with")
+    saved, now = meta.get("model_keys", {}), model_keys(cfg, image_size)
+    changed = [k for k in now if k in saved and saved[k] != now[k]]
+    if changed:
+        what = ", ".join(f"{k}: {saved[k]} -> {now[k]}" for k in changed)
+        raise ConfigError(f"{path}: the model changed since this checkpoint ({what}); use another train.run_dir, "
+                          "or the settings it was started with")
+    for key in SCHEDULE_KEYS:
+        before, after = meta.get("schedule", {}).get(key), getattr(cfg, key)
+        if key in meta.get("schedule", {}) and before != (list(after) if isinstance(after, (list, tuple)) else after):
+            logger.warning("train.%s changed since %s: %s -> %s (the schedule goes on with the new value)", key,
+                           path.name, before, after)
+    if meta.get("manifest_digest") and meta["manifest_digest"] != digest[0]:
+        logger.warning("the corpus changed since %s (kept samples %s -> %d, e.g. a dedup rerun): the epoch order "
+                       "differs from here on", path.name, meta.get("kept_samples"), digest[1])
 
 
 def keep_global_batch(saved_effective: int, batch_size: int, world_size: int, grad_accum: int) -> Tuple[int, str]:
@@ -160,13 +190,17 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
     method = create_method(cfg.method, cfg, loader_cfg.image_size)
     loader_cfg = copy.copy(loader_cfg)
     loader_cfg.augment = method.augment  # what the method needs (issue 14 lets the config override it)
+    if loader_cfg.loader != "dali":  # batches cross process boundaries as uint8, normalised here on the device
+        loader_cfg.batch_dtype = "uint8"
     loader = create_loader(cfg.data, loader_cfg, rank=world.rank, world_size=world.world_size)
 
     resume = ck.latest_checkpoint(run_dir)
     meta = ck.read_json(resume / ck.META) if resume is not None else {}
+    fs, root = filesystem(cfg.data, loader_cfg.storage_options or cfg.storage_options)
+    digest = kept_digest(fs, root)
     universal, note = None, None
     if resume is not None:
-        _check_resume(meta, cfg, resume)
+        _check_resume(meta, cfg, loader_cfg.image_size, digest, resume)
         if meta.get("world_size") != world.world_size:  # spot nodes came or went: DeepSpeed's universal format
             universal = to_universal(resume, world)
             accum, note = keep_global_batch(int(meta["effective_batch"]), loader_cfg.batch_size, world.world_size,
@@ -206,7 +240,7 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
                               world.world_size)
     flag = PreemptionFlag().install()
     try:
-        _loop(engine, method, loader, generator, cfg, world, log, flag, base_lr, summary)
+        _loop(engine, method, loader, generator, cfg, world, log, flag, base_lr, summary, digest)
     finally:
         flag.restore()
         log.close()
@@ -225,12 +259,12 @@ def _batches(loader):
 
 
 def _loop(engine, method, loader, generator, cfg: TrainConfig, world: Dist, log: RunLog, flag: PreemptionFlag,
-          base_lr: float, summary: PretrainSummary) -> None:
+          base_lr: float, summary: PretrainSummary, digest: Tuple[str, int]) -> None:
     batches = _batches(loader)
     last = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
     step, start = summary.start_step, time.perf_counter()
     images_seen, wait_s, window_start = 0, 0.0, time.perf_counter()
-    batch = None
+    images = None
     while step < last:
         lr = learning_rate(step, base_lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr)
         for group in engine.optimizer.param_groups:
@@ -240,7 +274,7 @@ def _loop(engine, method, loader, generator, cfg: TrainConfig, world: Dist, log:
             t = time.perf_counter()
             batch = next(batches)
             wait_s += time.perf_counter() - t
-            images = batch["image"].to(world.device, non_blocking=True)
+            images = normalize_batch(batch["image"].to(world.device, non_blocking=True))
             loss, _ = engine(images, generator)
             engine.backward(loss)
             engine.step()
@@ -271,7 +305,7 @@ def _loop(engine, method, loader, generator, cfg: TrainConfig, world: Dist, log:
         stopping = signalled > 0 or step == last
         if step % cfg.checkpoint_every == 0 or stopping:
             summary.checkpoint = str(save_checkpoint(engine, method, loader, generator, cfg, world, log, step,
-                                                     batch["image"]))
+                                                     images, digest))
         if signalled > 0:
             if world.is_main:
                 ck.write_json(Path(cfg.run_dir) / ck.PREEMPTED, {
@@ -300,8 +334,8 @@ def _memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
-def export_backbone(method, cfg: TrainConfig, loader_cfg_size: int, step: int, directory: Path, is_main: bool
-                    ) -> None:
+def export_backbone(method, cfg: TrainConfig, image_size: int, step: int, manifest_digest: str, directory: Path,
+                    is_main: bool) -> None:
     """Write the backbone (gathered from ZeRO-3 shards on every rank; rank 0 writes) in the card contract."""
     import deepspeed
 
@@ -311,21 +345,21 @@ def export_backbone(method, cfg: TrainConfig, loader_cfg_size: int, step: int, d
         if is_main:
             from medscale.data.augment import IMAGENET_MEAN, IMAGENET_STD
 
-            card = {"model": cfg.model, "kwargs": method.backbone_kwargs(), "image_size": loader_cfg_size,
+            card = {"model": cfg.model, "kwargs": method.backbone_kwargs(), "image_size": image_size,
                     "in_chans": cfg.in_chans, "mean": list(IMAGENET_MEAN[:cfg.in_chans]),
                     "std": list(IMAGENET_STD[:cfg.in_chans]), "step": step, "method": cfg.method,
-                    "data": cfg.data}
+                    "data": cfg.data, "manifest_digest": manifest_digest}
             save_backbone(backbone, directory, card)
 
 
 def save_checkpoint(engine, method, loader, generator, cfg: TrainConfig, world: Dist, log: RunLog, step: int,
-                    images: torch.Tensor) -> Path:
+                    images: torch.Tensor, digest: Tuple[str, int]) -> Path:
     """Every rank writes its part, then rank 0 marks the checkpoint complete and prunes old ones."""
     path = ck.checkpoint_dir(cfg.run_dir, step)
     engine.save_checkpoint(str(path), tag=ck.DS_TAG)
     ck.save_rng(path / f"rng-rank{world.rank}.pt", generator)
     image_size = int(images.shape[-1])
-    export_backbone(method, cfg, image_size, step, path / ck.EXPORT, world.is_main)
+    export_backbone(method, cfg, image_size, step, digest[0], path / ck.EXPORT, world.is_main)
     picture = _picture(method, images, cfg.seed)
     if world.is_main:
         ck.write_json(path / ck.LOADER, loader.state_dict())
@@ -333,6 +367,10 @@ def save_checkpoint(engine, method, loader, generator, cfg: TrainConfig, world: 
                                        "model": cfg.model, "data": cfg.data, "max_steps": cfg.max_steps,
                                        "batch_size": loader.batch_size, "grad_accum": cfg.grad_accum,
                                        "effective_batch": loader.batch_size * cfg.grad_accum * world.world_size,
+                                       "manifest_digest": digest[0], "kept_samples": digest[1],
+                                       "model_keys": model_keys(cfg, image_size),
+                                       "schedule": {k: (list(v) if isinstance(v, (list, tuple)) else v)
+                                                    for k, v in ((k, getattr(cfg, k)) for k in SCHEDULE_KEYS)},
                                        "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
     if dist.is_initialized():
         dist.barrier()

@@ -41,3 +41,19 @@ def test_every_configurable_augmentation_has_its_torch_transform():
     for name in AUGMENTS:
         out = TRANSFORMS[name](LoaderConfig(augment=name, image_size=16, small_size=8))(np.zeros((20, 20), np.uint8))
         assert (out[0] if isinstance(out, list) else out).shape[-1] == 16
+
+
+def test_uint8_batches_normalise_on_the_training_side_like_the_float_path():
+    import torch
+
+    from medscale.data.augment import normalize_batch
+
+    pixels = (np.arange(40 * 40) % 251).astype(np.uint8).reshape(40, 40)
+    torch.manual_seed(3)
+    as_float = mae_transform(16)(pixels)
+    torch.manual_seed(3)
+    as_uint8 = mae_transform(16, output="uint8")(pixels)
+    assert as_uint8.dtype == torch.uint8 and as_uint8.shape == as_float.shape
+    back = normalize_batch(as_uint8[None])[0]
+    assert (back - as_float).abs().max() < 0.5 / 255 / 0.224 + 1e-5  # within half a grey level, normalised
+    assert normalize_batch(as_float[None]) is not None and torch.equal(normalize_batch(as_float[None]), as_float[None])

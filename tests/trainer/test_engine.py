@@ -205,3 +205,23 @@ def test_resume_on_another_world_size(straight_run, train_corpus, tmp_path, rank
     loader = json.loads((run_dir / "checkpoints" / "step-00000008" / "loader.json").read_text())
     assert loader["epoch"] == 0 and loader["consumed"] == 6 * 16 + 2 * per_step  # the data went on exactly once
     assert (run_dir / "checkpoints" / "step-00000006" / "universal" / "COMPLETE").exists()
+
+
+@pytest.mark.slow
+def test_resume_checks_the_model_warns_on_schedule_and_corpus_changes(train_corpus, tmp_path):
+    from medscale.dedup.config import DedupConfig
+    from medscale.dedup.service import run_dedup
+
+    corpus, run_dir = tmp_path / "corpus", tmp_path / "run"
+    shutil.copytree(train_corpus, corpus)
+    first = _run([sys.executable, *_args(corpus, run_dir, "train.max_steps=4", "train.stop_at_step=2")])
+    assert first.returncode == 0, first.stderr[-3000:]
+    card = json.loads((run_dir / "export" / "card.json").read_text())
+    assert len(card["manifest_digest"]) == 16
+    other = _run([sys.executable, *_args(corpus, run_dir, "train.max_steps=4", "train.mae.decoder_depth=2")])
+    assert other.returncode == 2 and "the model changed since this checkpoint (method_options" in other.stderr
+    run_dedup(str(corpus), DedupConfig(strategy="every-n", every_n=2, executor="local", progress=False))
+    again = _run([sys.executable, *_args(corpus, run_dir, "train.max_steps=4", "train.blr=3e-4")])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "train.blr changed since step-00000002: 0.00015 -> 0.0003" in again.stderr
+    assert "the corpus changed since step-00000002 (kept samples 790 -> 785" in again.stderr
