@@ -53,9 +53,9 @@ def normalize_batch(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
     if images.dtype != torch.uint8:
         return images
     c = images.shape[1]
-    m = torch.tensor(list(mean)[:c], device=images.device).view(1, c, 1, 1) * 255.0
-    s = torch.tensor(list(std)[:c], device=images.device).view(1, c, 1, 1) * 255.0
-    return (images.float() - m) / s
+    std_t = torch.tensor(list(std)[:c], device=images.device).view(1, c, 1, 1)
+    shift = -torch.tensor(list(mean)[:c], device=images.device).view(1, c, 1, 1) / std_t
+    return torch.addcmul(shift, images.float(), 1.0 / (255.0 * std_t))  # one pass after the conversion
 
 
 class _GreyFirst:
@@ -69,6 +69,8 @@ class _GreyFirst:
 
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:
         x = to_tensor(pixels, channels=1 if pixels.ndim == 2 else 3)
+        if self.finish is to_uint8:  # quantise grey before repeating it: a third of the work
+            return _channels(to_uint8(self.geometry(x)), self.channels)
         return self.finish(_channels(self.geometry(x), self.channels))
 
 
@@ -118,10 +120,14 @@ def resize_transform(size: int = 224, mean: Sequence[float] = IMAGENET_MEAN, std
                       mean, std, channels, output)
 
 
+def _output(cfg: "LoaderConfig") -> str:
+    return "uint8" if cfg.batch_dtype == "uint8" else "float32"
+
+
 # the registry of torch transforms by `loader.augment` name (the DALI graphs in `data.dali` are keyed the same way)
 TRANSFORMS: Dict[str, Callable[["LoaderConfig"], Callable]] = {
-    "mae": lambda cfg: mae_transform(cfg.image_size, output=cfg.batch_dtype),
+    "mae": lambda cfg: mae_transform(cfg.image_size, output=_output(cfg)),
     "contrastive": lambda cfg: contrastive_transform(cfg.image_size, cfg.small_size, cfg.small_crops,
-                                                     output=cfg.batch_dtype),
-    "resize": lambda cfg: resize_transform(cfg.image_size, output=cfg.batch_dtype),
+                                                     output=_output(cfg)),
+    "resize": lambda cfg: resize_transform(cfg.image_size, output=_output(cfg)),
 }

@@ -16,7 +16,7 @@ from medscale.hashing.hashes import HASH_NAMES
 AUGMENTS = ("mae", "contrastive", "resize")  # the augmentation graphs; the torch and DALI twins are keyed by these
 LOADERS = ("auto", "torch", "dali")
 DALI_DEVICES = ("auto", "gpu", "cpu")
-BATCH_DTYPES = ("float32", "uint8")
+BATCH_DTYPES = ("auto", "float32", "uint8")
 
 
 @dataclass
@@ -109,7 +109,8 @@ class LoaderConfig:
     small_crops: int = 0  # contrastive: extra small views (SwAV multi-crop)
     small_size: int = 96
     device: str = "auto"  # DALI decoding: auto | gpu | cpu
-    batch_dtype: str = "float32"  # torch loader: float32 (normalised in workers) | uint8 (normalised by the trainer)
+    batch_dtype: str = "auto"  # torch loader: float32 (normalised in workers) | uint8 (normalised by the trainer on
+    # its device) | auto (the trainer picks uint8 on GPUs, float32 on CPU; float32 elsewhere)
     cache_dir: Optional[str] = None  # where remote shards are copied
     storage_options: Dict[str, Any] = field(default_factory=dict)  # fsspec options; never logged
 

@@ -190,8 +190,9 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
     method = create_method(cfg.method, cfg, loader_cfg.image_size)
     loader_cfg = copy.copy(loader_cfg)
     loader_cfg.augment = method.augment  # what the method needs (issue 14 lets the config override it)
-    if loader_cfg.loader != "dali":  # batches cross process boundaries as uint8, normalised here on the device
-        loader_cfg.batch_dtype = "uint8"
+    if loader_cfg.batch_dtype == "auto":  # on a GPU, batches cross process boundaries as uint8 and are normalised
+        # there; on CPU the normalisation costs this process what it saves the workers, so they do it
+        loader_cfg.batch_dtype = "uint8" if world.device.type == "cuda" else "float32"
     loader = create_loader(cfg.data, loader_cfg, rank=world.rank, world_size=world.world_size)
 
     resume = ck.latest_checkpoint(run_dir)
