@@ -96,7 +96,8 @@ def deepspeed_step(method, images, batch: int):
     init_distributed()
     cfg = TrainConfig(zero_stage=2)
     engine, _, _, _ = deepspeed.initialize(model=method, model_parameters=method.parameter_groups(0.05),
-                                           config=deepspeed_config(cfg, batch, 1, "fp32", 1e-4))
+                                           config=deepspeed_config(cfg, batch, 1, "fp32", 1e-4,
+                                                                   sum(p.numel() for p in method.parameters())))
     generator = torch.Generator().manual_seed(0)
 
     def step():
@@ -106,13 +107,90 @@ def deepspeed_step(method, images, batch: int):
     return step
 
 
+def tensor_bytes(root, exclude: set) -> int:
+    """Bytes of every distinct tensor storage reachable from `root` (attributes, lists, dicts), less `exclude`."""
+    seen, total, todo, visited = set(exclude), 0, [root], set()
+    while todo:
+        obj = todo.pop()
+        if id(obj) in visited:
+            continue
+        visited.add(id(obj))
+        if torch.is_tensor(obj):
+            if obj.device.type != "meta" and obj.untyped_storage().data_ptr() not in seen:
+                seen.add(obj.untyped_storage().data_ptr())
+                total += obj.untyped_storage().nbytes()
+        elif isinstance(obj, dict):
+            todo.extend(obj.keys())
+            todo.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set)):
+            todo.extend(obj)
+        elif hasattr(obj, "__dict__") and type(obj).__module__.startswith(("deepspeed", "torch.optim")):
+            todo.extend(v for k, v in vars(obj).items() if k not in ("module", "_modules", "parameters"))
+    return total
+
+
+def zero_memory(stages=(0, 1, 2, 3)) -> None:
+    """Under torchrun with 2 ranks: per-rank bytes of optimizer state, master weights and gradients after one step
+    of each ZeRO stage (rank 0 prints a line per stage)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    from medscale.trainer.distributed import init_distributed
+
+    world = init_distributed()
+    images = torch.randn(4, 3, 64, 64)
+    for stage in stages:
+        method = method_for((128, 4, 4), 64, 16)
+        engine, _, _, _ = deepspeed.initialize(
+            model=method, model_parameters=method.parameter_groups(0.05),
+            config=deepspeed_config(TrainConfig(zero_stage=stage), 4, world.world_size, "fp32", 1e-4,
+                                    sum(p.numel() for p in method.parameters())))
+        for step in range(2):  # measured after the second backward: optimizer state exists, gradients are held
+            loss, _ = engine(images, torch.Generator().manual_seed(0))
+            engine.backward(loss)
+            if step == 0:
+                engine.step()
+        weights = [getattr(p, "ds_tensor", p) for p in method.parameters()]  # ZeRO-3: this rank's partition
+        params = {w.untyped_storage().data_ptr() for w in weights if w.numel()}
+        grads = {p.grad.untyped_storage().data_ptr(): p.grad.untyped_storage().nbytes() for p in method.parameters()
+                 if p.grad is not None}
+        state = tensor_bytes(engine.optimizer, params | set(grads)) + sum(grads.values())
+        engine.step()
+        model = sum(p.numel() * p.element_size() for p in method.parameters())
+        if world.rank == 0:
+            print(f"ZERO {stage} {state} {model}", flush=True)
+        del engine
+        dist.barrier()
+
+
+def zero_table() -> None:
+    """Run `zero_memory` on 2 gloo ranks and print the table."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           __file__, "--zero-memory"], capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    rows = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("ZERO ")]
+    if not rows:
+        print("ZeRO memory: the 2-rank run failed:", done.stderr[-1500:])
+        return
+    base = int(rows[0][1])
+    print("\n| ZeRO stage (2 ranks, fp32) | per-rank optimizer state + master weights + gradients | vs stage 0 |")
+    print("|---|---|---|")
+    for stage, state, _ in rows:
+        print(f"| {stage} | {int(state) / 2**20:.1f} MiB | {int(state) / base:.0%} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--zero-memory", action="store_true", help="(internal) the per-rank memory run of one rank")
     args = parser.parse_args()
+    if args.zero_memory:
+        return zero_memory()
     torch.set_num_threads(args.threads)
     rate = matmul_rate()
     print(f"dense float32 matmul: {rate / 1e9:.0f} GFLOP/s ({args.threads} threads)\n")
@@ -135,6 +213,7 @@ def main() -> None:
     tiny_s = time_steps(deepspeed_step(method_for((128, 4, 4), 32, 4), images, 32), 3, 10)
     print(f"\ntiny CPU recipe (configs/mae-tiny.yaml, 32 px, batch 32, DeepSpeed step only): "
           f"{32 / tiny_s:.0f} images/s")
+    zero_table()
 
 
 if __name__ == "__main__":
