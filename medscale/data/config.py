@@ -109,6 +109,7 @@ class LoaderConfig:
     small_crops: int = 0  # contrastive: extra small views (SwAV multi-crop)
     small_size: int = 96
     device: str = "auto"  # DALI decoding: auto | gpu | cpu
+    source_weights: Dict[str, float] = field(default_factory=dict)  # torch loader: source -> weight (1 if absent)
     batch_dtype: str = "auto"  # torch loader: float32 (normalised in workers) | uint8 (normalised by the trainer on
     # its device) | auto (the trainer picks uint8 on GPUs, float32 on CPU; float32 elsewhere)
     cache_dir: Optional[str] = None  # where remote shards are copied
@@ -127,3 +128,5 @@ class LoaderConfig:
         check(self.small_crops >= 0, origin, "loader.small_crops", "an int >= 0", self.small_crops)
         check_choice(self.device, DALI_DEVICES, origin, "loader.device")
         check_choice(self.batch_dtype, BATCH_DTYPES, origin, "loader.batch_dtype")
+        for name, weight in self.source_weights.items():
+            check(weight > 0, origin, f"loader.source_weights.{name}", "a weight > 0", weight)

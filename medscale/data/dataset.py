@@ -25,7 +25,15 @@ from medscale.core.errors import ConfigError, MedscaleError
 from medscale.core.storage import filesystem, is_local
 from medscale.data.augment import to_tensor
 from medscale.data.index import SampleIndex, ShardReader, load_index
-from medscale.data.order import REMAINDERS, epoch_order, rank_stream, remaining, sample_seed, worker_stream
+from medscale.data.order import (
+    REMAINDERS,
+    epoch_order,
+    rank_stream,
+    remaining,
+    sample_seed,
+    weighted_order,
+    worker_stream,
+)
 from medscale.data.png import decode_png
 
 logger = logging.getLogger(__name__)
@@ -56,7 +64,8 @@ class ShardDataset(IterableDataset):
     def __init__(self, url: str, *, seed: int = 0, shuffle: bool = True, rank: Optional[int] = None,
                  world_size: Optional[int] = None, batch_size: int = 1, shuffle_window: int = 4096,
                  remainder: str = "pad", transform: Optional[Callable[[np.ndarray], Any]] = None,
-                 storage_options: Optional[Mapping[str, Any]] = None, cache_dir: Optional[str] = None) -> None:
+                 storage_options: Optional[Mapping[str, Any]] = None, cache_dir: Optional[str] = None,
+                 source_weights: Optional[Mapping[str, float]] = None) -> None:
         super().__init__()
         if remainder not in REMAINDERS:
             raise ConfigError(f"remainder must be one of {', '.join(REMAINDERS)}, got {remainder!r}")
@@ -79,10 +88,27 @@ class ShardDataset(IterableDataset):
         self._delivered = 0  # samples this rank delivered since `_start` (counted in the main process)
         self._completed = False
         self.skipped = self.index.missing  # samples logged and left out (per process; workers count their own)
+        self._groups, self._weights = self._source_groups(dict(source_weights or {}))
+
+    def _source_groups(self, weights: Dict[str, float]) -> tuple:
+        """(group id per sample `[N]`, weight per group), or (None, None) when every source has weight 1."""
+        names, groups = np.unique(self.index.sources.astype(str), return_inverse=True)
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise ConfigError(f"loader.source_weights names {unknown}, which {self.url} does not have; its sources: "
+                              f"{', '.join(names)}")
+        bad = {k: v for k, v in weights.items() if not v > 0}
+        if bad:
+            raise ConfigError(f"loader.source_weights must be > 0, got {bad}")
+        if all(weights.get(n, 1.0) == 1.0 for n in names):
+            return None, None
+        return groups.astype(np.int64), [float(weights.get(n, 1.0)) for n in names]
 
     # -- order ------------------------------------------------------------------------------------------------
     def _rank_samples(self) -> np.ndarray:
         order = epoch_order(self.index.sizes, self.seed, self.epoch, self.shuffle, self.window)
+        if self._weights is not None:
+            order = weighted_order(order, self._groups, self._weights, self.seed, self.epoch, self.window)
         rest = remaining(order, self._start + self._delivered * self.world_size, self.world_size, self.remainder)
         return rank_stream(rest, self.rank, self.world_size)
 

@@ -34,6 +34,7 @@ class SampleIndex:
     offsets: np.ndarray  # [N] byte offset of the PNG member in its shard
     lengths: np.ndarray  # [N] its size
     labels: np.ndarray  # [N] int64, -1 where there is none
+    sources: np.ndarray  # [N] str: the source each sample came from (for `source_weights`)
     missing: int = 0  # manifest samples left out because their shard or index entry is gone (each logged)
 
     def __len__(self) -> int:
@@ -46,12 +47,13 @@ def load_index(url: str, storage_options: Optional[Mapping[str, Any]] = None, ex
     fs, root = filesystem(url, storage_options)
     if not fs.exists(root):
         raise InputError(f"{url} does not exist; pass the output folder (or s3://...) of `medscale shard`")
-    table = read_manifest(fs, root, columns=["key", "shard", "status", "label"])
+    table = read_manifest(fs, root, columns=["key", "shard", "status", "label", "source"])
     table = table.filter(pc.and_(pc.equal(table["status"], KEPT), pc.is_valid(table["shard"])))
     if not len(table):
         raise InputError(f"{url}: no kept samples in {url}/manifest.parquet; is this a `medscale shard` output, "
                          "and did dedup or contamination exclude everything?")
     labels = {k: (-1 if v is None else v) for k, v in zip(table["key"].to_pylist(), table["label"].to_pylist())}
+    sources = dict(zip(table["key"].to_pylist(), table["source"].to_pylist()))
     by_shard: Dict[str, List[str]] = {}
     for key, shard in zip(table["key"].to_pylist(), table["shard"].to_pylist()):
         by_shard.setdefault(check_shard_name(shard), []).append(key)
@@ -83,7 +85,8 @@ def load_index(url: str, storage_options: Optional[Mapping[str, Any]] = None, ex
         raise InputError(f"{url}: none of the {len(table)} kept samples can be read (shards or indexes missing)")
     return SampleIndex(full_url(fs, root), shards, sizes, np.array(keys, dtype=object),
                        np.array(shard_of, np.int64), np.array(offsets, np.int64), np.array(lengths, np.int64),
-                       np.array([labels[k] for k in keys], np.int64), missing)
+                       np.array([labels[k] for k in keys], np.int64),
+                       np.array([sources[k] or "" for k in keys], dtype=object), missing)
 
 
 class ShardReader:

@@ -42,6 +42,10 @@ def create_loader(url: str, cfg: LoaderConfig, rank: Optional[int] = None, world
         why_not = _dali_usable(url, cfg)
         kind = "torch" if why_not else "dali"
         logger.info("loader=auto chose %s%s", kind, f" ({why_not})" if why_not else "")
+    if kind == "dali" and cfg.source_weights:
+        if cfg.loader == "dali":
+            raise ConfigError("loader.source_weights needs loader=torch: DALI reads whole shards in order")
+        kind = "torch"
     if kind == "dali":
         from medscale.data.dali import DaliLoader
 
@@ -53,5 +57,5 @@ def create_loader(url: str, cfg: LoaderConfig, rank: Optional[int] = None, world
     dataset = ShardDataset(url, seed=cfg.seed, shuffle=cfg.shuffle, rank=rank, world_size=world_size,
                            batch_size=cfg.batch_size, shuffle_window=cfg.shuffle_window, remainder=cfg.remainder,
                            transform=torch_transform(cfg), storage_options=cfg.storage_options,
-                           cache_dir=cfg.cache_dir)
+                           cache_dir=cfg.cache_dir, source_weights=cfg.source_weights)
     return ShardLoader(dataset, num_workers=cfg.num_workers)

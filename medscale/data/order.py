@@ -66,3 +66,33 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     (any world size, any number of workers) augments every sample exactly as the uninterrupted run did."""
     mixed = np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0]
     return int(mixed >> np.uint64(1))  # torch.manual_seed takes a non-negative int64
+
+
+def weighted_order(order: np.ndarray, groups: np.ndarray, weights: Sequence[float], seed: int, epoch: int,
+                   window: int = 4096) -> np.ndarray:
+    """The epoch `order` with each group (source) mixed by its weight -> `[M]` int64 sample indices.
+
+    The rule (what "exactly once" becomes): a sample of a group of weight `w` appears floor(w) times in the
+    epoch, plus once more when it falls in this epoch's share of the fractional part: the group's samples are put
+    in one fixed (seed, group) order and each epoch takes the next round(frac(w) x n) of them, wrapping around, so
+    a source of weight 0.25 shows every sample once in 4 epochs before any repeats. Copies are laid out as
+    successive passes over `order` (pass r holds the samples shown more than r times), then shuffled in windows:
+    copies of one sample stay about a pass apart. Deterministic in (seed, epoch): resumable at any world size.
+    `groups: [N]` group id of each sample; `weights: [G]`."""
+    weights = np.asarray(weights, np.float64)
+    counts = np.floor(weights)[groups].astype(np.int64)
+    for g, w in enumerate(weights):
+        members = np.flatnonzero(groups == g)
+        take = int(round((w - np.floor(w)) * len(members)))
+        if not take:
+            continue
+        fixed = members[np.random.default_rng([seed, 1_000_003, g]).permutation(len(members))]
+        start = (epoch * take) % len(members)
+        counts[np.take(fixed, np.arange(start, start + take), mode="wrap")] += 1
+    passes = [order[counts[order] > r] for r in range(int(counts.max()) if len(counts) else 0)]
+    out = np.concatenate(passes) if passes else np.zeros(0, np.int64)
+    rng = np.random.default_rng([seed, epoch, 7])
+    for lo in range(0, len(out), window):
+        block = out[lo:lo + window]
+        out[lo:lo + window] = block[rng.permutation(len(block))]
+    return out.astype(np.int64)

@@ -191,3 +191,32 @@ def test_webdataset_reads_s3_through_the_registered_opener(corpus, s3_server):
     register_webdataset_opener("s3", s3_server)
     keys = [s["__key__"] for s in wds.WebDataset("s3://medscale-test/wds/shard-000000.tar", shardshuffle=False)]
     assert len(keys) == 100
+
+
+def test_source_weights_mix_the_epoch_and_resume_exactly(loader_corpus):
+    from collections import Counter
+
+    weights = {"breast": 0.5, "mr": 3.0}  # 780 breast samples -> 390 a epoch; 10 MR frames -> 30
+
+    def epoch_keys(**kw):
+        ds = ShardDataset(str(loader_corpus), seed=4, batch_size=10, source_weights=weights, rank=0, world_size=1,
+                          **kw)
+        return [s["key"] for s in ds]
+
+    keys = epoch_keys()
+    index = ShardDataset(str(loader_corpus)).index
+    source = dict(zip(index.keys, index.sources))
+    counts = Counter(keys)
+    assert len(keys) == 390 + 30
+    assert sorted(c for k, c in counts.items() if source[k] == "mr") == [3] * 10  # every MR frame three times
+    breast = [c for k, c in counts.items() if source[k] == "breast"]
+    assert len(breast) == 390 and set(breast) == {1}  # half of the breast images, once each
+    two = ShardDataset(str(loader_corpus), seed=4, batch_size=10, source_weights=weights, rank=0, world_size=2)
+    half = [s["key"] for _, s in zip(range(50), two)]
+    resumed = ShardDataset(str(loader_corpus), seed=4, batch_size=10, source_weights=weights, rank=0, world_size=1)
+    resumed.load_state_dict(two.state_dict())  # 2 ranks -> 1: the weighted epoch goes on where it stopped
+    assert half == keys[0:100:2] and [s["key"] for s in resumed] == keys[100:]
+    from medscale.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="does not have; its sources: breast, mr"):
+        ShardDataset(str(loader_corpus), source_weights={"ct": 2.0})

@@ -54,3 +54,21 @@ def test_resume_point_is_independent_of_world_size():
     consumed = 2 * 30  # two ranks took 30 samples each
     rest = remaining(order, consumed, 3, "uneven")
     assert np.array_equal(rest, order[60:])
+
+
+def test_weighted_order_follows_the_rule():
+    from medscale.data.order import weighted_order
+
+    groups = np.array([0] * 10 + [1] * 8 + [2] * 6)  # three sources
+    order = epoch_order([24], seed=1, epoch=0)
+    seen_c = []
+    for epoch in range(4):
+        out = weighted_order(epoch_order([24], 1, epoch), groups, [2.0, 0.25, 1.5], seed=1, epoch=epoch)
+        counts = np.bincount(out, minlength=24)
+        assert (counts[:10] == 2).all()  # weight 2: every sample twice
+        assert counts[10:18].sum() == 2 and set(counts[10:18]) <= {0, 1}  # 0.25 x 8 = 2 samples, once each
+        assert sorted(counts[18:]) == [1, 1, 1, 2, 2, 2]  # 1.5 x 6 = 9: all once, 3 of them twice
+        seen_c.extend(np.flatnonzero(counts[10:18]))
+        assert np.array_equal(out, weighted_order(epoch_order([24], 1, epoch), groups, [2.0, 0.25, 1.5], 1, epoch))
+    assert sorted(seen_c) == list(range(8))  # weight 0.25: every sample once in 4 epochs, none repeated
+    assert len(order) == 24
