@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 from medscale.config import SECTIONS, MedscaleConfig, load
 from medscale.core.config import to_yaml
 from medscale.core.errors import ConfigError, MedscaleError
-from medscale.core.executor import EXECUTORS
+from medscale.core.executor import EXECUTOR_CHOICES
 from medscale.core.faults import describe, fault_kind, stopped, traceback_text
 from medscale.data.config import AUGMENTS, SourceOptions
 from medscale.dedup.strategies import STRATEGIES
@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="output folder or URL (s3://bucket/prefix)")
     p.add_argument("--shard-size", type=int, help="samples per shard")
     p.add_argument("--config", "-c", help="YAML config file")
-    p.add_argument("--executor", choices=tuple(EXECUTORS), help="Ray tasks (default) or in-process")
+    p.add_argument("--executor", choices=EXECUTOR_CHOICES,
+                   help="auto (default: a local pool for small work, Ray for large), ray, pool or local (in-process)")
     p.add_argument("--ray-address", help="join an existing Ray cluster (e.g. auto)")
     p.add_argument("--force", action="store_true", help="break another run's lock on the output (if it is dead)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -228,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rehash", action="store_true", help="first compute the manifest's hashes from the shards")
     p.add_argument("--dry-run", action="store_true", help="report only; leave the manifest unchanged")
     p.add_argument("--config", "-c", help="YAML config file")
-    p.add_argument("--executor", choices=tuple(EXECUTORS))
+    p.add_argument("--executor", choices=EXECUTOR_CHOICES)
     p.add_argument("--ray-address")
     p.add_argument("--force", action="store_true", help="break another run's lock on the output (if it is dead)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -20,22 +20,29 @@ logger = logging.getLogger(__name__)
 Outcome = Tuple[Any, Any, Optional[BaseException]]  # (item, result, error)
 
 
-def _bounded(items: Iterable, limit: int, submit: Callable, wait_any: Callable, result: Callable
-             ) -> Iterator[Outcome]:
+def _bounded(items: Iterable, limit: int, submit: Callable, wait_any: Callable, result: Callable,
+             cancel: Callable) -> Iterator[Outcome]:
     """The loop the executors share: at most `limit` calls in flight (`submit(item)` -> a handle), each outcome
-    yielded as its call finishes (`wait_any(handles)` -> finished ones; `result(handle)` raises a call's error)."""
+    yielded as its call finishes (`wait_any(handles)` -> finished ones; `result(handle)` raises a call's error).
+    When the consumer stops early (an error, a fault), calls still in flight are cancelled (`cancel(handle)`), so
+    none goes on writing after the run has let go of its output."""
     pending: dict = {}
     queue = deque(items)
-    while queue or pending:
-        while queue and len(pending) < limit:
-            item = queue.popleft()
-            pending[submit(item)] = item
-        for handle in wait_any(list(pending)):
-            item = pending.pop(handle)
-            try:
-                yield item, result(handle), None
-            except Exception as exc:  # RayTaskError, WorkerCrashedError, BrokenProcessPool...
-                yield item, None, exc
+    try:
+        while queue or pending:
+            while queue and len(pending) < limit:
+                item = queue.popleft()
+                pending[submit(item)] = item
+            for handle in wait_any(list(pending)):
+                item = pending.pop(handle)
+                try:
+                    outcome = (item, result(handle), None)
+                except Exception as exc:  # RayTaskError, WorkerCrashedError, BrokenProcessPool...
+                    outcome = (item, None, exc)
+                yield outcome
+    finally:
+        for handle in pending:
+            cancel(handle)
 
 
 class LocalExecutor:
@@ -81,7 +88,8 @@ class RayExecutor:
             remote = self._remote[fn] = ray.remote(max_retries=2)(fn)
         arg_refs = [ray.put(a) for a in args]
         yield from _bounded(items, max_in_flight or 2 * self.num_cpus, lambda item: remote.remote(item, *arg_refs),
-                            lambda refs: ray.wait(refs, num_returns=1)[0], ray.get)
+                            lambda refs: ray.wait(refs, num_returns=1)[0], ray.get,
+                            lambda ref: ray.cancel(ref, force=True))
 
     def close(self) -> None:
         """Shut down the local Ray this executor started (an existing cluster is left running)."""
@@ -129,7 +137,8 @@ class PoolExecutor:
 
         yield from _bounded(items, max_in_flight or 2 * self.num_cpus,
                             lambda item: self._pool.submit(fn, item, *args),
-                            lambda futures: wait(futures, return_when=FIRST_COMPLETED)[0], lambda f: f.result())
+                            lambda futures: wait(futures, return_when=FIRST_COMPLETED)[0], lambda f: f.result(),
+                            lambda f: f.cancel())
 
     def close(self) -> None:
         """Stop the worker processes (calls not started are cancelled)."""

@@ -52,9 +52,21 @@ def chain(exc: BaseException) -> Iterator[BaseException]:
         todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
 
 
+def error_code(e: Optional[BaseException]) -> str:
+    """The error code an object store answered with (botocore's `response["Error"]["Code"]`), or ""."""
+    response = getattr(e, "response", None)
+    error = response.get("Error") if isinstance(response, dict) else None
+    return str(error.get("Code", "")) if isinstance(error, dict) else ""
+
+
+def strip_ansi(text: str) -> str:
+    """`text` without terminal colour codes (Ray colours its error messages)."""
+    return _ANSI.sub("", text)
+
+
 def _kind_of_one(e: BaseException) -> Optional[str]:
     names = {cls.__name__ for cls in type(e).__mro__}
-    code = str(getattr(e, "response", {}).get("Error", {}).get("Code", "")) if hasattr(e, "response") else ""
+    code = error_code(e)
     if names & _FATAL_NAMES or code in ("NoSuchBucket", "AccessDenied", "InvalidAccessKeyId"):
         return FATAL
     if isinstance(e, (ConnectionError, TimeoutError)) or names & _TRANSIENT_NAMES or code in _TRANSIENT_CODES:
@@ -104,7 +116,10 @@ def write_log(text: str, what: str) -> Path:
     """Write `text` (a full traceback) to a new log file named after `what`; returns its path."""
     name = what if what.startswith("medscale") else f"medscale-{what}"
     path = log_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    path.write_text(_ANSI.sub("", text))
+    try:
+        path.write_text(_ANSI.sub("", text))
+    except OSError as exc:  # the log's own disk may be the full one: say so, never raise from here
+        return Path(f"(not saved: {describe(exc)})")
     return path
 
 

@@ -11,6 +11,7 @@ import fsspec
 from fsspec import AbstractFileSystem
 
 from medscale.core.errors import StorageError
+from medscale.core.faults import error_code
 
 
 def filesystem(url: str, storage_options: Optional[Mapping[str, Any]] = None) -> Tuple[AbstractFileSystem, str]:
@@ -116,10 +117,11 @@ def _put_if_absent(fs: AbstractFileSystem, path: str, data: bytes) -> None:
         return
     except (TypeError, NotImplementedError):  # this filesystem has no exclusive-create mode
         pass
+    except FileExistsError:
+        raise _exists_error(path) from None
     except OSError as exc:
-        code = str(getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code", "")) \
-            if exc.__cause__ is not None and hasattr(exc.__cause__, "response") else ""
-        if code in ("PreconditionFailed", "412") or "PreconditionFailed" in str(exc) or exc.errno == errno.EINVAL:
+        code = error_code(exc.__cause__) or error_code(exc)
+        if code in ("PreconditionFailed", "412") or "PreconditionFailed" in str(exc):
             raise _exists_error(path) from None
         if code not in ("NotImplemented", "501"):
             raise
@@ -134,8 +136,10 @@ def put_file_atomic(fs: AbstractFileSystem, local_path: str, path: str) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         os.replace(local_path, path)
     else:
-        fs.put_file(local_path, path)
-        os.unlink(local_path)
+        try:
+            fs.put_file(local_path, path)
+        finally:  # a failed upload leaves no local temp behind (a unit is retried)
+            os.unlink(local_path)
 
 
 def move(fs: AbstractFileSystem, src: str, dst: str, overwrite: bool = True) -> None:

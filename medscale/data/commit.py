@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from fsspec import AbstractFileSystem
 
 from medscale.core.errors import StorageError
+from medscale.core.faults import describe, retrying
 from medscale.core.storage import filesystem, full_url, is_local, join, move, put_bytes_atomic, put_file_atomic
 from medscale.data.manifest import CommittedState, committed_state, write_part
 from medscale.data.shards import ShardInfo, ShardWriter, idx_name, shard_name
@@ -163,13 +164,17 @@ class OutputLock:
                            "started": self._started, "heartbeat": time.time(), "token": self.token}).encode()
 
     def read(self) -> Optional[Dict[str, Any]]:
-        """The current lock record, or None when there is none (or it is unreadable: treated as stale)."""
+        """The current lock record; None when there is none; {} when its content is not a record (stale). A
+        storage fault is retried and then raised: a failed read never makes a live lock look stale."""
         try:
-            return json.loads(self.fs.cat_file(self.path))
+            raw = retrying(self.fs.cat_file, self.path, retries=3, what=f"reading {self.path}")
         except FileNotFoundError:
             return None
-        except (ValueError, OSError):
+        try:
+            record = json.loads(raw)
+        except ValueError:
             return {}
+        return record if isinstance(record, dict) else {}
 
     @staticmethod
     def is_stale(record: Mapping[str, Any]) -> bool:
@@ -212,14 +217,14 @@ class OutputLock:
 
     def _beat(self) -> None:
         while not self._stop.wait(LOCK_HEARTBEAT_S):
-            record = self.read()
-            if not record or record.get("token") != self.token:
-                self.lost = True
-                return
             try:
+                record = self.read()
+                if not record or record.get("token") != self.token:
+                    self.lost = True
+                    return
                 put_bytes_atomic(self.fs, self.path, self._record())
             except OSError as exc:  # a heartbeat missed is not fatal; the next one may pass
-                logger.warning("could not refresh the output lock: %s", exc)
+                logger.warning("could not refresh the output lock: %s", describe(exc))
 
     def check(self) -> None:
         """Raise StorageError when another writer broke this lock (read before each commit)."""

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from medscale.core.errors import ConfigError, MedscaleError
+from medscale.core.faults import TRANSIENT, fault_kind
 from medscale.core.storage import filesystem, is_local
 from medscale.data.augment import to_tensor
 from medscale.data.index import SampleIndex, ShardReader, load_index
@@ -172,6 +173,8 @@ class ShardDataset(IterableDataset):
         try:
             pixels = decode_png(reader.read(shard, int(ix.offsets[i]), int(ix.lengths[i]), f"{key}.png"))
         except (OSError, MedscaleError, ValueError) as exc:  # a missing or damaged shard: log it, count, go on
+            if fault_kind(exc) == TRANSIENT:  # a failed attempt (network), not damage: stop, the rerun resumes
+                raise
             self.skipped += 1
             logger.error("skipping sample %s of %s: %s", key, shard, exc)
             return None

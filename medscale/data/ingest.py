@@ -21,7 +21,7 @@ import numpy as np
 
 from medscale.core.digest import digest
 from medscale.core.errors import InputError
-from medscale.core.faults import TRANSIENT, describe, fault_kind, retrying
+from medscale.core.faults import TRANSIENT, describe, fault_kind, retrying, strip_ansi
 from medscale.core.storage import filesystem, is_local
 from medscale.data.commit import StagedShards
 from medscale.data.config import ShardConfig
@@ -37,7 +37,6 @@ from medscale.hashing.hashes import hash_images
 
 logger = logging.getLogger(__name__)
 _OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass
@@ -61,7 +60,7 @@ def _raise_faults(exc: BaseException) -> None:
 
 def quarantine_row(source: str, kind: Optional[str], url: str, reason: str, unit: Optional[str]) -> Dict[str, Any]:
     """A manifest row for an input that could not be used (object reprs scrubbed so reasons are reproducible)."""
-    reason = _OBJECT_REPR.sub("<file>", _ANSI.sub("", reason))
+    reason = _OBJECT_REPR.sub("<file>", strip_ansi(reason))
     return {"status": QUARANTINED, "reason": reason, "source": source, "kind": kind, "path": url, "unit": unit}
 
 

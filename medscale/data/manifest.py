@@ -107,7 +107,8 @@ class CommittedState:
 def committed_state(fs: AbstractFileSystem, root: str, prefix: str) -> CommittedState:
     """Read the manifest's bookkeeping columns into a `CommittedState`."""
     table = read_manifest(fs, root, columns=["status", "path", "kind", "shard", "unit"])
-    state = CommittedState(parts=len(list_parts(fs, root)))
+    parts = [int(p.rsplit("/", 1)[-1][len("part-"):].split(".")[0]) for p in list_parts(fs, root)]
+    state = CommittedState(parts=max(parts) + 1 if parts else 0)  # the next part number: gaps are fine
     cols: Dict[str, list] = table.to_pydict()
     for status, path, kind, shard, unit in zip(cols["status"], cols["path"], cols["kind"], cols["shard"], cols["unit"]):
         if unit:

@@ -124,19 +124,22 @@ def _shard_files(todo: List[InputFile], files: List[InputFile], cfg: ShardConfig
             executor.close()
 
 
+def _describe_unit(unit: WorkUnit) -> str:
+    inputs = unit.inputs()
+    return f"unit {unit.unit_id} ({len(inputs)} inputs, e.g. {inputs[0][1]})"
+
+
 def _run_units(executor, units: List[WorkUnit], cfg: ShardConfig, make_reducer: Optional[Callable],
                committer: ShardCommitter, summary: ShardSummary) -> None:
     for unit, result, error in fan_out(executor, run_unit, units, cfg, summary.output, make_reducer,
                                        desc="shard", unit="img", weight=lambda u: u.est_samples,
                                        progress=cfg.progress, max_in_flight=cfg.max_in_flight):
         if error is not None:  # the worker itself died (after Ray's retries) or the pool broke
-            inputs = unit.inputs()
-            raise FaultError(stopped(f"unit {unit.unit_id} ({len(inputs)} inputs, e.g. {inputs[0][1]})",
-                                     fault_kind(error) or "fatal", describe(error), traceback_text(error))) from None
+            raise FaultError(stopped(_describe_unit(unit), fault_kind(error) or "fatal", describe(error),
+                                     traceback_text(error))) from None
         if isinstance(result, UnitFailure):  # a storage fault after its retries, or an unexpected error
-            inputs = unit.inputs()
-            raise FaultError(stopped(f"unit {unit.unit_id} ({len(inputs)} inputs, e.g. {inputs[0][1]})",
-                                     result.kind, result.message, result.details, result.attempts))
+            raise FaultError(stopped(_describe_unit(unit), result.kind, result.message, result.details,
+                                     result.attempts))
         names = committer.commit(result.rows, result.staged)
         committer.drop_staging(unit.unit_id)
         summary.volumes += result.volumes

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional
 from medscale.core.config import check, check_choice
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+ENGINE_OWNED = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "scheduler"}
 ZERO_STAGES = (0, 1, 2, 3)
 
 
@@ -47,10 +48,9 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_last: int = 3
     log_every: int = 10  # steps between TensorBoard scalars
-    image_every: int = 0  # steps between reconstruction grids (0: at checkpoints only)
+    image_every: int = 0  # steps between reconstruction grids besides those at checkpoints (0: checkpoints only)
     progress: bool = True
     deepspeed: Dict[str, Any] = field(default_factory=dict)  # extra DeepSpeed config keys, merged last
-    storage_options: Dict[str, Any] = field(default_factory=dict)  # fsspec options of data and run_dir
     mae: MaeOptions = field(default_factory=MaeOptions)
 
     def validate(self, origin: str, methods: tuple = ()) -> None:
@@ -70,6 +70,11 @@ class TrainConfig:
         check(self.keep_last >= 1, origin, "train.keep_last", "an int >= 1", self.keep_last)
         check(self.log_every >= 1, origin, "train.log_every", "an int >= 1", self.log_every)
         check(self.patch_size >= 1, origin, "train.patch_size", "an int >= 1", self.patch_size)
+        check(self.image_every >= 0, origin, "train.image_every", "an int >= 0", self.image_every)
+        owned = sorted(set(self.deepspeed) & ENGINE_OWNED)
+        check(not owned, origin, f"train.deepspeed.{owned[0] if owned else ''}",
+              "a key the engine does not set itself (batch sizes come from loader.batch_size and train.grad_accum; "
+              "the schedule from train.*)", owned)
         check(self.in_chans in (1, 3), origin, "train.in_chans", "1 or 3", self.in_chans)
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), origin, "train.betas",
               "two numbers in [0, 1)", self.betas)

@@ -162,17 +162,19 @@ def keep_global_batch(saved_effective: int, batch_size: int, world_size: int, gr
 def to_universal(resume: Path, world: Dist) -> Path:
     """DeepSpeed's universal checkpoint of `resume` (converted once, by rank 0), for another world size."""
     target = resume / "universal"
+    failure = ""
     if world.is_main and not (target / ck.COMPLETE).exists():
         shutil.rmtree(target, ignore_errors=True)
         done = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
                                str(resume / ck.DS_TAG), "--output_folder", str(target / ck.DS_TAG),
                                "--inject_missing_state"], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise TrainingError(f"{resume}: conversion to a universal checkpoint failed: "
-                                f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
-        ck.mark_complete(target, 0)
-    if dist.is_initialized():
-        dist.barrier()
+        if done.returncode == 0:
+            ck.mark_complete(target, 0)
+        else:
+            failure = ((done.stderr or done.stdout).strip().splitlines() or ["no output"])[-1]
+    if all_reduce_step([float(bool(failure))], world.device)[0]:  # every rank learns of a failure: none hangs
+        raise TrainingError(f"{resume}: conversion to a universal checkpoint failed ({failure or 'on rank 0'}); "
+                            f"relaunch on {world.world_size} ranks' previous count to resume as it was")
     return target
 
 
@@ -201,13 +203,13 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
 
     resume = ck.latest_checkpoint(run_dir)
     meta = ck.read_json(resume / ck.META) if resume is not None else {}
-    fs, root = filesystem(cfg.data, loader_cfg.storage_options or cfg.storage_options)
+    fs, root = filesystem(cfg.data, loader_cfg.storage_options)
     digest = kept_digest(fs, root)
     universal, note = None, None
     if resume is not None:
         _check_resume(meta, cfg, loader_cfg.image_size, digest, resume)
         if meta.get("world_size") != world.world_size:  # spot nodes came or went: DeepSpeed's universal format
-            universal = to_universal(resume, world)
+            universal = to_universal(resume, world) if cfg.zero_stage > 0 else None  # stage 0 is not partitioned
             accum, note = keep_global_batch(int(meta["effective_batch"]), loader_cfg.batch_size, world.world_size,
                                             cfg.grad_accum)
             cfg = dataclasses.replace(cfg, grad_accum=accum)
@@ -267,6 +269,7 @@ def _batches(loader):
 def _loop(engine, method, loader, generator, cfg: TrainConfig, world: Dist, log: RunLog, flag: PreemptionFlag,
           base_lr: float, summary: PretrainSummary, digest: Tuple[str, int]) -> None:
     batches = _batches(loader)
+    input_dtype = next(p for p in method.parameters()).dtype  # bf16/fp16 engines cast the model, not its inputs
     last = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
     step, start = summary.start_step, time.perf_counter()
     images_seen, wait_s, window_start = 0, 0.0, time.perf_counter()
@@ -280,7 +283,7 @@ def _loop(engine, method, loader, generator, cfg: TrainConfig, world: Dist, log:
             t = time.perf_counter()
             batch = next(batches)
             wait_s += time.perf_counter() - t
-            images = normalize_batch(batch["image"].to(world.device, non_blocking=True))
+            images = normalize_batch(batch["image"].to(world.device, non_blocking=True)).to(input_dtype)
             loss, _ = engine(images, generator)
             engine.backward(loss)
             engine.step()
@@ -308,6 +311,10 @@ def _loop(engine, method, loader, generator, cfg: TrainConfig, world: Dist, log:
                                "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
                                "train/memory_gib": _memory_gib(world.device)})
             images_seen, wait_s, window_start = 0, 0.0, time.perf_counter()
+        if cfg.image_every and step % cfg.image_every == 0 and step % cfg.checkpoint_every:
+            picture = _picture(method, images, cfg.seed)  # every rank: ZeRO-3 gathers weights in the forward
+            if world.is_main and picture is not None:
+                log.picture(step, picture)
         stopping = signalled > 0 or step == last
         if step % cfg.checkpoint_every == 0 or stopping:
             summary.checkpoint = str(save_checkpoint(engine, method, loader, generator, cfg, world, log, step,
@@ -362,6 +369,10 @@ def save_checkpoint(engine, method, loader, generator, cfg: TrainConfig, world: 
                     images: torch.Tensor, digest: Tuple[str, int]) -> Path:
     """Every rank writes its part, then rank 0 marks the checkpoint complete and prunes old ones."""
     path = ck.checkpoint_dir(cfg.run_dir, step)
+    if world.is_main and path.exists() and not (path / ck.COMPLETE).exists():
+        shutil.rmtree(path)  # a save of this step that was interrupted: nothing of it may be mixed in
+    if dist.is_initialized():
+        dist.barrier()
     engine.save_checkpoint(str(path), tag=ck.DS_TAG)
     ck.save_rng(path / f"rng-rank{world.rank}.pt", generator)
     image_size = int(images.shape[-1])

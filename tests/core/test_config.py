@@ -103,3 +103,9 @@ def test_reduction_while_sharding_needs_the_reducer_handed_in(tmp_path):
     cfg = ShardConfig(inputs=[str(tmp_path)], output=str(tmp_path / "out"), reduce="hash-volume")
     with pytest.raises(ConfigError, match="needs its reducer"):
         run_sharding(cfg)
+
+
+def test_deepspeed_keys_the_engine_owns_are_refused():
+    with pytest.raises(ConfigError, match="bad value for key .train.deepspeed.gradient_accumulation_steps"):
+        load_config(None, ["train.deepspeed.gradient_accumulation_steps=4"])
+    assert load_config(None, ["train.deepspeed.zero_optimization.overlap_comm=true"]).train.deepspeed

@@ -311,3 +311,14 @@ def test_a_crafted_corpus_is_refused(corpus, tmp_path):
                    part)
     with pytest.raises(ShardFormatError, match="not a plain `NAME.tar` in the corpus root"):
         ShardDataset(str(out))
+
+
+def test_a_removed_part_leaves_no_number_to_collide_with(corpus, tmp_path):
+    out = tmp_path / "out"
+    run_sharding(shard_config([f"xray={corpus['xray']}", f"mri={corpus['mri']}"], out, shard_size=5))
+    parts = sorted((out / "manifest.parquet").glob("part-*.parquet"))
+    assert len(parts) >= 3
+    parts[1].unlink()  # what the unreadable-manifest error tells a user to do with a damaged part
+    again = run_sharding(shard_config([f"xray={corpus['xray']}", f"mri={corpus['mri']}"], out, shard_size=5))
+    assert again.slices > 0  # its inputs are redone into new parts, after the highest number
+    check_exactly_once(out)
