@@ -10,8 +10,6 @@ import copy
 import dataclasses
 import logging
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +30,18 @@ from medscale.trainer import checkpoint as ck
 from medscale.trainer.config import TrainConfig
 from medscale.trainer.distributed import Dist, PreemptionFlag, all_reduce_step, init_distributed
 from medscale.trainer.registry import create_method
+from medscale.trainer.resume import (
+    SCHEDULE_KEYS,
+    TrainingError,
+    check_resume,
+    keep_global_batch,
+    model_keys,
+    to_universal,
+)
 from medscale.trainer.runlog import RunLog
 from medscale.trainer.schedule import learning_rate, scaled_lr
 
 logger = logging.getLogger(__name__)
-
-
-class TrainingError(MedscaleError):
-    """Training cannot go on (a non-finite loss, a checkpoint of another model); the message says what to do."""
 
 
 class Preempted(MedscaleError):
@@ -113,71 +115,6 @@ def deepspeed_config(cfg: TrainConfig, batch_size: int, world_size: int, precisi
     return _merge(ds, cfg.deepspeed)
 
 
-SCHEDULE_KEYS = ("max_steps", "blr", "min_lr", "warmup_steps", "weight_decay", "betas", "clip_grad", "grad_accum")
-
-
-def model_keys(cfg: TrainConfig, image_size: int) -> Dict[str, Any]:
-    """What defines the model: a checkpoint cannot be resumed with any of it changed."""
-    return {"method": cfg.method, "model": cfg.model, "patch_size": cfg.patch_size, "in_chans": cfg.in_chans,
-            "image_size": image_size, "method_options": dataclasses.asdict(getattr(cfg, cfg.method, None))
-            if dataclasses.is_dataclass(getattr(cfg, cfg.method, None)) else {}}
-
-
-def _check_resume(meta: Dict[str, Any], cfg: TrainConfig, image_size: int, digest: Tuple[str, int],
-                  path: Path) -> None:
-    """The model may not change (an error naming what differs); schedule keys may (a warning each); a changed
-    corpus (a dedup rerun changes the kept set) is a warning with the counts."""
-    if (meta.get("method"), meta.get("model")) != (cfg.method, cfg.model):
-        raise ConfigError(f"{path}: this run directory holds checkpoints of {meta.get('method')} "
-                          f"{meta.get('model')}, the config asks for {cfg.method} {cfg.model}; use another "
-                          "train.run_dir, or the model it was started with")
-    saved, now = meta.get("model_keys", {}), model_keys(cfg, image_size)
-    changed = [k for k in now if k in saved and saved[k] != now[k]]
-    if changed:
-        what = ", ".join(f"{k}: {saved[k]} -> {now[k]}" for k in changed)
-        raise ConfigError(f"{path}: the model changed since this checkpoint ({what}); use another train.run_dir, "
-                          "or the settings it was started with")
-    for key in SCHEDULE_KEYS:
-        before, after = meta.get("schedule", {}).get(key), getattr(cfg, key)
-        if key in meta.get("schedule", {}) and before != (list(after) if isinstance(after, (list, tuple)) else after):
-            logger.warning("train.%s changed since %s: %s -> %s (the schedule goes on with the new value)", key,
-                           path.name, before, after)
-    if meta.get("manifest_digest") and meta["manifest_digest"] != digest[0]:
-        logger.warning("the corpus changed since %s (kept samples %s -> %d, e.g. a dedup rerun): the epoch order "
-                       "differs from here on", path.name, meta.get("kept_samples"), digest[1])
-
-
-def keep_global_batch(saved_effective: int, batch_size: int, world_size: int, grad_accum: int) -> Tuple[int, str]:
-    """(gradient accumulation, what the log says) on another world size: the saved global batch is kept by
-    adjusting the accumulation where it divides; otherwise the configured one stays and the lr follows the rule."""
-    per_step = batch_size * world_size
-    if saved_effective % per_step == 0:
-        accum = saved_effective // per_step
-        return accum, f"global batch {saved_effective} kept: gradient accumulation {grad_accum} -> {accum}"
-    new = per_step * grad_accum
-    return grad_accum, (f"global batch {saved_effective} cannot be split over {world_size} ranks of {batch_size}: "
-                        f"now {new}, and the lr follows the rule (blr x {new} / 256)")
-
-
-def to_universal(resume: Path, world: Dist) -> Path:
-    """DeepSpeed's universal checkpoint of `resume` (converted once, by rank 0), for another world size."""
-    target = resume / "universal"
-    failure = ""
-    if world.is_main and not (target / ck.COMPLETE).exists():
-        shutil.rmtree(target, ignore_errors=True)
-        done = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                               str(resume / ck.DS_TAG), "--output_folder", str(target / ck.DS_TAG),
-                               "--inject_missing_state"], capture_output=True, text=True)
-        if done.returncode == 0:
-            ck.mark_complete(target, 0)
-        else:
-            failure = ((done.stderr or done.stdout).strip().splitlines() or ["no output"])[-1]
-    if all_reduce_step([float(bool(failure))], world.device)[0]:  # every rank learns of a failure: none hangs
-        raise TrainingError(f"{resume}: conversion to a universal checkpoint failed ({failure or 'on rank 0'}); "
-                            f"relaunch on {world.world_size} ranks' previous count to resume as it was")
-    return target
-
-
 def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
     """Pre-train `cfg.method` on `cfg.data` into `cfg.run_dir`, resuming from its newest complete checkpoint."""
     import deepspeed
@@ -207,7 +144,7 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
     digest = kept_digest(fs, root)
     universal, note = None, None
     if resume is not None:
-        _check_resume(meta, cfg, loader_cfg.image_size, digest, resume)
+        check_resume(meta, cfg, loader_cfg.image_size, digest, resume)
         if meta.get("world_size") != world.world_size:  # spot nodes came or went: DeepSpeed's universal format
             universal = to_universal(resume, world) if cfg.zero_stage > 0 else None  # stage 0 is not partitioned
             accum, note = keep_global_batch(int(meta["effective_batch"]), loader_cfg.batch_size, world.world_size,
