@@ -135,6 +135,8 @@ def _pretrain(args: argparse.Namespace, extra: List[str]) -> int:
     from medscale.trainer.engine import Preempted, pretrain
 
     cfg = load(args.config, _overrides_only(extra))
+    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 speaks for the job; the others only warn
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         summary = pretrain(cfg.train, cfg.loader)
     except Preempted as exc:
