@@ -165,15 +165,24 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
     generator.manual_seed(cfg.seed * 1_000_003 + world.rank)
 
     start_step = 0
-    if resume is not None:
-        engine.load_checkpoint(str(universal or resume), tag=ck.DS_TAG)
-        loader.load_state_dict(ck.read_json(resume / ck.LOADER))
-        rng = resume / f"rng-rank{world.rank}.pt"
-        if rng.exists():
-            ck.load_rng(rng, generator)
-        else:  # a rank the checkpoint did not have: its own fresh stream
-            logger.warning("%s has no RNG state for rank %d: seeding it afresh", resume, world.rank)
-        start_step = int(meta["step"])
+    while resume is not None:
+        try:
+            _load_state(engine, loader, generator, resume, universal, world)
+            failed = ""
+        except Exception as exc:  # a damaged file in a checkpoint marked complete (disk error, manual edits)
+            failed = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        if not all_reduce_step([float(bool(failed))], world.device)[0]:  # every rank loaded it
+            start_step = int(meta["step"])
+            break
+        previous = [p for p in ck.complete_checkpoints(run_dir) if p < resume
+                    and ck.read_json(p / ck.META).get("world_size") == meta.get("world_size")]
+        logger.warning("skipping damaged checkpoint %s (%s): resuming from %s", resume, failed or "on another rank",
+                       previous[-1] if previous else "the start")
+        if universal is not None or not previous:
+            raise TrainingError(f"{resume} is damaged ({failed or 'on another rank'}) and no earlier checkpoint of "
+                                f"this world size can stand in; remove {resume} and rerun")
+        resume = previous[-1]
+        meta = ck.read_json(resume / ck.META)
     log = RunLog(run_dir, world.is_main, cfg.progress, start_step, cfg.max_steps)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -190,6 +199,19 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
         flag.restore()
         log.close()
     return summary
+
+
+def _load_state(engine, loader, generator, resume: Path, universal: Optional[Path], world: Dist) -> None:
+    """Every state a checkpoint holds: DeepSpeed's, the loader's position, this rank's RNG."""
+    path, tag = engine.load_checkpoint(str(universal or resume), tag=ck.DS_TAG)
+    if path is None:
+        raise TrainingError(f"DeepSpeed found no states in {universal or resume}")
+    loader.load_state_dict(ck.read_json(resume / ck.LOADER))
+    rng = resume / f"rng-rank{world.rank}.pt"
+    if rng.exists():
+        ck.load_rng(rng, generator)
+    else:  # a rank the checkpoint did not have: its own fresh stream
+        logger.warning("%s has no RNG state for rank %d: seeding it afresh", resume, world.rank)
 
 
 def _batches(loader):

@@ -225,3 +225,18 @@ def test_resume_checks_the_model_warns_on_schedule_and_corpus_changes(train_corp
     assert again.returncode == 0, again.stderr[-3000:]
     assert "train.blr changed since step-00000002: 0.00015 -> 0.0003" in again.stderr
     assert "the corpus changed since step-00000002 (kept samples 790 -> 785" in again.stderr
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_is_skipped_for_the_previous_one(straight_run, train_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight_run, run_dir)  # complete checkpoints at steps 3 and 6
+    states = run_dir / "checkpoints" / "step-00000006" / "ds" / "mp_rank_00_model_states.pt"
+    states.write_bytes(states.read_bytes()[:1000])  # marked complete, but its model states are cut short
+    done = _run(_torchrun(*_args(train_corpus, run_dir, "train.max_steps=8", "train.checkpoint_every=8")))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "skipping damaged checkpoint" in done.stderr and "step-00000003" in done.stderr
+    events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    resumed = [e for e in events if e["event"] == "resume"][-1]
+    assert resumed["step"] == 3 and resumed["checkpoint"].endswith("step-00000003")
+    assert max(_losses(run_dir)) == 8
