@@ -176,11 +176,11 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
             break
         previous = [p for p in ck.complete_checkpoints(run_dir) if p < resume
                     and ck.read_json(p / ck.META).get("world_size") == meta.get("world_size")]
-        logger.warning("skipping damaged checkpoint %s (%s): resuming from %s", resume, failed or "on another rank",
-                       previous[-1] if previous else "the start")
         if universal is not None or not previous:
             raise TrainingError(f"{resume} is damaged ({failed or 'on another rank'}) and no earlier checkpoint of "
                                 f"this world size can stand in; remove {resume} and rerun")
+        logger.warning("skipping damaged checkpoint %s (%s): resuming from %s", resume, failed or "on another rank",
+                       previous[-1])
         resume = previous[-1]
         meta = ck.read_json(resume / ck.META)
     log = RunLog(run_dir, world.is_main, cfg.progress, start_step, cfg.max_steps)
@@ -203,7 +203,7 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
 
 def _load_state(engine, loader, generator, resume: Path, universal: Optional[Path], world: Dist) -> None:
     """Every state a checkpoint holds: DeepSpeed's, the loader's position, this rank's RNG."""
-    path, tag = engine.load_checkpoint(str(universal or resume), tag=ck.DS_TAG)
+    path, _ = engine.load_checkpoint(str(universal or resume), tag=ck.DS_TAG)
     if path is None:
         raise TrainingError(f"DeepSpeed found no states in {universal or resume}")
     loader.load_state_dict(ck.read_json(resume / ck.LOADER))
