@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 from medscale.trainer.config import MaeOptions, TrainConfig  # noqa: E402
-from medscale.trainer.engine import deepspeed_config  # noqa: E402
 from medscale.trainer.methods import MaeMethod  # noqa: E402
+from medscale.trainer.zero import initialize  # noqa: E402
 
 
 def matmul_rate(n: int = 2048, repeat: int = 10) -> float:
@@ -89,15 +89,10 @@ def plain_step(method, images):
 
 
 def deepspeed_step(method, images, batch: int):
-    import deepspeed
-
     from medscale.trainer.distributed import init_distributed
 
     init_distributed()
-    cfg = TrainConfig(zero_stage=2)
-    engine, _, _, _ = deepspeed.initialize(model=method, model_parameters=method.parameter_groups(0.05),
-                                           config=deepspeed_config(cfg, batch, 1, "fp32", 1e-4,
-                                                                   sum(p.numel() for p in method.parameters())))
+    engine = initialize(method, TrainConfig(zero_stage=2), batch, 1, "fp32", 1e-4)  # the engine's own set-up
     generator = torch.Generator().manual_seed(0)
 
     def step():
@@ -132,7 +127,6 @@ def tensor_bytes(root, exclude: set) -> int:
 def zero_memory(stages=(0, 1, 2, 3)) -> None:
     """Under torchrun with 2 ranks: per-rank bytes of optimizer state, master weights and gradients after one step
     of each ZeRO stage (rank 0 prints a line per stage)."""
-    import deepspeed
     import torch.distributed as dist
 
     from medscale.trainer.distributed import init_distributed
@@ -141,16 +135,14 @@ def zero_memory(stages=(0, 1, 2, 3)) -> None:
     images = torch.randn(4, 3, 64, 64)
     for stage in stages:
         method = method_for((128, 4, 4), 64, 16)
-        engine, _, _, _ = deepspeed.initialize(
-            model=method, model_parameters=method.parameter_groups(0.05),
-            config=deepspeed_config(TrainConfig(zero_stage=stage), 4, world.world_size, "fp32", 1e-4,
-                                    sum(p.numel() for p in method.parameters())))
+        engine = initialize(method, TrainConfig(zero_stage=stage), 4, world.world_size, "fp32", 1e-4)
         for step in range(2):  # measured after the second backward: optimizer state exists, gradients are held
             loss, _ = engine(images, torch.Generator().manual_seed(0))
             engine.backward(loss)
             if step == 0:
                 engine.step()
-        weights = [getattr(p, "ds_tensor", p) for p in method.parameters()]  # ZeRO-3: this rank's partition
+        # model weights are not counted: the full ones this rank holds, and under ZeRO-3 its partition
+        weights = [w for p in method.parameters() for w in (p.data, getattr(p, "ds_tensor", None)) if w is not None]
         params = {w.untyped_storage().data_ptr() for w in weights if w.numel()}
         grads = {p.grad.untyped_storage().data_ptr(): p.grad.untyped_storage().nbytes() for p in method.parameters()
                  if p.grad is not None}

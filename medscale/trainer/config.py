@@ -28,7 +28,9 @@ class TrainConfig:
     """Pre-training (`medscale pretrain`): corpus, run directory, method, backbone, schedule, engine."""
 
     data: Optional[str] = None  # the corpus: a `medscale shard` output (folder or s3://)
-    run_dir: Optional[str] = None  # config, checkpoints, export, TensorBoard run, JSON log
+    run_dir: Optional[str] = None  # config, checkpoints, export, TensorBoard run, JSON log (a folder or s3://)
+    storage_options: Dict[str, Any] = field(default_factory=dict)  # fsspec options for run_dir; never logged
+    local_dir: Optional[str] = None  # this node's copy of a remote run_dir (default ~/.cache/medscale/runs/...)
     method: str = "mae"  # a registered method (medscale.trainer.methods.METHODS)
     model: str = "vit_tiny_patch16_224"  # a timm model name
     patch_size: int = 16

@@ -71,11 +71,12 @@ def keep_global_batch(saved_effective: int, batch_size: int, world_size: int, gr
                         f"now {new}, and the lr follows the rule (blr x {new} / 256)")
 
 
-def to_universal(resume: Path, world: Dist) -> Path:
-    """DeepSpeed's universal checkpoint of `resume` (converted once, by rank 0), for another world size."""
+def to_universal(resume: Path, world: Dist, converter: bool) -> Path:
+    """DeepSpeed's universal checkpoint of `resume` for another world size, converted once where it is read
+    (`converter`: rank 0 on a shared filesystem, each node's first process in its copy of a remote run)."""
     target = resume / "universal"
     failure = ""
-    if world.is_main and not (target / ck.COMPLETE).exists():
+    if converter and not (target / ck.COMPLETE).exists():
         shutil.rmtree(target, ignore_errors=True)
         done = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
                                str(resume / ck.DS_TAG), "--output_folder", str(target / ck.DS_TAG),
@@ -85,6 +86,6 @@ def to_universal(resume: Path, world: Dist) -> Path:
         else:
             failure = ((done.stderr or done.stdout).strip().splitlines() or ["no output"])[-1]
     if all_reduce_step([float(bool(failure))], world.device)[0]:  # every rank learns of a failure: none hangs
-        raise TrainingError(f"{resume}: conversion to a universal checkpoint failed ({failure or 'on rank 0'}); "
+        raise TrainingError(f"{resume}: conversion to a universal checkpoint failed ({failure or 'on another node'}); "
                             f"relaunch on {world.world_size} ranks' previous count to resume as it was")
     return target

@@ -240,3 +240,41 @@ def test_a_damaged_checkpoint_is_skipped_for_the_previous_one(straight_run, trai
     resumed = [e for e in events if e["event"] == "resume"][-1]
     assert resumed["step"] == 3 and resumed["checkpoint"].endswith("step-00000003")
     assert max(_losses(run_dir)) == 8
+
+
+def _remote_losses(fs, url):
+    lines = [json.loads(line) for line in fs.cat_file(f"{url}/log.jsonl").decode().splitlines()]
+    return {e["step"]: e["train/loss"] for e in lines if e["event"] == "scalars"}
+
+
+@pytest.mark.slow
+def test_an_s3_run_directory_needs_no_shared_filesystem(straight_run, train_corpus, tmp_path, s3_server):
+    """Two nodes with their own local folders write one run to S3 (moto); a third, fresh node resumes it."""
+    import s3fs
+
+    from tests.conftest import _free_port
+
+    url, port = "s3://medscale-test/runs/mae", _free_port()
+    endpoint = f"train.storage_options.client_kwargs.endpoint_url={s3_server['client_kwargs']['endpoint_url']}"
+    args = [*_args(train_corpus, url, "train.max_steps=6", "train.checkpoint_every=3", endpoint)]
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                                "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=s3-nodes",
+                                *args, "train.stop_at_step=3", f"train.local_dir={tmp_path / f'node{i}'}"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, **ENV),
+                               cwd=REPO) for i in range(2)]
+    codes = [agent.wait(timeout=300) for agent in agents]
+    assert codes == [0, 0], [a.stderr.read()[-2000:] for a in agents]
+    fs = s3fs.S3FileSystem(**s3_server)
+    assert fs.exists(f"{url}/checkpoints/step-00000003/COMPLETE")
+    names = {n.rsplit("/", 1)[-1] for n in fs.find(f"{url}/checkpoints/step-00000003")}
+    assert {"rng-rank0.pt", "rng-rank1.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= names  # node 1's part
+    assert "zero_pp_rank_1_mp_rank_00_optim_states.pt" not in {  # ... which node 0 never had
+        p.name for p in (tmp_path / "node0").rglob("*")}
+    again = _run(_torchrun(*args, f"train.local_dir={tmp_path / 'fresh'}"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed, straight = _remote_losses(fs, url), _losses(straight_run)
+    assert [float(resumed[s]).hex() for s in range(1, 7)] == [float(straight[s]).hex() for s in range(1, 7)]
+    assert fs.exists(f"{url}/checkpoints/step-00000006/COMPLETE") and fs.exists(f"{url}/export/card.json")
+    assert json.loads(fs.cat_file(f"{url}/export/card.json"))["step"] == 6
+    assert fs.find(f"{url}/tb") and fs.exists(f"{url}/images/step-00000006.png")
+    assert "<redacted>" in fs.cat_file(f"{url}/config.yaml").decode()

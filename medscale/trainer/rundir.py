@@ -1,0 +1,211 @@
+"""A run directory and this node's working copy of it (the layout is `checkpoint.py`'s contract).
+
+A local run directory is the folder itself, shared by every node (a multi-node run on it needs a shared
+filesystem). A remote one (`s3://...`, any fsspec URL) needs none: every node writes into its own staging folder
+(`train.local_dir`, default `~/.cache/medscale/runs/<hash>/node-<first rank>`), its first process uploads what the
+node wrote, rank 0 writes the COMPLETE marker last, and a resume downloads the checkpoint to every node. Logs,
+TensorBoard events, pictures and the export are uploaded at every checkpoint and at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from medscale.core.errors import StorageError
+from medscale.core.faults import describe, retrying
+from medscale.core.storage import filesystem, full_url, is_local, join
+from medscale.trainer import checkpoint as ck
+from medscale.trainer.distributed import Dist, all_reduce_step
+
+logger = logging.getLogger(__name__)
+RUN_FILES = (ck.CONFIG, ck.LOG, ck.PREEMPTED, ck.TB, ck.IMAGES, ck.EXPORT)  # synced besides the checkpoints
+PULLED = (ck.LOG, ck.TB, ck.IMAGES)  # brought back to a fresh node, so that they go on where they stopped
+RETRIES = 3
+
+
+def default_local_dir(url: str) -> Path:
+    """Where a remote run is staged on this machine when `train.local_dir` is not set."""
+    return Path.home() / ".cache" / "medscale" / "runs" / hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+class RunDir:
+    """`local` is where this process reads and writes; `sync_*`, `fetch` and `commit` make the run directory
+    whole. Every rank calls `fetch`, `commit` and `complete_steps` together (they agree through all-reduces)."""
+
+    def __init__(self, url: str, storage_options: Dict, local_dir: Optional[str], world: Dist) -> None:
+        fs, root = filesystem(url, storage_options)
+        self.world = world
+        self.remote: Optional[Tuple] = None if is_local(fs) else (fs, root)
+        if self.remote is None:
+            self.local = Path(root)
+            self.writer = world.is_main  # one writer of shared files on a shared filesystem
+        else:
+            self.local = Path(local_dir or default_local_dir(url)) / f"node-{world.rank - world.local_rank}"
+            self.writer = world.local_rank == 0  # each node's first process stages and uploads the node's part
+        self.url = url.rstrip("/")
+        self.nodes = int(all_reduce_step([float(world.local_rank == 0)], world.device)[0])
+        self._pushed: Dict[str, Tuple[int, int]] = {}
+
+    def where(self, path: Path) -> str:
+        """The run-directory URL of a path in the local copy (what logs and markers name)."""
+        return path.as_posix() if self.remote is None else join(self.url, path.relative_to(self.local).as_posix())
+
+    def _remote(self, relative: str) -> str:
+        return join(self.remote[1], relative)
+
+    def _agree(self, failure: str, what: str) -> None:
+        """Every rank learns of a failure on any rank (none waits forever in the next collective)."""
+        if all_reduce_step([float(bool(failure))], self.world.device)[0]:
+            raise StorageError(f"{what} failed ({failure or 'on another node'}); nothing committed is lost: "
+                               "rerun the same command to resume from the last complete checkpoint")
+
+    def complete_steps(self, warn: bool = True) -> List[int]:
+        """Steps of the complete checkpoints (marker and meta present), oldest first; partial ones warned of."""
+        if self.remote is None:
+            return [ck.step_of(p) for p in ck.complete_checkpoints(self.local)]
+        fs, root = self.remote
+        base = self._remote(ck.CHECKPOINTS)
+        files = fs.find(base, maxdepth=2) if fs.exists(base) else []
+        names: Dict[str, set] = {}
+        for name in files:
+            folder, _, leaf = name[len(base):].strip("/").partition("/")
+            if folder.startswith("step-"):
+                names.setdefault(folder, set()).add(leaf)
+        done = []
+        for folder in sorted(names):
+            if {ck.COMPLETE, ck.META} <= names[folder]:
+                done.append(int(folder.split("-", 1)[1]))
+            elif warn:
+                logger.warning("skipping %s: incomplete (no %s marker; a save was interrupted)",
+                               join(self.url, ck.CHECKPOINTS, folder), ck.COMPLETE)
+        return done
+
+    def meta(self, step: int) -> Dict:
+        """A checkpoint's meta.json, read where it lives."""
+        if self.remote is None:
+            return ck.read_json(ck.checkpoint_dir(self.local, step) / ck.META)
+        fs, _ = self.remote
+        with fs.open(self._remote(f"{ck.CHECKPOINTS}/step-{step:08d}/{ck.META}")) as fh:
+            return json.load(fh)
+
+    def fetch(self, step: int) -> Path:
+        """The checkpoint of `step` in the local copy: downloaded to every node from a remote run directory
+        (skipped where a whole copy is already there)."""
+        path = ck.checkpoint_dir(self.local, step)
+        if self.remote is None:
+            return path
+        failure = ""
+        if self.writer and not (path / ck.COMPLETE).exists():
+            try:
+                shutil.rmtree(path, ignore_errors=True)
+                self._download(f"{ck.CHECKPOINTS}/{path.name}", path)
+                ck.mark_complete(path, step)  # locally: a whole copy
+            except Exception as exc:
+                failure = describe(exc)
+        self._agree(failure, f"downloading {self.where(path)}")
+        return path
+
+    def begin(self, step: int) -> Path:
+        """The folder a save of `step` writes into, cleared of an interrupted save's files (here and remote)."""
+        path = ck.checkpoint_dir(self.local, step)
+        if self.writer and path.exists() and not (path / ck.COMPLETE).exists():
+            shutil.rmtree(path)  # nothing of an interrupted save may be mixed in
+        if self.remote is not None and self.world.is_main:
+            fs, _ = self.remote
+            target = self._remote(f"{ck.CHECKPOINTS}/{path.name}")
+            if fs.exists(target) and not fs.exists(f"{target}/{ck.COMPLETE}"):
+                fs.rm(target, recursive=True)
+        return path
+
+    def commit(self, path: Path, step: int) -> None:
+        """After every rank has written its part: each node uploads its files, then rank 0 marks the checkpoint
+        complete (remote last of all)."""
+        failure = ""
+        if self.remote is not None and self.writer:
+            try:
+                self._upload(path, f"{ck.CHECKPOINTS}/{path.name}", skip=(ck.COMPLETE, "universal"))
+            except Exception as exc:
+                failure = describe(exc)
+        self._agree(failure, f"uploading {self.where(path)}")
+        if self.world.is_main:
+            if self.remote is not None:
+                fs, _ = self.remote
+                retrying(fs.pipe_file, self._remote(f"{ck.CHECKPOINTS}/{path.name}/{ck.COMPLETE}"),
+                         f"{step}\n".encode(), retries=RETRIES, what="marking the checkpoint complete")
+        if (self.remote is None and self.world.is_main) or (self.remote is not None and self.writer
+                                                             and self.nodes == 1):
+            ck.mark_complete(path, step)  # locally too where this copy is the whole checkpoint
+
+    def prune(self, keep_last: int) -> None:
+        """Keep the newest `keep_last` complete checkpoints (remote by rank 0; each node's copy by its writer)."""
+        if self.remote is None:
+            if self.world.is_main:
+                ck.prune(self.local, keep_last)
+            return
+        if self.world.is_main:
+            fs, _ = self.remote
+            done = self.complete_steps(warn=False)
+            keep, newest = set(done[-keep_last:]), (done[-1] if done else -1)
+            for name in fs.ls(self._remote(ck.CHECKPOINTS), detail=False):
+                folder = name.rstrip("/").rsplit("/", 1)[-1]
+                if folder.startswith("step-") and int(folder.split("-", 1)[1]) not in keep \
+                        and int(folder.split("-", 1)[1]) < newest:
+                    fs.rm(name, recursive=True)
+        if self.writer:
+            local = sorted((self.local / ck.CHECKPOINTS).glob("step-*"))
+            for path in local[:-keep_last]:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def sync(self) -> None:
+        """Rank 0 uploads the run's files that changed since the last sync (config, log, TensorBoard, pictures,
+        preemption marker, export); nothing to do for a local run directory."""
+        if self.remote is None or not self.world.is_main:
+            return
+        for name in RUN_FILES:
+            source = self.local / name
+            for path in (sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else
+                         [source] if source.exists() else []):
+                stat = path.stat()
+                key = path.relative_to(self.local).as_posix()
+                if self._pushed.get(key) != (stat.st_size, stat.st_mtime_ns):
+                    self._put(path, key)
+                    self._pushed[key] = (stat.st_size, stat.st_mtime_ns)
+
+    def pull(self) -> None:
+        """Rank 0 of a remote run brings its log, TensorBoard events and pictures into the local copy."""
+        if self.remote is None or not self.world.is_main:
+            return
+        fs, _ = self.remote
+        for name in PULLED:
+            if fs.exists(self._remote(name)):
+                target = self.local / name
+                if fs.isdir(self._remote(name)):
+                    self._download(name, target)
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    retrying(fs.get_file, self._remote(name), str(target), retries=RETRIES, what=f"downloading {name}")
+
+    def _put(self, path: Path, relative: str) -> None:
+        fs, _ = self.remote
+        retrying(fs.put_file, str(path), self._remote(relative), retries=RETRIES,
+                 what=f"uploading {join(self.url, relative)}")
+
+    def _upload(self, folder: Path, relative: str, skip: Tuple[str, ...]) -> None:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            inner = path.relative_to(folder)
+            if inner.parts[0] not in skip:
+                self._put(path, f"{relative}/{inner.as_posix()}")
+
+    def _download(self, relative: str, target: Path) -> None:
+        fs, _ = self.remote
+        base = self._remote(relative)
+        for name in fs.find(base):
+            local = target / name[len(base):].strip("/")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            retrying(fs.get_file, name, str(local), retries=RETRIES, what=f"downloading {full_url(fs, name)}")
+

@@ -1,0 +1,111 @@
+"""What a checkpoint holds, saved and loaded: DeepSpeed's states (sharded under ZeRO), the loader's position,
+every rank's RNG, the exported backbone and the method's picture (the layout is `checkpoint.py`'s contract)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+from medscale.core.card import save_backbone
+from medscale.trainer import checkpoint as ck
+from medscale.trainer.config import TrainConfig
+from medscale.trainer.distributed import Dist
+from medscale.trainer.resume import SCHEDULE_KEYS, TrainingError, model_keys
+from medscale.trainer.rundir import RunDir
+from medscale.trainer.runlog import RunLog
+
+logger = logging.getLogger(__name__)
+
+
+def load_state(engine, loader, generator: torch.Generator, resume: Path, universal: Optional[Path],
+               world: Dist) -> None:
+    """Every state a checkpoint holds: DeepSpeed's, the loader's position, this rank's RNG."""
+    path, _ = engine.load_checkpoint(str(universal or resume), tag=ck.DS_TAG)
+    if path is None:
+        raise TrainingError(f"DeepSpeed found no states in {universal or resume}")
+    loader.load_state_dict(ck.read_json(resume / ck.LOADER))
+    rng = resume / f"rng-rank{world.rank}.pt"
+    if rng.exists():
+        ck.load_rng(rng, generator)
+    else:  # a rank the checkpoint did not have: its own fresh stream
+        logger.warning("%s has no RNG state for rank %d: seeding it afresh", resume, world.rank)
+
+
+def export_backbone(method, cfg: TrainConfig, image_size: int, step: int, manifest_digest: str, directory: Path,
+                    is_main: bool) -> None:
+    """Write the backbone (gathered from ZeRO-3 shards on every rank; rank 0 writes) in the card contract."""
+    import deepspeed
+
+    backbone = method.backbone()
+    params = list(backbone.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=cfg.zero_stage == 3):
+        if is_main:
+            from medscale.data.augment import IMAGENET_MEAN, IMAGENET_STD
+
+            card = {"model": cfg.model, "kwargs": method.backbone_kwargs(), "image_size": image_size,
+                    "in_chans": cfg.in_chans, "mean": list(IMAGENET_MEAN[:cfg.in_chans]),
+                    "std": list(IMAGENET_STD[:cfg.in_chans]), "step": step, "method": cfg.method,
+                    "data": cfg.data, "manifest_digest": manifest_digest}
+            save_backbone(backbone, directory, card)
+
+
+def save_checkpoint(engine, method, loader, generator: torch.Generator, cfg: TrainConfig, world: Dist,
+                    run: RunDir, log: RunLog, step: int, images: torch.Tensor, digest: Tuple[str, int]) -> str:
+    """Every rank writes its part; the run directory commits it (uploads, then the marker written last) and
+    prunes old ones. Returns where the checkpoint is (a URL for a remote run directory)."""
+    path = run.begin(step)
+    if dist.is_initialized():
+        dist.barrier()
+    engine.save_checkpoint(str(path), tag=ck.DS_TAG)
+    ck.save_rng(path / f"rng-rank{world.rank}.pt", generator)
+    image_size = int(images.shape[-1])
+    export_backbone(method, cfg, image_size, step, digest[0], path / ck.EXPORT, world.is_main)
+    grid = picture(method, images, cfg.seed)
+    if world.is_main:
+        ck.write_json(path / ck.LOADER, loader.state_dict())
+        ck.write_json(path / ck.META, {"step": step, "world_size": world.world_size, "method": cfg.method,
+                                       "model": cfg.model, "data": cfg.data, "max_steps": cfg.max_steps,
+                                       "batch_size": loader.batch_size, "grad_accum": cfg.grad_accum,
+                                       "effective_batch": loader.batch_size * cfg.grad_accum * world.world_size,
+                                       "manifest_digest": digest[0], "kept_samples": digest[1],
+                                       "model_keys": model_keys(cfg, image_size),
+                                       "schedule": {k: (list(v) if isinstance(v, (list, tuple)) else v)
+                                                    for k, v in ((k, getattr(cfg, k)) for k in SCHEDULE_KEYS)},
+                                       "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    if dist.is_initialized():
+        dist.barrier()
+    run.commit(path, step)
+    if world.is_main:
+        latest = run.local / ck.EXPORT
+        tmp = latest.with_name(".export.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(path / ck.EXPORT, tmp)
+        shutil.rmtree(latest, ignore_errors=True)
+        tmp.rename(latest)
+        if grid is not None:
+            log.picture(step, grid)
+        log.event("checkpoint", step=step, path=run.where(path))
+    run.prune(cfg.keep_last)
+    run.sync()
+    return run.where(path)
+
+
+def picture(method, images: torch.Tensor, seed: int) -> Optional[torch.Tensor]:
+    """The method's picture of a few images (MAE: original / masked / reconstruction), with its own generator so
+    that logging draws nothing from the training streams."""
+    if not hasattr(method, "picture"):
+        return None
+    generator = torch.Generator(device=images.device)
+    generator.manual_seed(seed + 12345)
+    was_training = method.training
+    method.eval()
+    try:
+        return method.picture(images[:8], generator).float().cpu()
+    finally:
+        method.train(was_training)
