@@ -139,6 +139,7 @@ def test_the_export_loads_in_plain_timm_without_medscale(straight_run):
     ("train.model=vit_tiniest", "train.model: timm has no model 'vit_tiniest'"),
     ("train.method=dino", "train.method"),
     ("train.zero_stage=4", "train.zero_stage"),
+    ("loader.image_size=30", "loader.image_size 30 is not a multiple of train.patch_size 4"),
 ])
 def test_bad_config_is_a_clear_error_before_any_step(train_corpus, tmp_path, override, message):
     done = _run([sys.executable, *_args(train_corpus, tmp_path / "run", "train.max_steps=2", override)])
