@@ -18,6 +18,7 @@ from medscale.core.executor import EXECUTOR_CHOICES
 from medscale.core.faults import describe, fault_kind, stopped, traceback_text
 from medscale.data.config import AUGMENTS, SourceOptions
 from medscale.dedup.strategies import STRATEGIES
+from medscale.eval.registry import TASKS
 from medscale.hashing.hashes import HASH_NAMES
 
 _OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")
@@ -147,6 +148,38 @@ def _pretrain(args: argparse.Namespace, extra: List[str]) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace, extra: List[str]) -> int:
+    rest, overrides = split_overrides(extra)
+    for key, value in (("checkpoints", args.checkpoints), ("tasks", args.tasks), ("datasets", args.datasets)):
+        if value:
+            overrides.append(f"eval.{key}=[{','.join(json.dumps(v) for v in value)}]")
+    for key in ("out", "executor", "ray_address"):
+        if getattr(args, key) is not None:
+            overrides.append(f"eval.{key}={getattr(args, key)}")
+    mode = rest[0] if rest else "run"
+    if mode not in ("run", "watch", "on-commit") or (mode != "watch" and len(rest) > 1) or len(rest) > 2:
+        raise ConfigError(f"unexpected argument(s) {' '.join(rest)}: medscale eval [watch RUN_DIR | on-commit] "
+                          "[options] [eval.key=value ...]")
+    cfg = load(args.config, overrides).eval
+    if mode == "watch":
+        from medscale.eval.watch import watch
+
+        if len(rest) < 2:
+            raise ConfigError("medscale eval watch needs the run directory: medscale eval watch RUN_DIR --out DIR")
+        return watch(rest[1], cfg, once=args.once, interval=args.interval)
+    if mode == "on-commit":
+        from medscale.eval.oncommit import on_commit
+
+        report = on_commit(cfg)
+        print(report.format())
+        return 1 if report.regressions else 0
+    from medscale.eval.pool import evaluate
+
+    summary = evaluate(cfg)
+    print(json.dumps(summary.as_dict()) if args.json else summary.format())
+    return 1 if summary.failed else 0
+
+
 def _preview(args: argparse.Namespace, extra: List[str]) -> int:
     from pathlib import Path
 
@@ -247,6 +280,24 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   "LOCAL_RANK)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("eval", help="evaluate backbones on downstream tasks (the Ray evaluation pool); "
+                                    "`eval watch RUN_DIR` follows a training run, `eval on-commit` gates a commit",
+                       epilog="Tasks: " + ", ".join(TASKS) + ". A checkpoint is an export folder, a run directory "
+                              "(each complete checkpoint), raw (pixels) or random:TIMM_NAME|EXPORT (random "
+                              "initialisation). Extra eval.key=value arguments override the config. Exit code 1: "
+                              "a job failed (or, on-commit, a regression).")
+    p.add_argument("--checkpoints", nargs="+", metavar="CKPT")
+    p.add_argument("--tasks", nargs="+", choices=tuple(TASKS), metavar="TASK")
+    p.add_argument("--datasets", nargs="+", metavar="[NAME=]PATH")
+    p.add_argument("--out", "-o", help="results folder (results.parquet, results.md, tb/, pictures/)")
+    p.add_argument("--config", "-c", help="YAML config file")
+    p.add_argument("--executor", choices=EXECUTOR_CHOICES)
+    p.add_argument("--ray-address", help="an existing Ray cluster (e.g. auto)")
+    p.add_argument("--once", action="store_true", help="watch: evaluate what is there and stop")
+    p.add_argument("--interval", type=float, default=30.0, help="watch: seconds between looks at the run")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_eval)
 
     p = sub.add_parser("preview", help="write a PNG of one augmented batch, as a trainer would see it",
                        epilog="Extra loader.key=value arguments override the config, e.g. loader.image_size=128.")

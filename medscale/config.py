@@ -10,6 +10,8 @@ from medscale.core.config import check, load_config
 from medscale.data.config import LoaderConfig, ShardConfig
 from medscale.dedup.config import DedupConfig
 from medscale.dedup.volume import SLICE_REDUCERS
+from medscale.eval.config import EvalConfig
+from medscale.eval.registry import TASKS
 from medscale.trainer.config import TrainConfig
 from medscale.trainer.registry import METHODS
 
@@ -22,6 +24,7 @@ class MedscaleConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self, origin: str) -> None:
         """Each section's checks, then those that span sections (`shard.reduce` names a reducer of dedup's)."""
@@ -31,6 +34,7 @@ class MedscaleConfig:
         self.dedup.validate(origin)
         self.loader.validate(origin)
         self.train.validate(origin, tuple(METHODS))
+        self.eval.validate(origin, tuple(TASKS))
 
 
 SECTIONS = tuple(MedscaleConfig.__dataclass_fields__)

@@ -65,7 +65,8 @@ class LocalExecutor:
 class RayExecutor:
     """Runs calls as Ray tasks, at most `max_in_flight` at once so that memory stays bounded."""
 
-    def __init__(self, address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
+    def __init__(self, address: Optional[str] = None, num_cpus: Optional[int] = None,
+                 task_options: Optional[Dict[str, Any]] = None) -> None:
         import ray
 
         self._ray = ray
@@ -79,13 +80,14 @@ class RayExecutor:
             ray.init(**kwargs)
         self.num_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._remote: dict = {}
+        self._options = dict(task_options or {})  # each task's resources, e.g. {"num_gpus": 1}
 
     def imap_unordered(self, fn: Callable, items: Iterable, *args: Any, max_in_flight: int = 0) -> Iterator[Outcome]:
         """(item, result, None) as tasks finish, or (item, None, error) for a task that failed after Ray's retries."""
         ray = self._ray
         remote = self._remote.get(fn)
         if remote is None:
-            remote = self._remote[fn] = ray.remote(max_retries=2)(fn)
+            remote = self._remote[fn] = ray.remote(max_retries=2, **self._options)(fn)
         arg_refs = [ray.put(a) for a in args]
         yield from _bounded(items, max_in_flight or 2 * self.num_cpus, lambda item: remote.remote(item, *arg_refs),
                             lambda refs: ray.wait(refs, num_returns=1)[0], ray.get,
@@ -200,22 +202,23 @@ def ordered_map(executor, fn: Callable, items: list, *args: Any, desc: Optional[
 
 
 def create_executor(kind: str, address: Optional[str] = None, num_cpus: Optional[int] = None,
-                    preload: Sequence[str] = ()):
+                    preload: Sequence[str] = (), task_options: Optional[Dict[str, Any]] = None):
     """`ray`, `pool` or `local` (see EXECUTORS; resolve `auto` with `choose_executor` first); Ray joins `address`
-    when given, else starts (or reuses) a local cluster; a pool imports the `preload` modules once."""
+    when given, else starts (or reuses) a local cluster, each task asking for `task_options` (its resources); a
+    pool imports the `preload` modules once."""
     if kind not in EXECUTORS:
         raise ValueError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")
     if kind == "local":
         return LocalExecutor()
     if kind == "pool":
         return PoolExecutor(num_cpus, preload)
-    return RayExecutor(address, num_cpus)
+    return RayExecutor(address, num_cpus, task_options)
 
 
 def executor_for(kind: str, work_s: float, address: Optional[str] = None, num_cpus: Optional[int] = None,
-                 preload: Sequence[str] = ()):
+                 preload: Sequence[str] = (), task_options: Optional[Dict[str, Any]] = None):
     """`create_executor` of what `choose_executor` picks for `work_s` estimated CPU-seconds (logged)."""
     chosen = choose_executor(kind, address, work_s, num_cpus)
     if kind == "auto":
         logger.info("executor auto -> %s (about %.1f CPU-s of work)", chosen, work_s)
-    return create_executor(chosen, address, num_cpus, preload)
+    return create_executor(chosen, address, num_cpus, preload, task_options)

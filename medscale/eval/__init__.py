@@ -1,1 +1,1 @@
-"""Downstream evaluation pool over checkpoints; not built yet."""
+"""Downstream evaluation: feature sources, tasks, and the Ray evaluation pool (`medscale eval`)."""

@@ -1,0 +1,174 @@
+"""Feature sources (an exported backbone, a random initialisation, raw pixels) and their features, extracted in
+batches once per (source digest, dataset digest, preprocessing) and cached as `.npz` files.
+
+Checkpoint specs: an export folder (`card.json` + `backbone.safetensors`), a run directory (each of its complete
+checkpoints' exports), `raw` (the image at the dataset's own size, scaled to [0, 1] and flattened: no resize, no
+normalisation), `random:TIMM_NAME` (timm's initialisation at the model's default input size) or `random:PATH`
+(the architecture of an export folder, freshly initialised): the baselines every table shows beside the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from medscale.core.card import CARD, WEIGHTS, load_backbone
+from medscale.core.digest import digest
+from medscale.core.errors import InputError
+from medscale.core.storage import mkstemp_shared
+from medscale.eval.datasets import LabelledSet
+from medscale.trainer import checkpoint as ck
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """One thing to evaluate: `kind` is export | random | raw; `name` is what tables call it."""
+
+    spec: str
+    kind: str
+    name: str
+    path: Optional[str] = None  # export folder (export, random:PATH)
+    model: Optional[str] = None  # timm name (random:TIMM_NAME)
+    step: Optional[int] = None
+    digest: str = ""
+
+    @property
+    def baseline(self) -> bool:
+        """Random initialisation and raw pixels are the baselines."""
+        return self.kind != "export"
+
+
+def _file_digest(path: Path) -> str:
+    sha = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()[:16]
+
+
+def _export(path: Path, name: Optional[str] = None) -> FeatureSource:
+    card = json.loads((path / CARD).read_text())
+    digest_ = digest(_file_digest(path / WEIGHTS), json.dumps(card, sort_keys=True), n=16)
+    step = card.get("step")
+    return FeatureSource(str(path), "export", name or f"{path.parent.name}", str(path), card.get("model"),
+                         step, digest_)
+
+
+def parse_checkpoints(specs: List[str]) -> List[FeatureSource]:
+    """The sources `specs` name; a run directory expands to its complete checkpoints (oldest first)."""
+    import timm
+
+    out: List[FeatureSource] = []
+    for spec in specs:
+        if spec == "raw":
+            out.append(FeatureSource(spec, "raw", "raw pixels", digest=digest_of_raw()))
+            continue
+        if spec.startswith("random:"):
+            target = spec.split(":", 1)[1]
+            if (Path(target) / CARD).is_file():
+                card = json.loads((Path(target) / CARD).read_text())
+                out.append(FeatureSource(spec, "random", f"random {card['model']}", target, card["model"], None,
+                                         digest("random", card["model"], json.dumps(card.get("kwargs", {}),
+                                                                                  sort_keys=True), n=16)))
+            elif timm.is_model(target):
+                out.append(FeatureSource(spec, "random", f"random {target}", None, target, None,
+                                         digest("random", target, n=16)))
+            else:
+                raise InputError(f"{spec}: timm has no model {target!r} and {target} is not an export folder; use "
+                                 "random:TIMM_NAME or random:EXPORT_FOLDER")
+            continue
+        path = Path(spec)
+        if (path / CARD).is_file() and (path / WEIGHTS).is_file():
+            out.append(_export(path, path.name if path.name != ck.EXPORT else path.parent.name))
+        elif (path / ck.CHECKPOINTS).is_dir():
+            found = ck.complete_checkpoints(path)
+            if not found:
+                raise InputError(f"{path}: a run directory without a complete checkpoint yet")
+            out.extend(_export(c / ck.EXPORT, f"{path.name}@{ck.step_of(c)}") for c in found)
+        else:
+            raise InputError(f"{spec}: not an exported backbone (expected {CARD} and {WEIGHTS}) nor a run "
+                             "directory (expected checkpoints/); pass an export/ folder, a run directory, raw or "
+                             "random:TIMM_NAME")
+    return out
+
+
+def digest_of_raw() -> str:
+    """The raw-pixel source's digest (its preprocessing is the identity)."""
+    return digest("raw", n=16)
+
+
+def build_model(source: FeatureSource, seed: int = 0) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """(timm model in eval mode without a classifier, its card) for an export or random source."""
+    import timm
+
+    if source.kind == "export":
+        return load_backbone(source.path)
+    torch.manual_seed(seed)
+    if source.path:  # the export's architecture, freshly initialised
+        card = json.loads((Path(source.path) / CARD).read_text())
+        return timm.create_model(card["model"], pretrained=False, **card.get("kwargs", {})).eval(), card
+    model = timm.create_model(source.model, pretrained=False, num_classes=0).eval()
+    cfg = model.pretrained_cfg
+    card = {"model": source.model, "image_size": int(cfg.get("input_size", (3, 224, 224))[-1]),
+            "in_chans": int(cfg.get("input_size", (3, 224, 224))[0]), "mean": list(cfg.get("mean", (0.5,) * 3)),
+            "std": list(cfg.get("std", (0.5,) * 3))}
+    return model, card
+
+
+def preprocess(images: np.ndarray, card: Dict[str, Any]) -> torch.Tensor:
+    """uint8 `images: [N, H, W]` or `[N, H, W, 3]` -> float `[N, C, S, S]` at the card's size, channels and
+    normalisation (bilinear, antialiased)."""
+    x = torch.tensor(images, dtype=torch.float32).div_(255)  # a copy: arrays from Ray are read-only
+    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    chans = int(card.get("in_chans", 3))
+    if x.shape[1] != chans:
+        x = x.mean(dim=1, keepdim=True) if chans == 1 else x.expand(-1, chans, -1, -1)
+    size = int(card["image_size"])
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                                            align_corners=False)
+    mean = torch.tensor(card["mean"][:chans]).view(1, -1, 1, 1)
+    std = torch.tensor(card["std"][:chans]).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def _preprocessing_id(card: Optional[Dict[str, Any]]) -> str:
+    if card is None:
+        return "identity"
+    return digest(card["image_size"], card.get("in_chans", 3), card["mean"], card["std"], "bilinear-aa", n=8)
+
+
+@torch.no_grad()
+def embed(model: torch.nn.Module, images: np.ndarray, card: Dict[str, Any], batch_size: int) -> np.ndarray:
+    """Pooled features `[N, D]` of `images` (batches of `batch_size`)."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        out.append(model(preprocess(images[start:start + batch_size], card)).float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def features(source: FeatureSource, dataset: LabelledSet, cache: Path, batch_size: int,
+             seed: int = 0) -> Dict[str, np.ndarray]:
+    """{split: float32 features `[N, D]`} of `dataset` by `source`, from the cache or extracted and cached."""
+    model, card = (None, None) if source.kind == "raw" else build_model(source, seed)
+    path = cache / f"{source.digest}-{dataset.digest}-{_preprocessing_id(card)}.npz"
+    if path.exists():
+        with np.load(path) as stored:
+            return {k: stored[k] for k in stored.files}
+    if model is None:
+        result = {s: (im.reshape(len(im), -1).astype(np.float32) / 255) for s, im in dataset.images.items()}
+    else:
+        result = {s: embed(model, im, card, batch_size) for s, im in dataset.images.items()}
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = mkstemp_shared(str(cache), suffix=".npz")
+    with os.fdopen(fd, "wb") as fh:
+        np.savez(fh, **result)
+    os.replace(tmp, path)  # atomic: a concurrent job reads a whole file or extracts again
+    return result

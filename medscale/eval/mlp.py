@@ -1,0 +1,188 @@
+"""The MedSAM-pneumonia protocols on pooled embeddings (binary tasks): an MLP with early stopping on validation F1
+and the decision threshold chosen on validation, and DANN (domain-adversarial training, source -> target) with a
+trainable shared feature layer before the gradient reversal, beside the same network without adaptation."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from medscale.eval.metrics import bootstrap_interval, f1_score, mean_interval
+from medscale.eval.task import EvalTask, Metric, TaskInput, TaskOutput
+
+THRESHOLDS = np.linspace(0.05, 0.95, 19)
+
+
+def mlp(dims: Sequence[int]) -> nn.Sequential:
+    """Linear + ReLU between each pair of `dims`, a plain Linear at the end (logits)."""
+    layers: List[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward; the gradient times -alpha backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: float) -> torch.Tensor:
+        ctx.alpha = alpha
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.alpha * grad, None
+
+
+def dann_alpha(progress: float) -> float:
+    """The reversal's weight at training progress `progress` in [0, 1]: 2 / (1 + exp(-10 p)) - 1."""
+    return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
+
+
+class DannNet(nn.Module):
+    """shared = Linear + ReLU (trained by both heads); label head MLP -> 1 logit; domain head behind the reversal.
+    `features: [N, D]` -> (label logits `[N]`, domain logits `[N]`)."""
+
+    def __init__(self, dim: int, shared: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        self.shared = nn.Sequential(nn.Linear(dim, shared), nn.ReLU())
+        self.label = mlp([shared, *hidden, 1])
+        self.domain = mlp([shared, 128, 1])
+
+    def forward(self, features: torch.Tensor, alpha: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Both heads' logits; the domain head's gradient reaches `shared` reversed and scaled by `alpha`."""
+        z = self.shared(features)
+        return self.label(z).squeeze(1), self.domain(GradientReversal.apply(z, alpha)).squeeze(1)
+
+
+def _binary(job: TaskInput, name: str, dataset=None) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    dataset = dataset or job.dataset
+    feats = job.get_features(dataset)
+    out = {}
+    for split in ("train", "val", "test"):
+        _, labels = dataset.split(split, name)
+        out[split] = (feats[split], labels)
+    if any(set(np.unique(v[1])) - {0, 1} for v in out.values()):
+        raise ValueError(f"{dataset.url}: {name} is a binary task (labels 0 and 1); this set has classes "
+                         f"{dataset.classes}")
+    return out
+
+
+def _probabilities(net, x: np.ndarray) -> np.ndarray:
+    net.eval()
+    with torch.no_grad():
+        out = net(torch.from_numpy(x))
+    logits = out[0] if isinstance(out, tuple) else out.squeeze(1)
+    return torch.sigmoid(logits).numpy()
+
+
+def best_threshold(probabilities: np.ndarray, labels: np.ndarray) -> Tuple[float, float]:
+    """(threshold, F1) maximising F1 over a fixed grid (ties: the lowest threshold)."""
+    scores = [f1_score((probabilities >= t).astype(np.int64), labels) for t in THRESHOLDS]
+    i = int(np.argmax(scores))
+    return float(THRESHOLDS[i]), float(scores[i])
+
+
+def _scored(prefix: str, probabilities: np.ndarray, labels: np.ndarray, threshold: float,
+            job: TaskInput) -> List[Metric]:
+    predicted = (probabilities >= threshold).astype(np.int64)
+    correct = (predicted == labels).astype(np.float64)
+    low, high = bootstrap_interval({"predicted": predicted, "labels": labels}, f1_score, job.bootstrap, job.seed)
+    return [Metric(f"{prefix}accuracy", *mean_interval(correct, job.bootstrap, job.seed)),
+            Metric(f"{prefix}f1", f1_score(predicted, labels), low, high)]
+
+
+class MlpTask(EvalTask):
+    """MLP D -> 128 -> 64 -> 1 (Adam, BCE), early stopping on validation F1 (patience), threshold from validation."""
+
+    name, options_key = "mlp", "mlp"
+
+    def run(self, job: TaskInput) -> TaskOutput:
+        """Test accuracy and F1 at the validation threshold, of the best validation epoch's weights (copied)."""
+        opts = self.options
+        data = _binary(job, self.name)
+        x, y = (torch.from_numpy(a) for a in data["train"])
+        torch.manual_seed(job.seed)
+        net = mlp([x.shape[1], *opts.hidden, 1])
+        optimizer = torch.optim.Adam(net.parameters(), lr=opts.lr)
+        generator = torch.Generator().manual_seed(job.seed)
+        best, waited = (-1.0, 0.5, {}), 0
+        for _ in range(opts.max_epochs):
+            net.train()
+            order = torch.randperm(len(x), generator=generator)
+            for start in range(0, len(x), opts.batch_size):
+                rows = order[start:start + opts.batch_size]
+                loss = nn.functional.binary_cross_entropy_with_logits(net(x[rows]).squeeze(1), y[rows].float())
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            threshold, f1 = best_threshold(_probabilities(net, data["val"][0]), data["val"][1])
+            if f1 > best[0]:
+                best, waited = (f1, threshold, copy.deepcopy(net.state_dict())), 0
+            else:
+                waited += 1
+                if waited >= opts.patience:
+                    break
+        net.load_state_dict(best[2])
+        probabilities = _probabilities(net, data["test"][0])
+        metrics = _scored("", probabilities, data["test"][1], best[1], job)
+        return TaskOutput(metrics + [Metric("val_f1", best[0]), Metric("threshold", best[1])])
+
+
+class DannTask(EvalTask):
+    """Source (this dataset, labelled) -> target (`eval.dann.target`, its train split used without labels);
+    scores on both test splits, for DANN and for the same network trained without the domain head."""
+
+    name, options_key = "dann", "dann"
+
+    def run(self, job: TaskInput) -> TaskOutput:
+        """Accuracy and F1 on source-test and target-test, adapted and plain (`plain_` rows)."""
+        if job.target is None:
+            raise ValueError("dann needs a target domain: set eval.dann.target (NAME=PATH, or a dataset of "
+                             "eval.datasets)")
+        source, target = _binary(job, self.name), _binary(job, self.name, job.target)
+        metrics = []
+        for prefix, adapt in (("", True), ("plain_", False)):
+            net, threshold = self._train(source, target["train"][0], adapt, job)
+            for domain, data in (("source", source), ("target", target)):
+                metrics += _scored(f"{prefix}{domain}_", _probabilities(net, data["test"][0]), data["test"][1],
+                                   threshold, job)
+        return TaskOutput(metrics)
+
+    def _train(self, source, target_x: np.ndarray, adapt: bool, job: TaskInput):
+        opts = self.options
+        x, y = (torch.from_numpy(a) for a in source["train"])
+        xt = torch.from_numpy(target_x)
+        torch.manual_seed(job.seed)
+        net = DannNet(x.shape[1], opts.shared, self.cfg.mlp.hidden)
+        optimizer = torch.optim.Adam(net.parameters(), lr=opts.lr)
+        generator = torch.Generator().manual_seed(job.seed)
+        steps_per_epoch = math.ceil(len(x) / opts.batch_size)
+        total, step = opts.epochs * steps_per_epoch, 0
+        for _ in range(opts.epochs):
+            net.train()
+            order = torch.randperm(len(x), generator=generator)
+            for start in range(0, len(x), opts.batch_size):
+                rows = order[start:start + opts.batch_size]
+                alpha = dann_alpha(step / total) if adapt else 0.0
+                label_logits, domain_logits = net(x[rows], alpha)
+                loss = nn.functional.binary_cross_entropy_with_logits(label_logits, y[rows].float())
+                if adapt:
+                    other = torch.randint(0, len(xt), (len(rows),), generator=generator)
+                    _, target_domain = net(xt[other], alpha)
+                    domains = torch.cat([domain_logits, target_domain])
+                    truth = torch.cat([torch.zeros(len(rows)), torch.ones(len(rows))])
+                    loss = loss + nn.functional.binary_cross_entropy_with_logits(domains, truth)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                step += 1
+        threshold, _ = best_threshold(_probabilities(net, source["val"][0]), source["val"][1])
+        return net, threshold

@@ -1,0 +1,146 @@
+"""Classification heads trained on a backbone: MAE's linear probe on frozen features, and Less-is-More's
+fine-tuning (backbone frozen for the first epochs, then trained; the best validation weights copied)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import List, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from medscale.eval.features import build_model, preprocess
+from medscale.eval.metrics import auc, bootstrap_interval, mean_interval
+from medscale.eval.task import EvalTask, Metric, TaskInput, TaskOutput
+
+
+class LinearProbeHead(nn.Module):
+    """MAE's probe: BatchNorm1d without affine (eps 1e-6) then Linear (weights trunc-normal std 0.01, bias 0).
+    `features: [N, D]` -> logits `[N, C]`."""
+
+    def __init__(self, dim: int, classes: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, classes)
+        nn.init.trunc_normal_(self.linear.weight, std=0.01)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits of the normalised features."""
+        return self.linear(self.norm(features))
+
+
+def lars(head: nn.Module, lr: float):
+    """timm's LARS as MAE's probe uses it: momentum 0.9, no weight decay, the trust ratio on weight matrices only."""
+    from timm.optim import create_optimizer_v2
+
+    matrices = [p for p in head.parameters() if p.ndim > 1]
+    vectors = [p for p in head.parameters() if p.ndim <= 1]
+    groups = [{"params": matrices, "always_adapt": True}, {"params": vectors, "always_adapt": False}]
+    return create_optimizer_v2([g for g in groups if g["params"]], opt="lars", lr=lr, weight_decay=0.0,
+                               momentum=0.9)
+
+
+def classification_metrics(scores: np.ndarray, labels: np.ndarray, job: TaskInput) -> List[Metric]:
+    """Accuracy (argmax) and AUC (binary, or macro one-vs-rest) with bootstrap intervals."""
+    correct = (scores.argmax(axis=1) == labels).astype(np.float64)
+    low, high = bootstrap_interval({"scores": scores, "labels": labels}, auc, job.bootstrap, job.seed)
+    return [Metric("accuracy", *mean_interval(correct, job.bootstrap, job.seed)),
+            Metric("auc", auc(scores, labels), low, high)]
+
+
+def n_classes(job: TaskInput) -> int:
+    """Classes of the dataset (at least the largest label + 1 of any split)."""
+    return max([len(job.dataset.classes)] + [int(v.max()) + 1 for v in job.dataset.labels.values() if len(v)])
+
+
+class LinearProbeTask(EvalTask):
+    """Frozen features -> BatchNorm + Linear, LARS with per-step warmup then cosine; test accuracy and AUC."""
+
+    name, options_key = "linear_probe", "linear_probe"
+
+    def run(self, job: TaskInput) -> TaskOutput:
+        """Train the head on the train split's features for the fixed budget; score the test split."""
+        opts = self.options
+        _, train_labels = job.dataset.split("train", self.name)
+        _, test_labels = job.dataset.split("test", self.name)
+        feats = job.features
+        x, y = torch.from_numpy(feats["train"]), torch.from_numpy(train_labels)
+        torch.manual_seed(job.seed)
+        head = LinearProbeHead(x.shape[1], n_classes(job))
+        batch = min(opts.batch_size, len(x))
+        base_lr = opts.blr * batch / 256
+        optimizer = lars(head, base_lr)
+        steps_per_epoch = math.ceil(len(x) / batch)
+        total, warmup = opts.epochs * steps_per_epoch, opts.warmup_epochs * steps_per_epoch
+        generator = torch.Generator().manual_seed(job.seed)
+        step = 0
+        for _ in range(opts.epochs):
+            order = torch.randperm(len(x), generator=generator)
+            for start in range(0, len(x), batch):
+                rows = order[start:start + batch]
+                if len(rows) < 2:  # BatchNorm needs two samples
+                    continue
+                lr = base_lr * (step / warmup if step < warmup else
+                                0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss = nn.functional.cross_entropy(head(x[rows]), y[rows])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                step += 1
+        head.eval()
+        with torch.no_grad():
+            scores = torch.softmax(head(torch.from_numpy(feats["test"])), dim=1).numpy()
+        return TaskOutput(classification_metrics(scores, test_labels, job))
+
+
+class FinetuneTask(EvalTask):
+    """The backbone and a linear head trained together (Adam), the backbone frozen for the first epochs; the
+    weights of the best validation accuracy are copied (not referenced) and scored on the test split."""
+
+    name, options_key = "finetune", "finetune"
+
+    def run(self, job: TaskInput) -> TaskOutput:
+        """Fine-tune for the budget; test accuracy and AUC of the best validation epoch."""
+        if job.source.kind == "raw":
+            raise ValueError("finetune needs a backbone: raw pixels have none to train (use linear_probe)")
+        opts = self.options
+        backbone, card = build_model(job.source, job.seed)
+        splits = {s: job.dataset.split(s, self.name) for s in ("train", "val", "test")}
+        tensors = {s: (preprocess(im, card), torch.from_numpy(lb)) for s, (im, lb) in splits.items()}
+        torch.manual_seed(job.seed)
+        model = nn.Sequential(backbone, nn.Linear(backbone.num_features, n_classes(job)))
+        optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+        generator = torch.Generator().manual_seed(job.seed)
+        best: Tuple[float, dict] = (-1.0, {})
+        x, y = tensors["train"]
+        for epoch in range(opts.epochs):
+            frozen = epoch < opts.frozen_epochs
+            for p in backbone.parameters():
+                p.requires_grad_(not frozen)
+            model.train()
+            backbone.train(not frozen)
+            order = torch.randperm(len(x), generator=generator)
+            for start in range(0, len(x), opts.batch_size):
+                rows = order[start:start + opts.batch_size]
+                loss = nn.functional.cross_entropy(model(x[rows]), y[rows])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            accuracy = float((self._scores(model, tensors["val"][0], job).argmax(1) == splits["val"][1]).mean())
+            if accuracy > best[0]:
+                best = (accuracy, copy.deepcopy(model.state_dict()))  # a copy: later epochs must not change it
+        model.load_state_dict(best[1])
+        scores = self._scores(model, tensors["test"][0], job)
+        return TaskOutput(classification_metrics(scores, splits["test"][1], job) + [Metric("val_accuracy", best[0])])
+
+    @staticmethod
+    @torch.no_grad()
+    def _scores(model: nn.Module, x: torch.Tensor, job: TaskInput) -> np.ndarray:
+        model.eval()
+        return torch.cat([torch.softmax(model(x[i:i + job.batch_size]), dim=1)
+                          for i in range(0, len(x), job.batch_size)]).numpy()

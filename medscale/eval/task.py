@@ -1,0 +1,69 @@
+"""The task interface: a task takes what it needs of a job (features, or the model and images) and returns metric
+rows with 95% bootstrap intervals, and optionally a picture; the pool owns everything else."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from medscale.eval.datasets import LabelledSet
+from medscale.eval.features import FeatureSource
+
+
+@dataclass
+class Metric:
+    """One figure with its 95% interval (nan where none is computed)."""
+
+    metric: str
+    value: float
+    low: float = float("nan")
+    high: float = float("nan")
+
+
+@dataclass
+class TaskInput:
+    """What a job hands its task: the dataset, the source, its features (computed on first use), options."""
+
+    dataset: LabelledSet
+    source: FeatureSource
+    get_features: Callable[[LabelledSet], Dict[str, np.ndarray]]
+    seed: int = 0
+    bootstrap: int = 1000
+    batch_size: int = 128
+    target: Optional[LabelledSet] = None  # dann's target domain
+
+    @property
+    def features(self) -> Dict[str, np.ndarray]:
+        """{split: [N, D]} of the dataset."""
+        return self.get_features(self.dataset)
+
+
+@dataclass
+class TaskOutput:
+    """Metric rows, and optionally a picture (uint8 `[H, W, 3]`) the pool saves."""
+
+    metrics: List[Metric]
+    picture: Optional[np.ndarray] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+class EvalTask:
+    """A registered evaluation task; `options` is its section of the eval config (or None)."""
+
+    name = ""
+    options_key: Optional[str] = None  # the eval config section holding its options
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.options = getattr(cfg, self.options_key) if self.options_key else None
+
+    def parameters(self) -> Dict[str, Any]:
+        """What defines a result besides checkpoint and dataset (recorded with it; a change re-runs it)."""
+        return dataclasses.asdict(self.options) if self.options is not None else {}
+
+    def run(self, job: TaskInput) -> TaskOutput:
+        """The task's metrics on `job`."""
+        raise NotImplementedError
