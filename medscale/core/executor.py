@@ -45,6 +45,14 @@ def _bounded(items: Iterable, limit: int, submit: Callable, wait_any: Callable, 
             cancel(handle)
 
 
+def import_modules(names: Sequence[str]) -> None:
+    """Import `names` in this (worker) process, so that its first real task does not pay for them."""
+    import importlib
+
+    for name in names:
+        importlib.import_module(name)
+
+
 class LocalExecutor:
     """Runs every call in this process, one after another (debugging, tiny corpora, tests)."""
 
@@ -66,7 +74,7 @@ class RayExecutor:
     """Runs calls as Ray tasks, at most `max_in_flight` at once so that memory stays bounded."""
 
     def __init__(self, address: Optional[str] = None, num_cpus: Optional[int] = None,
-                 task_options: Optional[Dict[str, Any]] = None) -> None:
+                 task_options: Optional[Dict[str, Any]] = None, preload: Sequence[str] = ()) -> None:
         import ray
 
         self._ray = ray
@@ -81,6 +89,9 @@ class RayExecutor:
         self.num_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._remote: dict = {}
         self._options = dict(task_options or {})  # each task's resources, e.g. {"num_gpus": 1}
+        if preload and self._owns and not address:  # a local cluster: start its workers with the task modules
+            warm = ray.remote(num_cpus=1)(import_modules)
+            ray.get([warm.remote(list(preload)) for _ in range(self.num_cpus)])
 
     def imap_unordered(self, fn: Callable, items: Iterable, *args: Any, max_in_flight: int = 0) -> Iterator[Outcome]:
         """(item, result, None) as tasks finish, or (item, None, error) for a task that failed after Ray's retries."""
@@ -212,7 +223,7 @@ def create_executor(kind: str, address: Optional[str] = None, num_cpus: Optional
         return LocalExecutor()
     if kind == "pool":
         return PoolExecutor(num_cpus, preload)
-    return RayExecutor(address, num_cpus, task_options)
+    return RayExecutor(address, num_cpus, task_options, preload)
 
 
 def executor_for(kind: str, work_s: float, address: Optional[str] = None, num_cpus: Optional[int] = None,

@@ -78,7 +78,7 @@ def _binary(job: TaskInput, name: str, dataset=None) -> Dict[str, Tuple[np.ndarr
 def _probabilities(net, x: np.ndarray) -> np.ndarray:
     net.eval()
     with torch.no_grad():
-        out = net(torch.from_numpy(x))
+        out = net(torch.tensor(x))
     logits = out[0] if isinstance(out, tuple) else out.squeeze(1)
     return torch.sigmoid(logits).numpy()
 
@@ -108,10 +108,10 @@ class MlpTask(EvalTask):
         """Test accuracy and F1 at the validation threshold, of the best validation epoch's weights (copied)."""
         opts = self.options
         data = _binary(job, self.name)
-        x, y = (torch.from_numpy(a) for a in data["train"])
+        x, y = (torch.tensor(a) for a in data["train"])
         torch.manual_seed(job.seed)
         net = mlp([x.shape[1], *opts.hidden, 1])
-        optimizer = torch.optim.Adam(net.parameters(), lr=opts.lr)
+        optimizer = torch.optim.Adam(net.parameters(), lr=opts.lr, fused=True)
         generator = torch.Generator().manual_seed(job.seed)
         best, waited = (-1.0, 0.5, {}), 0
         for _ in range(opts.max_epochs):
@@ -158,11 +158,11 @@ class DannTask(EvalTask):
 
     def _train(self, source, target_x: np.ndarray, adapt: bool, job: TaskInput):
         opts = self.options
-        x, y = (torch.from_numpy(a) for a in source["train"])
-        xt = torch.from_numpy(target_x)
+        x, y = (torch.tensor(a) for a in source["train"])
+        xt = torch.tensor(target_x)
         torch.manual_seed(job.seed)
         net = DannNet(x.shape[1], opts.shared, self.cfg.mlp.hidden)
-        optimizer = torch.optim.Adam(net.parameters(), lr=opts.lr)
+        optimizer = torch.optim.Adam(net.parameters(), lr=opts.lr, fused=True)
         generator = torch.Generator().manual_seed(job.seed)
         steps_per_epoch = math.ceil(len(x) / opts.batch_size)
         total, step = opts.epochs * steps_per_epoch, 0

@@ -33,6 +33,8 @@ FEATURES, PICTURES = "features", "pictures"
 # rough CPU-seconds of one job on a small (MedMNIST-sized) set, for `executor: auto`
 JOB_SECONDS = {"retrieval": 1.0, "knn": 1.0, "linear_probe": 3.0, "mlp": 5.0, "dann": 10.0, "finetune": 60.0}
 FEATURE_FREE = {"finetune"}  # tasks that train the backbone itself and need no cached features
+PRELOAD = ("torch", "timm", "medscale.eval.pool", "medscale.eval.retrieval", "medscale.eval.probe",
+           "medscale.eval.mlp")  # what a job imports: loaded once per worker, before the first job
 
 
 @dataclass(frozen=True)
@@ -177,8 +179,7 @@ def _run(jobs: List[Job], datasets: Dict[str, LabelledSet], cfg: EvalConfig, out
 
     work = sum(JOB_SECONDS.get(j.task, 5.0) for j in jobs)
     gpu = {"num_gpus": 1} if torch.cuda.is_available() else {}
-    executor = executor_for(cfg.executor, work, cfg.ray_address, cfg.num_cpus, preload=("medscale.eval.pool",),
-                            task_options=gpu)
+    executor = executor_for(cfg.executor, work, cfg.ray_address, cfg.num_cpus, preload=PRELOAD, task_options=gpu)
     cache, threads = str(out / FEATURES), _threads(executor)
     try:
         pairs = sorted({(j.source, j.dataset) for j in jobs if j.task not in FEATURE_FREE} |
@@ -191,7 +192,7 @@ def _run(jobs: List[Job], datasets: Dict[str, LabelledSet], cfg: EvalConfig, out
             if error is not None:
                 broken[(pair[0].digest, pair[1])] = describe(error)
         runnable = []
-        for job in jobs:
+        for job in longest_first(jobs, datasets):
             reason = broken.get((job.source.digest, job.dataset))
             if reason and job.task not in FEATURE_FREE:
                 summary.failed.append(f"{job.source.name} / {job.task} / {job.dataset}: features: {reason}")
@@ -211,6 +212,15 @@ def _run(jobs: List[Job], datasets: Dict[str, LabelledSet], cfg: EvalConfig, out
                                                                    f"{job.dataset}.png")
     finally:
         executor.close()
+
+
+def longest_first(jobs: List[Job], datasets: Dict[str, LabelledSet]) -> List[Job]:
+    """Jobs by estimated cost, longest first (the task's rough seconds x its train split's size), so that a long
+    job does not start last and leave the other workers idle at the end."""
+    def cost(job: Job) -> float:
+        train = datasets[job.dataset].labels.get("train", ())
+        return JOB_SECONDS.get(job.task, 5.0) * max(1, len(train))
+    return sorted(jobs, key=cost, reverse=True)
 
 
 def _rows(job: Job, result: Dict[str, Any], dataset: LabelledSet, commit: str) -> List[Dict[str, Any]]:

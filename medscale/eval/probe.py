@@ -67,7 +67,7 @@ class LinearProbeTask(EvalTask):
         _, train_labels = job.dataset.split("train", self.name)
         _, test_labels = job.dataset.split("test", self.name)
         feats = job.features
-        x, y = torch.from_numpy(feats["train"]), torch.from_numpy(train_labels)
+        x, y = torch.tensor(feats["train"]), torch.tensor(train_labels)
         torch.manual_seed(job.seed)
         head = LinearProbeHead(x.shape[1], n_classes(job))
         batch = min(opts.batch_size, len(x))
@@ -94,7 +94,7 @@ class LinearProbeTask(EvalTask):
                 step += 1
         head.eval()
         with torch.no_grad():
-            scores = torch.softmax(head(torch.from_numpy(feats["test"])), dim=1).numpy()
+            scores = torch.softmax(head(torch.tensor(feats["test"])), dim=1).numpy()
         return TaskOutput(classification_metrics(scores, test_labels, job))
 
 
@@ -111,10 +111,10 @@ class FinetuneTask(EvalTask):
         opts = self.options
         backbone, card = build_model(job.source, job.seed)
         splits = {s: job.dataset.split(s, self.name) for s in ("train", "val", "test")}
-        tensors = {s: (preprocess(im, card), torch.from_numpy(lb)) for s, (im, lb) in splits.items()}
+        tensors = {s: (preprocess(im, card), torch.tensor(lb)) for s, (im, lb) in splits.items()}
         torch.manual_seed(job.seed)
         model = nn.Sequential(backbone, nn.Linear(backbone.num_features, n_classes(job)))
-        optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+        optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay, fused=True)
         generator = torch.Generator().manual_seed(job.seed)
         best: Tuple[float, dict] = (-1.0, {})
         x, y = tensors["train"]
