@@ -16,7 +16,7 @@ from medscale.core.config import to_yaml
 from medscale.core.errors import ConfigError, MedscaleError
 from medscale.core.executor import EXECUTOR_CHOICES
 from medscale.core.faults import describe, fault_kind, stopped, traceback_text
-from medscale.data.config import AUGMENTS, SourceOptions
+from medscale.data.config import AUGMENTS
 from medscale.dedup.strategies import STRATEGIES
 from medscale.eval.registry import TASKS
 from medscale.hashing.hashes import HASH_NAMES
@@ -82,22 +82,15 @@ def _shard(args: argparse.Namespace, extra: List[str]) -> int:
 
 
 def _demo(args: argparse.Namespace, extra: List[str]) -> int:
-    from medscale.data.service import run_sharding
-    from medscale.demo import DEMO_MODALITIES, default_output, demo_inputs
+    from pathlib import Path
 
-    cfg = load(args.config, _overrides_only(extra))
-    for name, modality in DEMO_MODALITIES.items():
-        cfg.shard.sources.setdefault(name, SourceOptions(modality=modality))
-    cfg.shard.inputs = cfg.shard.inputs or demo_inputs()
-    cfg.shard.output = args.output or cfg.shard.output or default_output()
-    print(f"demo corpus: {len(cfg.shard.inputs)} inputs -> {cfg.shard.output}")
-    summary = run_sharding(cfg.shard, _slice_reducer(cfg))
-    print(summary.format())
-    # then the Less-is-More reduction of the same corpus, recorded in its manifest (the shards stay as they are)
-    from medscale.dedup.service import run_dedup
+    from medscale.demo import default_output
+    from medscale.pipeline import DEMO_CONFIG, run_demo
 
-    cfg.dedup.progress = cfg.shard.progress
-    print(run_dedup(cfg.shard.output, cfg.dedup).format())
+    overrides = _overrides_only(extra)
+    config_file = Path(args.config) if args.config else DEMO_CONFIG
+    cfg = load(config_file, overrides)
+    run_demo(cfg, Path(args.output or default_output()), config_file, overrides, ranks=args.ranks)
     return 0
 
 
@@ -237,9 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_shard)
 
-    p = sub.add_parser("demo", help="shard the bundled real demo corpus and print the summary")
-    p.add_argument("--output", "-o", help="output folder (default outputs/demo)")
-    p.add_argument("--config", "-c", default=None, help="YAML config (default: built-in defaults)")
+    p = sub.add_parser("demo", help="the whole pipeline on the bundled real corpus: shard, reduce, exclude the "
+                                    "test splits, pre-train (torchrun, DeepSpeed ZeRO-2), evaluate as it trains",
+                       epilog="Extra section.key=value arguments override the config, e.g. train.max_steps=100.")
+    p.add_argument("--output", "-o", help="output folder (default $MEDSCALE_DEMO_OUTPUT or outputs/demo)")
+    p.add_argument("--config", "-c", default=None, help="YAML config (default: medscale/demo_data/demo.yaml)")
+    p.add_argument("--ranks", type=int, default=2, help="training processes under torchrun (default 2)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("dedup", help="reduce a sharded corpus (duplicates recorded in its manifest) or check "

@@ -6,6 +6,7 @@ RUN_DIR/
   log.jsonl                   one JSON line per logged step (and per checkpoint, preemption, stop)
   tb/                         the TensorBoard run
   images/step-NNNNNNNN.png    reconstruction grids (MAE)
+  loss.png                    the loss and lr against the step (drawn when the run stops)
   export/                     the newest exported backbone (core/card.py: card.json + backbone.safetensors)
   preempted.json              written when a signal stopped the run: step, time, checkpoint (for supervisors)
   checkpoints/step-NNNNNNNN/
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINTS, EXPORT, COMPLETE, META, LOADER, DS_TAG = "checkpoints", "export", "COMPLETE", "meta.json", \
     "loader.json", "ds"
 PREEMPTED, LOG, TB, IMAGES, CONFIG = "preempted.json", "log.jsonl", "tb", "images", "config.yaml"
+LOSS_CURVE = "loss.png"
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: saved after a preemption signal; the same command resumes
 
 

@@ -23,7 +23,8 @@ from medscale.trainer import checkpoint as ck
 from medscale.trainer.distributed import Dist, all_reduce_step
 
 logger = logging.getLogger(__name__)
-RUN_FILES = (ck.CONFIG, ck.LOG, ck.PREEMPTED, ck.TB, ck.IMAGES, ck.EXPORT)  # synced besides the checkpoints
+# synced besides the checkpoints
+RUN_FILES = (ck.CONFIG, ck.LOG, ck.LOSS_CURVE, ck.PREEMPTED, ck.TB, ck.IMAGES, ck.EXPORT)
 PULLED = (ck.LOG, ck.TB, ck.IMAGES)  # brought back to a fresh node, so that they go on where they stopped
 RETRIES = 3
 

@@ -63,8 +63,33 @@ class RunLog:
         save_image(grid, folder / f"step-{step:08d}.png")
 
     def close(self) -> None:
-        """Flush and close."""
+        """Flush and close; draw the loss curve (`loss.png`) from the log."""
         if self._bar is not None:
             self._bar.close()
         if self._writer is not None:
             self._writer.close()
+            loss_curve(self.run_dir / ck.LOG, self.run_dir / ck.LOSS_CURVE)
+
+
+def loss_curve(log: Path, path: Path) -> None:
+    """The training loss (and lr) against the global step, from `log.jsonl`, as a PNG."""
+    points = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    points = sorted({p["step"]: p for p in points if p.get("event") == "scalars"}.values(), key=lambda p: p["step"])
+    if len(points) < 2:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot([p["step"] for p in points], [p["train/loss"] for p in points], color="C0")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss", color="C0")
+    ax.grid(alpha=0.3)
+    lr = ax.twinx()
+    lr.plot([p["step"] for p in points], [p["train/lr"] for p in points], color="C1", linewidth=0.8)
+    lr.set_ylabel("lr", color="C1")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,47 @@
+"""The README's main command end to end, with a small budget: shard, reduce, contamination, pre-training on 2
+ranks under torchrun with eval watch beside it, the final evaluation and the printed table."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from medscale.core.storage import filesystem
+from medscale.data.manifest import read_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_the_demo_runs_the_whole_pipeline(tmp_path):
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "medscale", "demo", "-o", str(out), "train.max_steps=12",
+                           "train.checkpoint_every=6", "train.warmup_steps=2", "eval.linear_probe.epochs=5",
+                           "eval.bootstrap=50"], capture_output=True, text=True, timeout=1200, cwd=REPO,
+                          env=dict(os.environ, DS_ACCELERATOR="cpu"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "quarantined" in done.stdout and "medscale dedup hash-volume dhash<=6" in done.stdout
+    rows = read_manifest(*filesystem(str(out / "corpus"))).to_pylist()  # the real multi-source corpus
+    assert {r["kind"] for r in rows if r["status"] == "kept"} == {"npz", "dicom", "nifti"}
+    assert {"US", "CR", "CT", "MR"} <= {r["modality"] for r in rows if r["status"] == "kept"}
+    dups = [r for r in rows if r["status"] == "duplicate"]
+    assert dups and all(r["volume"] is not None and r["shard"] for r in dups)  # decided per volume, in shards
+    assert (out / "corpus" / "dedup" / "groups.png").exists()
+    report = json.loads((out / "corpus" / "dedup" / "contamination.json").read_text())
+    assert report["excluded"] >= 780  # every test image of both evaluation sets is kept out of pre-training
+    rows = pq.read_table(out / "eval" / "results.parquet").to_pylist()
+    columns = {(r["checkpoint"], r["dataset"], r["task"]) for r in rows}
+    for name in ("run@6", "run@12", "raw pixels", "random vit_tiny_patch16_224"):
+        for dataset in ("breast", "pneumonia"):
+            for task in ("retrieval", "knn", "linear_probe"):
+                assert (name, dataset, task) in columns, (name, dataset, task)
+    assert "| run@12 | random vit_tiny_patch16_224 | raw pixels |" in done.stdout
+    assert "| pretrain (+ eval watch) |" in done.stdout and "| total |" in done.stdout
+    for path in ("run/loss.png", "run/images/step-00000012.png", "run/export/card.json", "eval/results.md",
+                 "eval/pictures/retrieval-vs-step.png", "eval/pictures/retrieval-run@12-breast.png"):
+        assert (out / path).exists(), path
+    assert json.loads((out / "run" / "checkpoints" / "step-00000012" / "meta.json").read_text())["world_size"] == 2
