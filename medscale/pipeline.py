@@ -56,9 +56,27 @@ def write_test_splits(folder: Path) -> List[str]:
     return out
 
 
-def _launch(command: Sequence[str], log: Path | None = None, **kwargs) -> subprocess.Popen:
-    stream = open(log, "w") if log else None
-    return subprocess.Popen(list(command), stdout=stream, stderr=subprocess.STDOUT if stream else None, **kwargs)
+def training_slowdown(run: Path, results: Path):
+    """(median images/s while no evaluation ran, median while one did, window counts) from the run's log and the
+    watch's record of when it evaluated; None when either side has no window."""
+    from medscale.eval.watch import busy_intervals
+    from medscale.trainer.checkpoint import read_log
+
+    busy = busy_intervals(results)
+    windows = [w for w in read_log(run) if w.get("event") == "scalars" and w.get("step", 0) > 10]  # past start-up
+    during = [w["train/images_per_s"] for w in windows if any(a <= w["time"] <= b for a, b in busy)]
+    alone = [w["train/images_per_s"] for w in windows if not any(a <= w["time"] <= b for a, b in busy)]
+    if not during or not alone:
+        return None
+    return float(np.median(alone)), float(np.median(during)), len(alone), len(during)
+
+
+def _launch(command: Sequence[str], log: Path | None = None, env: Dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `command`, its output into `log` (the child keeps its own handle; ours is closed at once)."""
+    if log is None:
+        return subprocess.Popen(list(command), env=env)
+    with open(log, "w") as stream:
+        return subprocess.Popen(list(command), stdout=stream, stderr=subprocess.STDOUT, env=env)
 
 
 def run_demo(cfg: MedscaleConfig, output: Path, config_file: Path, overrides: Sequence[str], ranks: int = 2,
@@ -130,6 +148,7 @@ def run_demo(cfg: MedscaleConfig, output: Path, config_file: Path, overrides: Se
     if summary.failed:
         raise StageFailed("evaluation failed: " + "; ".join(summary.failed))
 
+    slowdown = training_slowdown(run, results)
     rows = ResultStore(results).rows
     last = max((r["step"] for r in rows if r["kind"] == "export" and r["step"] is not None), default=None)
     shown = [r for r in rows if r["kind"] != "export" or r["step"] == last]
@@ -139,6 +158,10 @@ def run_demo(cfg: MedscaleConfig, output: Path, config_file: Path, overrides: Se
     for stage, seconds in times.items():
         print(f"| {stage} | {seconds:.0f} s |")
     print(f"| total | {sum(times.values()):.0f} s |\n")
+    if slowdown:
+        print(f"training while eval watch evaluated: {slowdown[1]:.0f} images/s, otherwise {slowdown[0]:.0f} "
+              f"images/s (median of {slowdown[2]} and {slowdown[3]} logging windows): evaluation beside training "
+              f"cost it {100 * (1 - slowdown[1] / slowdown[0]):.0f}% while it ran\n")
     print("worth opening:\n"
           f"  tensorboard --logdir {output}     (training: {run / 'tb'}; evaluation: {results / 'tb'})\n"
           f"  loss curve:        {run / 'loss.png'}\n"

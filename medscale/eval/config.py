@@ -84,6 +84,7 @@ class EvalConfig:
     executor: str = "auto"  # auto | ray | pool | local
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
+    num_gpus: Optional[float] = None  # GPUs per job; None: a quarter on a local Ray with GPUs, none otherwise
     progress: bool = True
     storage_options: Dict[str, Any] = field(default_factory=dict)  # fsspec options; never logged
     retrieval: RetrievalOptions = field(default_factory=RetrievalOptions)

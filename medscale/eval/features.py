@@ -39,11 +39,6 @@ class FeatureSource:
     step: Optional[int] = None
     digest: str = ""
 
-    @property
-    def baseline(self) -> bool:
-        """Random initialisation and raw pixels are the baselines."""
-        return self.kind != "export"
-
 
 def _file_digest(path: Path) -> str:
     sha = hashlib.sha1()
@@ -61,8 +56,9 @@ def _export(path: Path, name: Optional[str] = None) -> FeatureSource:
                          step, digest_)
 
 
-def parse_checkpoints(specs: List[str]) -> List[FeatureSource]:
-    """The sources `specs` name; a run directory expands to its complete checkpoints (oldest first)."""
+def parse_checkpoints(specs: List[str], seed: int = 0) -> List[FeatureSource]:
+    """The sources `specs` name; a run directory expands to its complete checkpoints (oldest first); a random
+    initialisation is drawn with `seed` (part of its digest)."""
     import timm
 
     out: List[FeatureSource] = []
@@ -76,10 +72,10 @@ def parse_checkpoints(specs: List[str]) -> List[FeatureSource]:
                 card = json.loads((Path(target) / CARD).read_text())
                 out.append(FeatureSource(spec, "random", f"random {card['model']}", target, card["model"], None,
                                          digest("random", card["model"], json.dumps(card.get("kwargs", {}),
-                                                                                  sort_keys=True), n=16)))
+                                                                                  sort_keys=True), seed, n=16)))
             elif timm.is_model(target):
                 out.append(FeatureSource(spec, "random", f"random {target}", None, target, None,
-                                         digest("random", target, n=16)))
+                                         digest("random", target, seed, n=16)))
             else:
                 raise InputError(f"{spec}: timm has no model {target!r} and {target} is not an export folder; use "
                                  "random:TIMM_NAME or random:EXPORT_FOLDER")
@@ -145,26 +141,47 @@ def _preprocessing_id(card: Optional[Dict[str, Any]]) -> str:
     return digest(card["image_size"], card.get("in_chans", 3), card["mean"], card["std"], "bilinear-aa", n=8)
 
 
+def device() -> torch.device:
+    """Where evaluation computes: the GPU Ray gave this task (or this process sees), else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
 @torch.no_grad()
 def embed(model: torch.nn.Module, images: np.ndarray, card: Dict[str, Any], batch_size: int) -> np.ndarray:
-    """Pooled features `[N, D]` of `images` (batches of `batch_size`)."""
+    """Pooled features `[N, D]` of `images` (batches of `batch_size`, on the GPU where there is one)."""
+    where = device()
+    model = model.to(where)
     out = []
     for start in range(0, len(images), batch_size):
-        out.append(model(preprocess(images[start:start + batch_size], card)).float().numpy())
+        out.append(model(preprocess(images[start:start + batch_size], card).to(where)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+FEATURES_VERSION = 1  # part of every cache key: raise it when preprocessing or embedding changes
+
+
+def card_of(source: FeatureSource) -> Optional[Dict[str, Any]]:
+    """The preprocessing card of `source` without building its model (None for raw pixels)."""
+    if source.kind == "raw":
+        return None
+    if source.path:
+        return json.loads((Path(source.path) / CARD).read_text())
+    return build_model(source)[1]
 
 
 def features(source: FeatureSource, dataset: LabelledSet, cache: Path, batch_size: int,
              seed: int = 0) -> Dict[str, np.ndarray]:
-    """{split: float32 features `[N, D]`} of `dataset` by `source`, from the cache or extracted and cached."""
-    model, card = (None, None) if source.kind == "raw" else build_model(source, seed)
-    path = cache / f"{source.digest}-{dataset.digest}-{_preprocessing_id(card)}.npz"
+    """{split: float32 features `[N, D]`} of `dataset` by `source`, from the cache or extracted and cached; the
+    model is built only on a cache miss."""
+    card = card_of(source)
+    path = cache / f"{source.digest}-{dataset.digest}-{_preprocessing_id(card)}-v{FEATURES_VERSION}.npz"
     if path.exists():
         with np.load(path) as stored:
             return {k: stored[k] for k in stored.files}
-    if model is None:
+    if card is None:
         result = {s: (im.reshape(len(im), -1).astype(np.float32) / 255) for s, im in dataset.images.items()}
     else:
+        model, card = build_model(source, seed)
         result = {s: embed(model, im, card, batch_size) for s, im in dataset.images.items()}
     cache.mkdir(parents=True, exist_ok=True)
     fd, tmp = mkstemp_shared(str(cache), suffix=".npz")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -141,6 +141,10 @@ class DannTask(EvalTask):
     scores on both test splits, for DANN and for the same network trained without the domain head."""
 
     name, options_key = "dann", "dann"
+
+    def parameters(self) -> Dict[str, Any]:
+        """Its options, and the label head it shares with `mlp` (the target's digest is added by the pool)."""
+        return {**super().parameters(), "hidden": list(self.cfg.mlp.hidden)}
 
     def run(self, job: TaskInput) -> TaskOutput:
         """Accuracy and F1 on source-test and target-test, adapted and plain (`plain_` rows)."""

@@ -25,7 +25,7 @@ from medscale.eval.config import EvalConfig
 from medscale.eval.datasets import LabelledSet, load_dataset, parse_dataset
 from medscale.eval.features import FeatureSource, features, parse_checkpoints
 from medscale.eval.registry import create_task
-from medscale.eval.results import ResultStore, job_key, markdown_table, parameters_json
+from medscale.eval.results import ResultStore, job_key, markdown_table, parameters_json, slug
 from medscale.eval.task import TaskInput
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ def extract_job(pair: Tuple[FeatureSource, str], datasets: Dict[str, LabelledSet
 
     torch.set_num_threads(threads)
     source, name = pair
-    features(source, datasets[name], Path(cache), cfg.batch_size, cfg.seed)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is not this job's business
+        features(source, datasets[name], Path(cache), cfg.batch_size, cfg.seed)
     return source.digest, name
 
 
@@ -101,19 +102,29 @@ def run_job(job: Job, datasets: Dict[str, LabelledSet], cfg: EvalConfig, cache: 
     task = create_task(job.task, cfg)
     target = datasets.get(parse_dataset(cfg.dann.target)[0]) if job.task == "dann" and cfg.dann.target else None
     start = time.perf_counter()
-    output = task.run(TaskInput(
-        datasets[job.dataset], job.source,
-        lambda ds: features(job.source, ds, Path(cache), cfg.batch_size, cfg.seed),
-        cfg.seed, cfg.bootstrap, cfg.batch_size, target))
+    with torch.random.fork_rng(devices=[]):  # tasks seed torch for their heads; the caller's state stays as it was
+        output = task.run(TaskInput(
+            datasets[job.dataset], job.source,
+            lambda ds: features(job.source, ds, Path(cache), cfg.batch_size, cfg.seed),
+            cfg.seed, cfg.bootstrap, cfg.batch_size, target))
     return {"metrics": output.metrics, "picture": output.picture, "seconds": time.perf_counter() - start,
-            "parameters": parameters_json(task.parameters())}
+            "parameters": job_parameters(job.task, cfg, datasets)}
+
+
+def job_parameters(task: str, cfg: EvalConfig, datasets: Dict[str, LabelledSet]) -> str:
+    """A task's parameters as the rerun key stores them (dann: with its target's content digest)."""
+    parameters = create_task(task, cfg).parameters()
+    if task == "dann" and cfg.dann.target:
+        target = datasets.get(parse_dataset(cfg.dann.target)[0])
+        parameters["target_digest"] = target.digest if target is not None else None
+    return parameters_json(parameters)
 
 
 def _sources(cfg: EvalConfig, failed: List[str]) -> List[FeatureSource]:
     out = []
     for spec in cfg.checkpoints:
         try:
-            out.extend(parse_checkpoints([spec]))
+            out.extend(parse_checkpoints([spec], cfg.seed))
         except MedscaleError as exc:
             failed.append(f"{spec}: {exc}")
             logger.error("%s", exc)
@@ -152,7 +163,7 @@ def evaluate(cfg: EvalConfig, per_commit: bool = False) -> EvalSummary:
     jobs = []
     for source in sources:
         for task in cfg.tasks:
-            params = parameters_json(create_task(task, cfg).parameters())
+            params = job_parameters(task, cfg, datasets)
             for name in names:
                 if name not in datasets:
                     continue
@@ -178,7 +189,11 @@ def _run(jobs: List[Job], datasets: Dict[str, LabelledSet], cfg: EvalConfig, out
     import torch
 
     work = sum(JOB_SECONDS.get(j.task, 5.0) for j in jobs)
-    gpu = {"num_gpus": 1} if torch.cuda.is_available() else {}
+    # a local Ray on a GPU machine: jobs share the GPUs (4 a GPU); a cluster's tasks ask for none unless the
+    # config says so (`eval.num_gpus`), so that a cluster without GPUs still runs them
+    gpus = cfg.num_gpus if cfg.num_gpus is not None else (0.25 if torch.cuda.is_available() and not cfg.ray_address
+                                                           else 0)
+    gpu = {"num_gpus": gpus} if gpus else {}
     executor = executor_for(cfg.executor, work, cfg.ray_address, cfg.num_cpus, preload=PRELOAD, task_options=gpu)
     cache, threads = str(out / FEATURES), _threads(executor)
     try:
@@ -208,7 +223,7 @@ def _run(jobs: List[Job], datasets: Dict[str, LabelledSet], cfg: EvalConfig, out
             summary.jobs += 1
             store.add(_rows(job, result, datasets[job.dataset], commit))
             if result["picture"] is not None:
-                _save_picture(result["picture"], out / PICTURES / f"{job.task}-{_slug(job.source.name)}-"
+                _save_picture(result["picture"], out / PICTURES / f"{job.task}-{slug(job.source.name)}-"
                                                                    f"{job.dataset}.png")
     finally:
         executor.close()
@@ -232,10 +247,6 @@ def _rows(job: Job, result: Dict[str, Any], dataset: LabelledSet, commit: str) -
              "value": float(m.value), "low": float(m.low), "high": float(m.high), "n": n,
              "seconds": result["seconds"], "commit": commit, "parameters": result["parameters"], "time": stamp}
             for m in result["metrics"]]
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in name)
 
 
 def _save_picture(picture: np.ndarray, path: Path) -> None:

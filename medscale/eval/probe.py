@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from medscale.eval.features import build_model, preprocess
+from medscale.eval.features import build_model, device, preprocess
 from medscale.eval.metrics import auc, bootstrap_interval, mean_interval
 from medscale.eval.task import EvalTask, Metric, TaskInput, TaskOutput
 
@@ -51,11 +51,6 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray, job: TaskInpu
             Metric("auc", auc(scores, labels), low, high)]
 
 
-def n_classes(job: TaskInput) -> int:
-    """Classes of the dataset (at least the largest label + 1 of any split)."""
-    return max([len(job.dataset.classes)] + [int(v.max()) + 1 for v in job.dataset.labels.values() if len(v)])
-
-
 class LinearProbeTask(EvalTask):
     """Frozen features -> BatchNorm + Linear, LARS with per-step warmup then cosine; test accuracy and AUC."""
 
@@ -69,7 +64,7 @@ class LinearProbeTask(EvalTask):
         feats = job.features
         x, y = torch.tensor(feats["train"]), torch.tensor(train_labels)
         torch.manual_seed(job.seed)
-        head = LinearProbeHead(x.shape[1], n_classes(job))
+        head = LinearProbeHead(x.shape[1], job.n_classes)
         batch = min(opts.batch_size, len(x))
         base_lr = opts.blr * batch / 256
         optimizer = lars(head, base_lr)
@@ -113,7 +108,8 @@ class FinetuneTask(EvalTask):
         splits = {s: job.dataset.split(s, self.name) for s in ("train", "val", "test")}
         tensors = {s: (preprocess(im, card), torch.tensor(lb)) for s, (im, lb) in splits.items()}
         torch.manual_seed(job.seed)
-        model = nn.Sequential(backbone, nn.Linear(backbone.num_features, n_classes(job)))
+        where = device()
+        model = nn.Sequential(backbone, nn.Linear(backbone.num_features, job.n_classes)).to(where)
         optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay, fused=True)
         generator = torch.Generator().manual_seed(job.seed)
         best: Tuple[float, dict] = (-1.0, {})
@@ -127,7 +123,7 @@ class FinetuneTask(EvalTask):
             order = torch.randperm(len(x), generator=generator)
             for start in range(0, len(x), opts.batch_size):
                 rows = order[start:start + opts.batch_size]
-                loss = nn.functional.cross_entropy(model(x[rows]), y[rows])
+                loss = nn.functional.cross_entropy(model(x[rows].to(where)), y[rows].to(where))
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -142,5 +138,6 @@ class FinetuneTask(EvalTask):
     @torch.no_grad()
     def _scores(model: nn.Module, x: torch.Tensor, job: TaskInput) -> np.ndarray:
         model.eval()
-        return torch.cat([torch.softmax(model(x[i:i + job.batch_size]), dim=1)
+        where = next(model.parameters()).device
+        return torch.cat([torch.softmax(model(x[i:i + job.batch_size].to(where)), dim=1).cpu()
                           for i in range(0, len(x), job.batch_size)]).numpy()

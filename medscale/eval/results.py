@@ -1,6 +1,6 @@
 """The results contract (one place): `OUT/results.parquet`, one row per (checkpoint, task, dataset, metric),
-rewritten atomically as jobs finish; the same figures in TensorBoard at the checkpoint's step (`OUT/tb/NAME/`);
-a markdown table with the baselines beside the model (`OUT/results.md`).
+rewritten atomically as jobs finish (one evaluation writes to an OUT at a time); the same figures in TensorBoard
+at the checkpoint's step (`OUT/tb/NAME/`); a markdown table with the baselines beside the model (`OUT/results.md`).
 
 A rerun skips a job whose rows are present, keyed by (checkpoint digest, task, dataset digest, parameters).
 """
@@ -76,7 +76,7 @@ class ResultStore:
     def _scalar(self, row: Dict[str, Any]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        name = re.sub(r"[^A-Za-z0-9_.@-]+", "_", row["checkpoint"])
+        name = slug(row["checkpoint"])
         writer = self._writers.get(name)
         if writer is None:
             writer = self._writers[name] = SummaryWriter(str(self.out / TB / name))
@@ -114,6 +114,11 @@ def markdown_table(rows: Iterable[Dict[str, Any]]) -> str:
     for (dataset, task, metric), by_name in sorted(cells.items()):
         lines.append(f"| {dataset} | {task} | {metric} | " + " | ".join(by_name.get(n, "") for n in names) + " |")
     return "\n".join(lines)
+
+
+def slug(name: str) -> str:
+    """`name` as a file name: letters, digits and `-_.@`; anything else becomes `_`."""
+    return re.sub(r"[^A-Za-z0-9_.@-]", "_", name)
 
 
 def parameters_json(parameters: Dict[str, Any]) -> str:

@@ -101,8 +101,7 @@ class KnnTask(EvalTask):
         _, train_labels = job.dataset.split("train", self.name)
         feats = job.features
         idx, sims = nearest(feats["test"], feats["train"], self.options.k, "cosine")
-        n_classes = max(len(job.dataset.classes), int(train_labels.max()) + 1, int(test_labels.max()) + 1)
-        votes = np.zeros((len(test_labels), n_classes))
+        votes = np.zeros((len(test_labels), job.n_classes))
         weights = np.exp(sims / self.options.temperature)
         np.add.at(votes, (np.repeat(np.arange(len(test_labels)), idx.shape[1]), train_labels[idx].ravel()),
                   weights.ravel())

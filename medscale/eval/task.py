@@ -4,7 +4,7 @@ rows with 95% bootstrap intervals, and optionally a picture; the pool owns every
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
@@ -40,6 +40,12 @@ class TaskInput:
         """{split: [N, D]} of the dataset."""
         return self.get_features(self.dataset)
 
+    @property
+    def n_classes(self) -> int:
+        """Classes of the dataset (at least the largest label + 1 of any split)."""
+        labels = [int(v.max()) + 1 for v in self.dataset.labels.values() if len(v)]
+        return max([len(self.dataset.classes)] + labels)
+
 
 @dataclass
 class TaskOutput:
@@ -47,7 +53,6 @@ class TaskOutput:
 
     metrics: List[Metric]
     picture: Optional[np.ndarray] = None
-    extra: Dict[str, Any] = field(default_factory=dict)
 
 
 class EvalTask:
@@ -61,8 +66,10 @@ class EvalTask:
         self.options = getattr(cfg, self.options_key) if self.options_key else None
 
     def parameters(self) -> Dict[str, Any]:
-        """What defines a result besides checkpoint and dataset (recorded with it; a change re-runs it)."""
-        return dataclasses.asdict(self.options) if self.options is not None else {}
+        """What defines a result besides checkpoint and dataset (recorded with it; a change re-runs it): the
+        task's options, the seed and the bootstrap's resamples."""
+        options = dataclasses.asdict(self.options) if self.options is not None else {}
+        return {**options, "seed": self.cfg.seed, "bootstrap": self.cfg.bootstrap}
 
     def run(self, job: TaskInput) -> TaskOutput:
         """The task's metrics on `job`."""

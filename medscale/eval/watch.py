@@ -25,25 +25,57 @@ from medscale.trainer import checkpoint as ck
 
 logger = logging.getLogger(__name__)
 EXPORTS = "exports"
+WATCH_LOG = "watch.jsonl"  # one line per evaluation: checkpoint, step, start, end (epoch seconds), exit code
 NICENESS = 10  # evaluation yields the CPU to training on a shared machine
 
 
+TERMINAL = ("done", "stop_at_step", "preempted", "non_finite_loss")  # the run stopped (it may resume later)
+
+
 def finished(run_dir: Path) -> bool:
-    """True when the run's log says it reached the end of its schedule."""
-    log = run_dir / ck.LOG
-    if not log.exists():
-        return False
-    return any(json.loads(line).get("event") == "done" for line in log.read_text().splitlines() if line.strip())
+    """True when the run's latest start (or resume) was followed by a stop: done, a time box, a preemption or a
+    non-finite loss; a stop left in the log by an earlier attempt does not count."""
+    events = [e.get("event") for e in ck.read_log(run_dir)]
+    starts = [i for i, e in enumerate(events) if e in ("start", "resume")]
+    return any(e in TERMINAL for e in events[starts[-1] if starts else 0:])
 
 
 def _evaluate_in_child(export: Path, cfg: EvalConfig) -> int:
-    """`medscale eval` of one export (and the baselines) in a child process at lower priority."""
-    config = Path(cfg.out) / ".watch-config.yaml"
-    config.write_text(to_yaml({"eval": cfg}, redact=False))
-    os.chmod(config, 0o600)  # may hold storage credentials
+    """`medscale eval` of one export (and the baselines) in a child process at lower priority; its config (which
+    may hold storage credentials) is readable by this user only and removed afterwards."""
+    config = Path(cfg.out) / f".watch-config-{os.getpid()}.yaml"
+    fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(to_yaml({"eval": cfg}, redact=False))
     command = [sys.executable, "-m", "medscale", "eval", "-c", str(config), "--checkpoints", str(export),
                *cfg.checkpoints]
-    return subprocess.run(command, preexec_fn=lambda: os.nice(NICENESS)).returncode
+    try:
+        return subprocess.run(command, preexec_fn=lambda: os.nice(NICENESS)).returncode
+    finally:
+        config.unlink(missing_ok=True)
+
+
+def _keep(checkpoint: Path, exports: Path, run: Path) -> Path | None:
+    """Copy a checkpoint's export out of the run (training prunes old checkpoints); None if it was pruned first."""
+    target = exports / f"{run.name}@{ck.step_of(checkpoint)}"
+    if target.exists():
+        return target
+    partial = target.with_name(target.name + ".tmp")
+    try:
+        shutil.copytree(checkpoint / ck.EXPORT, partial, dirs_exist_ok=True)
+    except OSError:  # pruned by training while (or before) we copied it
+        shutil.rmtree(partial, ignore_errors=True)
+        logger.warning("%s was pruned before it could be evaluated", checkpoint)
+        return None
+    partial.rename(target)
+    return target
+
+
+def busy_intervals(out: Path) -> List[tuple]:
+    """(start, end) epoch seconds of each evaluation `watch` ran into `out`."""
+    log = Path(out) / WATCH_LOG
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [(e["start"], e["end"]) for e in (json.loads(line) for line in lines if line.strip())]
 
 
 def watch(run_dir: str, cfg: EvalConfig, once: bool = False, interval: float = 30.0) -> int:
@@ -60,19 +92,18 @@ def watch(run_dir: str, cfg: EvalConfig, once: bool = False, interval: float = 3
     while True:
         done = finished(run)  # read before listing: a checkpoint written after this is seen next time round
         new: List[Path] = [c for c in ck.complete_checkpoints(run) if c.name not in seen]
-        for checkpoint in new:
+        kept = [(c, _keep(c, exports, run)) for c in new]  # all copied first: evaluating one takes a while
+        for checkpoint, target in kept:
             seen.add(checkpoint.name)
-            target = exports / f"{run.name}@{ck.step_of(checkpoint)}"
-            if not target.exists():
-                try:
-                    shutil.copytree(checkpoint / ck.EXPORT, target.with_name(target.name + ".tmp"),
-                                    dirs_exist_ok=True)
-                except FileNotFoundError:  # pruned by training before we got to it
-                    logger.warning("%s was pruned before it could be evaluated", checkpoint)
-                    continue
-                target.with_name(target.name + ".tmp").rename(target)
+            if target is None:
+                continue
             logger.info("evaluating %s (step %d)", checkpoint, ck.step_of(checkpoint))
-            code |= 1 if _evaluate_in_child(target, cfg) else 0
+            started = time.time()
+            child = _evaluate_in_child(target, cfg)
+            with open(Path(cfg.out) / WATCH_LOG, "a") as fh:
+                fh.write(json.dumps({"checkpoint": checkpoint.name, "step": ck.step_of(checkpoint), "start": started,
+                                     "end": time.time(), "exit_code": child}) + "\n")
+            code |= 1 if child else 0
         if once or (done and not new):
             return code
         time.sleep(interval)

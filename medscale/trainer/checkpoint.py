@@ -82,6 +82,12 @@ def read_json(path: Path) -> Dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def read_log(run_dir: str | Path) -> List[Dict[str, Any]]:
+    """The events of `log.jsonl` (none when it does not exist yet)."""
+    log = Path(run_dir) / LOG
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+
+
 def save_rng(path: Path, mask_generator: torch.Generator) -> None:
     """This rank's RNG states: the method's own generator and torch's default one (tensors only)."""
     torch.save({"mask_generator": mask_generator.get_state(), "torch": torch.get_rng_state()}, path)

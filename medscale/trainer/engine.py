@@ -125,6 +125,7 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
             start_step = int(meta["step"])
             break
         damaged = run.where(resume)
+        run.forget(resume)  # a local copy that failed to load is downloaded again next time
         previous = [s for s in steps if s < ck.step_of(resume)
                     and run.meta(s).get("world_size") == meta.get("world_size")]
         if universal is not None or not previous:
@@ -134,8 +135,7 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
         logger.warning("skipping damaged checkpoint %s (%s): resuming from %s", damaged, failed or "on another rank",
                        run.where(resume))
         meta = ck.read_json(resume / ck.META)
-    if world.is_main:
-        run.pull()  # a fresh node continues the remote run's log and TensorBoard events
+    run.pull()  # a fresh node continues the remote run's log and TensorBoard events
     log = RunLog(run.local, world.is_main, cfg.progress, start_step, cfg.max_steps)
     if world.is_main:
         (run.local / ck.CONFIG).write_text(to_yaml({"train": cfg, "loader": loader_cfg}))
@@ -151,7 +151,7 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
         flag.restore()
         log.close()
         try:
-            run.sync()
+            run.sync(collective=False)  # ranks may be out of step here (an error on one): no collective
         except Exception as exc:  # the run's own error (if any) is the one to report
             logger.warning("could not upload the run's last log lines to %s: %s", cfg.run_dir, exc)
     return summary

@@ -14,7 +14,9 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch.distributed as dist
 
 from medscale.core.errors import StorageError
 from medscale.core.faults import describe, retrying
@@ -65,11 +67,30 @@ class RunDir:
             raise StorageError(f"{what} failed ({failure or 'on another node'}); nothing committed is lost: "
                                "rerun the same command to resume from the last complete checkpoint")
 
+    def _on_rank0(self, fn: Callable[[], Any], what: str) -> Any:
+        """`fn()` on rank 0 only, its result (or its failure, raised on every rank) broadcast to all."""
+        box: List[Any] = [None, ""]
+        if self.world.is_main:
+            try:
+                box[0] = fn()
+            except Exception as exc:
+                box[1] = describe(exc)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast_object_list(box, src=0)
+        if box[1]:
+            raise StorageError(f"{what} failed ({box[1]}); nothing committed is lost: rerun the same command when "
+                               "the storage answers again")
+        return box[0]
+
     def complete_steps(self, warn: bool = True) -> List[int]:
-        """Steps of the complete checkpoints (marker and meta present), oldest first; partial ones warned of."""
+        """Steps of the complete checkpoints (marker and meta present), oldest first; partial ones warned of.
+        Remote: rank 0 lists and tells the others (one listing, one answer for all)."""
         if self.remote is None:
             return [ck.step_of(p) for p in ck.complete_checkpoints(self.local)]
-        fs, root = self.remote
+        return self._on_rank0(lambda: self._list_complete(warn), f"listing {join(self.url, ck.CHECKPOINTS)}")
+
+    def _list_complete(self, warn: bool) -> List[int]:
+        fs, _ = self.remote
         base = self._remote(ck.CHECKPOINTS)
         files = fs.find(base, maxdepth=2) if fs.exists(base) else []
         names: Dict[str, set] = {}
@@ -87,40 +108,60 @@ class RunDir:
         return done
 
     def meta(self, step: int) -> Dict:
-        """A checkpoint's meta.json, read where it lives."""
+        """A checkpoint's meta.json, read where it lives (remote: by rank 0, told to all)."""
         if self.remote is None:
             return ck.read_json(ck.checkpoint_dir(self.local, step) / ck.META)
+        return self._on_rank0(lambda: self._remote_meta(step), f"reading step {step}'s {ck.META}")
+
+    def _remote_meta(self, step: int) -> Dict:
         fs, _ = self.remote
         with fs.open(self._remote(f"{ck.CHECKPOINTS}/step-{step:08d}/{ck.META}")) as fh:
             return json.load(fh)
 
     def fetch(self, step: int) -> Path:
-        """The checkpoint of `step` in the local copy: downloaded to every node from a remote run directory
-        (skipped where a whole copy is already there)."""
+        """The checkpoint of `step` in the local copy: downloaded to every node from a remote run directory, unless
+        a whole copy of that very checkpoint (the same meta.json) is already there."""
         path = ck.checkpoint_dir(self.local, step)
         if self.remote is None:
             return path
         failure = ""
-        if self.writer and not (path / ck.COMPLETE).exists():
+        if self.writer:
             try:
-                shutil.rmtree(path, ignore_errors=True)
-                self._download(f"{ck.CHECKPOINTS}/{path.name}", path)
-                ck.mark_complete(path, step)  # locally: a whole copy
+                fresh = (path / ck.COMPLETE).exists() and (path / ck.META).exists() and \
+                    ck.read_json(path / ck.META) == self._remote_meta(step)
+                if not fresh:
+                    shutil.rmtree(path, ignore_errors=True)
+                    self._download(f"{ck.CHECKPOINTS}/{path.name}", path)
+                    ck.mark_complete(path, step)  # locally: a whole copy
             except Exception as exc:
                 failure = describe(exc)
         self._agree(failure, f"downloading {self.where(path)}")
         return path
 
+    def forget(self, path: Path) -> None:
+        """A local copy that failed to load is downloaded again next time (remote run directories)."""
+        if self.remote is not None and self.writer:
+            (path / ck.COMPLETE).unlink(missing_ok=True)
+
     def begin(self, step: int) -> Path:
-        """The folder a save of `step` writes into, cleared of an interrupted save's files (here and remote)."""
+        """The folder a save of `step` writes into, emptied of anything an earlier save of that step left (here
+        and remote; the marker goes first, so that a crash in between never leaves a marked mixture)."""
         path = ck.checkpoint_dir(self.local, step)
-        if self.writer and path.exists() and not (path / ck.COMPLETE).exists():
-            shutil.rmtree(path)  # nothing of an interrupted save may be mixed in
+        if self.writer and path.exists():
+            (path / ck.COMPLETE).unlink(missing_ok=True)
+            shutil.rmtree(path)
+        failure = ""
         if self.remote is not None and self.world.is_main:
             fs, _ = self.remote
             target = self._remote(f"{ck.CHECKPOINTS}/{path.name}")
-            if fs.exists(target) and not fs.exists(f"{target}/{ck.COMPLETE}"):
-                fs.rm(target, recursive=True)
+            try:
+                if fs.exists(target):
+                    if fs.exists(f"{target}/{ck.COMPLETE}"):
+                        fs.rm(f"{target}/{ck.COMPLETE}")
+                    fs.rm(target, recursive=True)
+            except Exception as exc:
+                failure = describe(exc)
+        self._agree(failure, f"clearing {self.where(path)}")
         return path
 
     def commit(self, path: Path, step: int) -> None:
@@ -133,40 +174,54 @@ class RunDir:
             except Exception as exc:
                 failure = describe(exc)
         self._agree(failure, f"uploading {self.where(path)}")
-        if self.world.is_main:
-            if self.remote is not None:
+        if self.remote is not None:
+            def mark() -> None:
                 fs, _ = self.remote
                 retrying(fs.pipe_file, self._remote(f"{ck.CHECKPOINTS}/{path.name}/{ck.COMPLETE}"),
                          f"{step}\n".encode(), retries=RETRIES, what="marking the checkpoint complete")
+            self._on_rank0(mark, f"marking {self.where(path)} complete")
         if (self.remote is None and self.world.is_main) or (self.remote is not None and self.writer
                                                              and self.nodes == 1):
             ck.mark_complete(path, step)  # locally too where this copy is the whole checkpoint
 
     def prune(self, keep_last: int) -> None:
-        """Keep the newest `keep_last` complete checkpoints (remote by rank 0; each node's copy by its writer)."""
+        """Keep the newest `keep_last` complete checkpoints (remote by rank 0; each node's copy by its writer).
+        A failed removal is a warning: the run goes on, and the next prune tries again."""
         if self.remote is None:
             if self.world.is_main:
                 ck.prune(self.local, keep_last)
             return
         if self.world.is_main:
-            fs, _ = self.remote
-            done = self.complete_steps(warn=False)
-            keep, newest = set(done[-keep_last:]), (done[-1] if done else -1)
-            for name in fs.ls(self._remote(ck.CHECKPOINTS), detail=False):
-                folder = name.rstrip("/").rsplit("/", 1)[-1]
-                if folder.startswith("step-") and int(folder.split("-", 1)[1]) not in keep \
-                        and int(folder.split("-", 1)[1]) < newest:
-                    fs.rm(name, recursive=True)
+            try:
+                self._prune_remote(keep_last)
+            except Exception as exc:
+                logger.warning("could not remove old checkpoints of %s: %s", self.url, describe(exc))
         if self.writer:
             local = sorted((self.local / ck.CHECKPOINTS).glob("step-*"))
             for path in local[:-keep_last]:
                 shutil.rmtree(path, ignore_errors=True)
 
-    def sync(self) -> None:
+    def _prune_remote(self, keep_last: int) -> None:
+        fs, _ = self.remote
+        done = self._list_complete(warn=False)
+        keep, newest = set(done[-keep_last:]), (done[-1] if done else -1)
+        for name in fs.ls(self._remote(ck.CHECKPOINTS), detail=False):
+            folder = name.rstrip("/").rsplit("/", 1)[-1]
+            if folder.startswith("step-") and int(folder.split("-", 1)[1]) not in keep \
+                    and int(folder.split("-", 1)[1]) < newest:
+                fs.rm(name, recursive=True)
+
+    def sync(self, collective: bool = True) -> None:
         """Rank 0 uploads the run's files that changed since the last sync (config, log, TensorBoard, pictures,
-        preemption marker, export); nothing to do for a local run directory."""
-        if self.remote is None or not self.world.is_main:
+        preemption marker, export); `collective`: every rank calls it and learns of a failure."""
+        if self.remote is None:
             return
+        if collective:
+            self._on_rank0(self._push_run_files, f"uploading the run's files to {self.url}")
+        elif self.world.is_main:
+            self._push_run_files()
+
+    def _push_run_files(self) -> None:
         for name in RUN_FILES:
             source = self.local / name
             for path in (sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else
@@ -178,9 +233,12 @@ class RunDir:
                     self._pushed[key] = (stat.st_size, stat.st_mtime_ns)
 
     def pull(self) -> None:
-        """Rank 0 of a remote run brings its log, TensorBoard events and pictures into the local copy."""
-        if self.remote is None or not self.world.is_main:
-            return
+        """Rank 0 of a remote run brings its log, TensorBoard events and pictures into the local copy (every rank
+        calls it and learns of a failure)."""
+        if self.remote is not None:
+            self._on_rank0(self._pull_run_files, f"downloading the run's log from {self.url}")
+
+    def _pull_run_files(self) -> None:
         fs, _ = self.remote
         for name in PULLED:
             if fs.exists(self._remote(name)):

@@ -73,8 +73,8 @@ class RunLog:
 
 def loss_curve(log: Path, path: Path) -> None:
     """The training loss (and lr) against the global step, from `log.jsonl`, as a PNG."""
-    points = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
-    points = sorted({p["step"]: p for p in points if p.get("event") == "scalars"}.values(), key=lambda p: p["step"])
+    points = sorted({p["step"]: p for p in ck.read_log(log.parent) if p.get("event") == "scalars"}.values(),
+                    key=lambda p: p["step"])
     if len(points) < 2:
         return
     import matplotlib

@@ -80,3 +80,18 @@ def test_nearest_matches_brute_force(distance):
     else:
         expected = np.argsort(((queries[:, None] - database[None]) ** 2).sum(-1), axis=1)[:, :5]
     assert (idx == expected).all()
+
+
+def test_corruptions_follow_their_formulas():
+    from medscale.eval.corruptions import corrupt
+
+    x = np.tile(np.linspace(40, 200, 28, dtype=np.float64).round().astype(np.uint8), (3, 28, 1))
+    contrast = corrupt(x, "contrast_down", 5).astype(float)  # x0.4 around each image's mean
+    assert abs(contrast.mean() - x.mean()) < 1 and contrast.std() == pytest.approx(0.4 * x.std(), rel=0.02)
+    assert np.abs(corrupt(x, "brightness_down", 5).astype(float) - 0.5 * x).max() <= 0.5 + 1e-9
+    assert corrupt(np.array([[0, 255]], np.uint8), "gamma_up", 3).tolist() == [[0, 255]]
+    noisy = corrupt(np.full((4, 64, 64), 128, np.uint8), "gaussian_noise", 5).astype(float) / 255
+    assert noisy.std() == pytest.approx(0.08, rel=0.05)
+    assert (corrupt(x, "gaussian_noise", 1, seed=3) == corrupt(x, "gaussian_noise", 1, seed=3)).all()
+    with pytest.raises(ValueError, match="unknown corruption"):
+        corrupt(x, "fog", 1)

@@ -86,6 +86,8 @@ def test_watch_evaluates_each_new_checkpoint_once(tiny_export, tmp_path):
     assert steps == [("run@1", 1), ("run@2", 2)]
     assert len([r for r in rows if r["kind"] == "raw"]) == 5  # the baseline once, not once per checkpoint
     assert (out / "pictures" / "retrieval-vs-step.png").exists()
+    record = [json.loads(line) for line in (out / "watch.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in record] == [1, 2] and all(e["start"] < e["end"] and not e["exit_code"] for e in record)
 
 
 @pytest.mark.slow

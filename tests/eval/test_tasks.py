@@ -69,7 +69,8 @@ def test_dann_adapts_pneumonia_to_a_corrupted_copy(tmp_path):
 
 def test_every_task_is_registered_with_its_options():
     assert set(TASKS) == {"retrieval", "knn", "linear_probe", "finetune", "mlp", "dann"}
-    assert create_task("retrieval", EvalConfig()).parameters() == {"k": 5, "distance": "cosine"}
+    assert create_task("retrieval", EvalConfig()).parameters() == {"k": 5, "distance": "cosine", "seed": 0,
+                                                                 "bootstrap": 1000}
 
 
 def test_datasets_of_every_kind(tmp_path):
