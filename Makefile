@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/dedup_quality.py
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/train.py
+	$(PY) benchmarks/eval.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
