@@ -175,18 +175,24 @@ def test_the_deepspeed_launcher_with_zero_3(train_corpus, tmp_path):
     assert weights["blocks.0.attn.qkv.weight"].shape == (576, 192) and weights["blocks.0.attn.qkv.weight"].abs().sum()
 
 
-@pytest.mark.slow
-def test_two_nodes_by_torchrun_rendezvous(train_corpus, tmp_path):
+def _two_nodes(args, per_node=lambda node: []):
+    """Two torchrun agents joined by c10d rendezvous on this machine, one rank each (`per_node(i)`: extra
+    arguments of node i); both must exit 0."""
     from tests.conftest import _free_port
 
-    run_dir, port = tmp_path / "run", _free_port()
+    port = _free_port()
     agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-                                "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-nodes",
-                                *_args(train_corpus, run_dir, "train.max_steps=3", "train.checkpoint_every=3")],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, **ENV),
-                               cwd=REPO) for _ in range(2)]
+                                "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=nodes{port}",
+                                *args, *per_node(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, **ENV), cwd=REPO) for i in range(2)]
     codes = [agent.wait(timeout=300) for agent in agents]
     assert codes == [0, 0], [a.stderr.read()[-2000:] for a in agents]
+
+
+@pytest.mark.slow
+def test_two_nodes_by_torchrun_rendezvous(train_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    _two_nodes(_args(train_corpus, run_dir, "train.max_steps=3", "train.checkpoint_every=3"))
     meta = json.loads((run_dir / "checkpoints" / "step-00000003" / "meta.json").read_text())
     assert meta["world_size"] == 2 and sorted(_losses(run_dir)) == [1, 2, 3]
 
@@ -253,18 +259,10 @@ def test_an_s3_run_directory_needs_no_shared_filesystem(straight_run, train_corp
     """Two nodes with their own local folders write one run to S3 (moto); a third, fresh node resumes it."""
     import s3fs
 
-    from tests.conftest import _free_port
-
-    url, port = "s3://medscale-test/runs/mae", _free_port()
+    url = "s3://medscale-test/runs/mae"
     endpoint = f"train.storage_options.client_kwargs.endpoint_url={s3_server['client_kwargs']['endpoint_url']}"
     args = [*_args(train_corpus, url, "train.max_steps=6", "train.checkpoint_every=3", endpoint)]
-    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-                                "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=s3-nodes",
-                                *args, "train.stop_at_step=3", f"train.local_dir={tmp_path / f'node{i}'}"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, **ENV),
-                               cwd=REPO) for i in range(2)]
-    codes = [agent.wait(timeout=300) for agent in agents]
-    assert codes == [0, 0], [a.stderr.read()[-2000:] for a in agents]
+    _two_nodes([*args, "train.stop_at_step=3"], lambda i: [f"train.local_dir={tmp_path / f'node{i}'}"])
     fs = s3fs.S3FileSystem(**s3_server)
     assert fs.exists(f"{url}/checkpoints/step-00000003/COMPLETE")
     names = {n.rsplit("/", 1)[-1] for n in fs.find(f"{url}/checkpoints/step-00000003")}
