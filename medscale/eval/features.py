@@ -173,7 +173,11 @@ def features(source: FeatureSource, dataset: LabelledSet, cache: Path, batch_siz
              seed: int = 0) -> Dict[str, np.ndarray]:
     """{split: float32 features `[N, D]`} of `dataset` by `source`, from the cache or extracted and cached; the
     model is built only on a cache miss."""
-    card = card_of(source)
+    model = None
+    if source.kind == "random" and not source.path:  # timm's default card comes with its model: build it once
+        model, card = build_model(source, seed)
+    else:
+        card = card_of(source)
     path = cache / f"{source.digest}-{dataset.digest}-{_preprocessing_id(card)}-v{FEATURES_VERSION}.npz"
     if path.exists():
         with np.load(path) as stored:
@@ -181,7 +185,8 @@ def features(source: FeatureSource, dataset: LabelledSet, cache: Path, batch_siz
     if card is None:
         result = {s: (im.reshape(len(im), -1).astype(np.float32) / 255) for s, im in dataset.images.items()}
     else:
-        model, card = build_model(source, seed)
+        if model is None:
+            model, card = build_model(source, seed)
         result = {s: embed(model, im, card, batch_size) for s, im in dataset.images.items()}
     cache.mkdir(parents=True, exist_ok=True)
     fd, tmp = mkstemp_shared(str(cache), suffix=".npz")
