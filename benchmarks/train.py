@@ -1,10 +1,12 @@
-"""Training speed: medscale's MAE step through DeepSpeed against the same step in plain torch, in one run.
+"""Training speed: medscale's steps through DeepSpeed against the same steps in plain torch, in one run.
 
-For each decoder (the CPU preset's 128x4 and the MedMAE 512x8x16) it measures the model FLOPs of one
+MAE: for each decoder (the CPU preset's 128x4 and the MedMAE 512x8x16) it measures the model FLOPs of one
 forward + backward (torch's FLOP counter), the step time of plain torch (module + torch.optim.AdamW) and of the
 DeepSpeed engine (ZeRO stage 2, fp32, one process), and this machine's dense float32 matmul rate, then prints MFU
 (model FLOPs / step time / matmul rate), DeepSpeed's overhead, and the images/s of the tiny CPU recipe.
-Run: `python benchmarks/train.py` (about 3 minutes on 2 cores).
+Contrastive methods: each one's step (with its momentum update, queue, Sinkhorn) on ResNet-50, plain torch against
+the DeepSpeed engine, images/s and the engine's overhead; then the extra cost of SwAV's 6 small multi-crop views.
+Run: `python benchmarks/train.py` (about 8 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -76,29 +78,39 @@ def method_for(decoder, image_size: int, patch: int) -> MaeMethod:
     return MaeMethod(cfg, image_size)
 
 
-def plain_step(method, images):
+def plain_step(method, inputs):
+    """One training step of `method` in plain torch: forward, backward, torch's AdamW, the method's hooks."""
     optimizer = torch.optim.AdamW(method.parameter_groups(0.05), lr=1e-4, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(0)
+    count = iter(range(1 << 30))
 
     def step():
-        loss, _ = method(images, generator)
+        n = next(count)
+        method.begin_step(n, 1000)
+        loss, _ = method(inputs, generator)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        method.end_step(n, 1000)
     return step
 
 
-def deepspeed_step(method, images, batch: int):
+def deepspeed_step(method, inputs, batch: int):
+    """The same step through the engine's DeepSpeed set-up (ZeRO-2, fp32, its fused AdamW, one process)."""
     from medscale.trainer.distributed import init_distributed
 
     init_distributed()
     engine = initialize(method, TrainConfig(zero_stage=2), batch, 1, "fp32", 1e-4)  # the engine's own set-up
     generator = torch.Generator().manual_seed(0)
+    count = iter(range(1 << 30))
 
     def step():
-        loss, _ = engine(images, generator)
+        n = next(count)
+        method.begin_step(n, 1000)
+        loss, _ = engine(inputs, generator)
         engine.backward(loss)
         engine.step()
+        method.end_step(n, 1000)
     return step
 
 
@@ -173,17 +185,55 @@ def zero_table() -> None:
         print(f"| {stage} | {int(state) / 2**20:.1f} MiB | {int(state) / base:.0%} |")
 
 
+def contrastive_for(name: str, model: str, size: int, small_crops: int = 0):
+    """A contrastive method as its GPU preset builds it (heads, prototypes, queue), on `model` at `size` px."""
+    from medscale.trainer.registry import create_method
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(method=name, model=model, in_chans=3)
+    cfg.moco.queue_size = 4096
+    cfg.swav.small_crops, cfg.swav.prototypes, cfg.swav.freeze_prototypes_steps = small_crops, 500, 0
+    return create_method(name, cfg, size)
+
+
+def contrastive_table(model: str, size: int, batch: int, steps: int) -> None:
+    """Plain torch vs DeepSpeed per contrastive method, then SwAV with and without its small views."""
+    from medscale.trainer.registry import METHODS
+
+    views = [torch.randn(batch, 3, size, size) for _ in range(2)]
+    print(f"\n| {model}, {size} px, batch {batch} x 2 views | plain torch s/step | images/s | DeepSpeed ZeRO-2 s/step "
+          "| images/s | engine overhead |")
+    print("|---|---|---|---|---|---|")
+    for name in (n for n in METHODS if n != "mae"):
+        torch_s, ds_s = time_alternating([plain_step(contrastive_for(name, model, size), views),
+                                          deepspeed_step(contrastive_for(name, model, size), views, batch)], 2, steps)
+        print(f"| {name} | {torch_s:.2f} | {batch / torch_s:.1f} | {ds_s:.2f} | {batch / ds_s:.1f} | "
+              f"{100 * (ds_s / torch_s - 1):+.0f}% |")
+    small = max(16, round(size * 96 / 224 / 16) * 16)  # SwAV's 96 px at 224, at this size
+    crops = views + [torch.randn(batch, 3, small, small) for _ in range(6)]
+    two, eight = time_alternating([plain_step(contrastive_for("swav", model, size), views),
+                                   plain_step(contrastive_for("swav", model, size, 6), crops)], 2, steps)
+    print(f"\nSwAV multi-crop (plain torch): 2 x {size} px {two:.2f} s/step, 2 x {size} + 6 x {small} px "
+          f"{eight:.2f} s/step: the small views cost {100 * (eight / two - 1):+.0f}% per step")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--contrastive-model", default="resnet50")
+    parser.add_argument("--contrastive-size", type=int, default=128)
+    parser.add_argument("--contrastive-batch", type=int, default=16)
+    parser.add_argument("--part", choices=("all", "mae", "contrastive"), default="all")
     parser.add_argument("--zero-memory", action="store_true", help="(internal) the per-rank memory run of one rank")
     args = parser.parse_args()
     if args.zero_memory:
         return zero_memory()
     torch.set_num_threads(args.threads)
+    if args.part == "contrastive":
+        return contrastive_table(args.contrastive_model, args.contrastive_size, args.contrastive_batch, args.steps)
     rate = matmul_rate()
     print(f"dense float32 matmul: {rate / 1e9:.0f} GFLOP/s ({args.threads} threads)\n")
     print("| MAE ViT-Tiny, decoder | GFLOP/image (fwd+bwd) | plain torch s/step | MFU | DeepSpeed ZeRO-2 s/step | "
@@ -206,6 +256,8 @@ def main() -> None:
     print(f"\ntiny CPU recipe (configs/mae-tiny.yaml, 32 px, batch 32, DeepSpeed step only): "
           f"{32 / tiny_s:.0f} images/s")
     zero_table()
+    if args.part == "all":
+        contrastive_table(args.contrastive_model, args.contrastive_size, args.contrastive_batch, args.steps)
 
 
 if __name__ == "__main__":

@@ -95,12 +95,25 @@ def _view(size: int, scale: tuple, blur: float, colour: bool) -> v2.Compose:
     ])
 
 
+CROP_SCALE, SMALL_CROP_SCALE = (0.08, 1.0), (0.05, 0.14)
+
+
+def view_specs(size: int, small_size: int, small_crops: int, crop_scale: Sequence[float] = CROP_SCALE,
+               small_crop_scale: Sequence[float] = SMALL_CROP_SCALE) -> List[tuple]:
+    """(size, area range, blur probability) of each contrastive view: two global views (blur p1.0 and p0.1, as in
+    BYOL), then `small_crops` small ones (SwAV multi-crop, blur p0.5). The torch and DALI graphs both read this."""
+    return [(size, tuple(crop_scale), 1.0), (size, tuple(crop_scale), 0.1)] + \
+        [(small_size, tuple(small_crop_scale), 0.5)] * small_crops
+
+
 def contrastive_transform(size: int = 224, small_size: int = 96, small_crops: int = 0,
                           mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                          channels: int = 3, output: str = "float32") -> Callable[[np.ndarray], List[torch.Tensor]]:
-    """Two global views (crop 0.08-1.0, flip, colour jitter p0.8, grayscale p0.2, blur p1.0/p0.1 as in BYOL) plus
-    `small_crops` small views (SwAV multi-crop: `small_size`, scale 0.05-0.14 of the area) -> list of tensors."""
-    specs = [(size, (0.08, 1.0), 1.0), (size, (0.08, 1.0), 0.1)] + [(small_size, (0.05, 0.14), 0.5)] * small_crops
+                          channels: int = 3, output: str = "float32", crop_scale: Sequence[float] = CROP_SCALE,
+                          small_crop_scale: Sequence[float] = SMALL_CROP_SCALE
+                          ) -> Callable[[np.ndarray], List[torch.Tensor]]:
+    """The views of `view_specs`, each: random resized crop, flip, colour jitter p0.8 (brightness/contrast on grey),
+    grayscale p0.2, Gaussian blur -> list of `[C, s, s]` tensors."""
+    specs = view_specs(size, small_size, small_crops, crop_scale, small_crop_scale)
     grey = [_view(s, sc, b, colour=False) for s, sc, b in specs]
     rgb = [_view(s, sc, b, colour=True) for s, sc, b in specs]
     finish = to_uint8 if output == "uint8" else v2.Normalize(list(mean)[:channels], list(std)[:channels])
@@ -126,8 +139,9 @@ def _output(cfg: "LoaderConfig") -> str:
 
 # the registry of torch transforms by `loader.augment` name (the DALI graphs in `data.dali` are keyed the same way)
 TRANSFORMS: Dict[str, Callable[["LoaderConfig"], Callable]] = {
-    "mae": lambda cfg: mae_transform(cfg.image_size, output=_output(cfg)),
-    "contrastive": lambda cfg: contrastive_transform(cfg.image_size, cfg.small_size, cfg.small_crops,
-                                                     output=_output(cfg)),
-    "resize": lambda cfg: resize_transform(cfg.image_size, output=_output(cfg)),
+    "mae": lambda cfg: mae_transform(cfg.image_size, channels=cfg.channels or 3, output=_output(cfg)),
+    "contrastive": lambda cfg: contrastive_transform(cfg.image_size, cfg.small_size, cfg.small_crops or 0,
+                                                     channels=cfg.channels or 3, output=_output(cfg),
+                                                     crop_scale=cfg.crop_scale, small_crop_scale=cfg.small_crop_scale),
+    "resize": lambda cfg: resize_transform(cfg.image_size, channels=cfg.channels or 3, output=_output(cfg)),
 }

@@ -5,6 +5,7 @@ Torch-free: sharding workers unpickle these classes, and must not load torch.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -104,10 +105,13 @@ class LoaderConfig:
     shuffle: bool = True
     shuffle_window: int = 4096  # torch: samples shuffled together after the shard permutation
     remainder: str = "pad"  # pad | drop | uneven: when samples do not divide by the world size
-    augment: str = "mae"  # mae | contrastive | resize
+    augment: Optional[str] = None  # mae | contrastive | resize; null: what the trainer's method needs (else mae)
     image_size: int = 224
-    small_crops: int = 0  # contrastive: extra small views (SwAV multi-crop)
+    small_crops: Optional[int] = None  # contrastive: extra small views (SwAV multi-crop); null: the method's (else 0)
     small_size: int = 96
+    channels: Optional[int] = None  # 1 or 3 channels per image; null: the trainer's train.in_chans (else 3)
+    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # contrastive views: area range of the crop
+    small_crop_scale: List[float] = field(default_factory=lambda: [0.05, 0.14])  # small views' area range
     device: str = "auto"  # DALI decoding: auto | gpu | cpu
     source_weights: Dict[str, float] = field(default_factory=dict)  # torch loader: source -> weight (1 if absent)
     batch_dtype: str = "auto"  # torch loader: float32 (normalised in workers) | uint8 (normalised by the trainer on
@@ -122,11 +126,28 @@ class LoaderConfig:
         check(self.num_workers >= 0, origin, "loader.num_workers", "an int >= 0", self.num_workers)
         check(self.shuffle_window >= 1, origin, "loader.shuffle_window", "an int >= 1", self.shuffle_window)
         check_choice(self.remainder, REMAINDERS, origin, "loader.remainder")
-        check_choice(self.augment, AUGMENTS, origin, "loader.augment")
+        check(self.augment is None or self.augment in AUGMENTS, origin, "loader.augment",
+              "null or " + " | ".join(AUGMENTS), self.augment)
         check(self.image_size >= 8, origin, "loader.image_size", "an int >= 8", self.image_size)
         check(self.small_size >= 8, origin, "loader.small_size", "an int >= 8", self.small_size)
-        check(self.small_crops >= 0, origin, "loader.small_crops", "an int >= 0", self.small_crops)
+        check(self.channels in (None, 1, 3), origin, "loader.channels", "null, 1 or 3", self.channels)
+        check(self.small_crops is None or self.small_crops >= 0, origin, "loader.small_crops", "null or an int >= 0",
+              self.small_crops)
+        for key in ("crop_scale", "small_crop_scale"):
+            lo_hi = getattr(self, key)
+            check(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= 1, origin, f"loader.{key}",
+                  "two numbers 0 < low <= high <= 1", lo_hi)
         check_choice(self.device, DALI_DEVICES, origin, "loader.device")
         check_choice(self.batch_dtype, BATCH_DTYPES, origin, "loader.batch_dtype")
         for name, weight in self.source_weights.items():
             check(weight > 0, origin, f"loader.source_weights.{name}", "a weight > 0", weight)
+
+    def for_model(self, augment: str, small_crops: int, channels: int) -> "LoaderConfig":
+        """A copy whose unset `augment`, `small_crops` and `channels` are those given (what a trainer's method and
+        model need)."""
+        def keep(value, default):
+            return value if value is not None else default
+
+        return dataclasses.replace(self, augment=keep(self.augment, augment),
+                                   small_crops=keep(self.small_crops, small_crops),
+                                   channels=keep(self.channels, channels))

@@ -19,7 +19,7 @@ import torch
 
 from medscale.core.errors import ConfigError, InputError
 from medscale.core.storage import filesystem, is_local, join
-from medscale.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from medscale.data.augment import CROP_SCALE, IMAGENET_MEAN, IMAGENET_STD, SMALL_CROP_SCALE, view_specs
 from medscale.data.config import AUGMENTS
 from medscale.data.dataset import rank_and_world
 from medscale.data.manifest import KEPT, read_manifest
@@ -66,7 +66,7 @@ def local_paths(url: str, shards: List[str], storage_options: Mapping[str, Any],
     return [os.path.join(cache, s) for s in shards]
 
 
-def _views(images, augment: str, size: int, small_size: int, small_crops: int, scale: float, mean, std):
+def _views(images, augment: str, specs: List[tuple], scale: float, mean, std):
     """DALI graph of the augmentation recipes of `medscale.data.augment` (same parameters)."""
     from nvidia.dali import fn, types
 
@@ -75,6 +75,7 @@ def _views(images, augment: str, size: int, small_size: int, small_crops: int, s
                                         output_layout="CHW", mean=[m * scale for m in mean],
                                         std=[s * scale for s in std])
 
+    size = specs[0][0]
     if augment == "resize":
         return [normalise(fn.resize(images, size=[size, size], interp_type=types.INTERP_CUBIC), mirror=False)]
     if augment == "mae":
@@ -82,9 +83,8 @@ def _views(images, augment: str, size: int, small_size: int, small_crops: int, s
                                       interp_type=types.INTERP_CUBIC)
         return [normalise(crop)]
     views = []
-    specs = [(size, [0.08, 1.0], 1.0), (size, [0.08, 1.0], 0.1)] + [(small_size, [0.05, 0.14], 0.5)] * small_crops
     for view_size, area, blur_p in specs:
-        x = fn.random_resized_crop(images, size=[view_size, view_size], random_area=area,
+        x = fn.random_resized_crop(images, size=[view_size, view_size], random_area=list(area),
                                    interp_type=types.INTERP_CUBIC)
         jitter = fn.random.coin_flip(probability=0.8)
         x = fn.brightness_contrast(x, brightness=1.0 + jitter * fn.random.uniform(range=[-0.4, 0.4]),
@@ -102,6 +102,8 @@ class DaliLoader:
     def __init__(self, url: str, *, batch_size: int, seed: int = 0, shuffle: bool = True,
                  rank: Optional[int] = None, world_size: Optional[int] = None, augment: str = "mae",
                  image_size: int = 224, small_size: int = 96, small_crops: int = 0,
+                 crop_scale: Sequence[float] = CROP_SCALE, small_crop_scale: Sequence[float] = SMALL_CROP_SCALE,
+                 channels: int = 3,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, num_threads: int = 2,
                  device: str = "auto", shuffle_buffer: int = 1024, remainder: str = "pad",
                  storage_options: Optional[Mapping[str, Any]] = None, cache_dir: Optional[str] = None) -> None:
@@ -118,7 +120,9 @@ class DaliLoader:
         self.url, self.batch_size, self.seed, self.shuffle = url, batch_size, seed, shuffle
         self.rank, self.world_size = rank_and_world(rank, world_size)
         self.augment, self.image_size, self.small_size, self.small_crops = augment, image_size, small_size, small_crops
-        self.mean, self.std, self.num_threads, self.shuffle_buffer = list(mean), list(std), num_threads, shuffle_buffer
+        self.specs = view_specs(image_size, small_size, small_crops, crop_scale, small_crop_scale)
+        self.mean, self.std = list(mean)[:channels], list(std)[:channels]
+        self.channels, self.num_threads, self.shuffle_buffer = channels, num_threads, shuffle_buffer
         self.storage_options = dict(storage_options or {})
         shards, self.sixteen_bit = kept_only_shards(url, self.storage_options)
         self.paths = local_paths(url, shards, self.storage_options, cache_dir)
@@ -139,10 +143,10 @@ class DaliLoader:
                 shard_id=self.rank, num_shards=self.world_size, name="Reader", seed=self.seed,
                 pad_last_batch=self.remainder == "pad")
             dtype = types.UINT16 if self.sixteen_bit else types.UINT8
-            images = fn.decoders.image(png, device="mixed" if self.gpu else "cpu", output_type=types.RGB, dtype=dtype)
+            colour = types.GRAY if self.channels == 1 else types.RGB
+            images = fn.decoders.image(png, device="mixed" if self.gpu else "cpu", output_type=colour, dtype=dtype)
             scale = 65535.0 if self.sixteen_bit else 255.0
-            views = _views(images, self.augment, self.image_size, self.small_size, self.small_crops, scale,
-                           self.mean, self.std)
+            views = _views(images, self.augment, self.specs, scale, self.mean, self.std)
             return (*views, fn.pad(cls, fill_value=0), fn.pad(meta, fill_value=0))
 
         pipe = pipeline(checkpoint=self._checkpoint) if self._checkpoint else pipeline()

@@ -37,6 +37,7 @@ def _dali_usable(url: str, cfg: LoaderConfig) -> Optional[str]:
 
 def create_loader(url: str, cfg: LoaderConfig, rank: Optional[int] = None, world_size: Optional[int] = None):
     """The loader `cfg.loader` names (`auto`: DALI on a GPU when it can read the shards as they are, else torch)."""
+    cfg = cfg.for_model("mae", 0, 3)  # what no trainer asked for: MAE's crops, no small views, 3 channels
     kind = cfg.loader
     if kind == "auto":
         why_not = _dali_usable(url, cfg)
@@ -51,7 +52,8 @@ def create_loader(url: str, cfg: LoaderConfig, rank: Optional[int] = None, world
 
         return DaliLoader(url, batch_size=cfg.batch_size, seed=cfg.seed, shuffle=cfg.shuffle, rank=rank,
                           world_size=world_size, augment=cfg.augment, image_size=cfg.image_size,
-                          small_size=cfg.small_size, small_crops=cfg.small_crops, device=cfg.device,
+                          small_size=cfg.small_size, small_crops=cfg.small_crops, crop_scale=cfg.crop_scale,
+                          small_crop_scale=cfg.small_crop_scale, channels=cfg.channels, device=cfg.device,
                           remainder=cfg.remainder,
                           storage_options=cfg.storage_options, cache_dir=cfg.cache_dir)
     dataset = ShardDataset(url, seed=cfg.seed, shuffle=cfg.shuffle, rank=rank, world_size=world_size,

@@ -5,13 +5,14 @@ RUN_DIR/
   config.yaml                 the resolved config (storage options redacted)
   log.jsonl                   one JSON line per logged step (and per checkpoint, preemption, stop)
   tb/                         the TensorBoard run
-  images/step-NNNNNNNN.png    reconstruction grids (MAE)
+  images/step-NNNNNNNN.png    the method's picture: reconstructions (MAE), the views trained on (contrastive)
   loss.png                    the loss and lr against the step (drawn when the run stops)
   export/                     the newest exported backbone (core/card.py: card.json + backbone.safetensors)
   preempted.json              written when a signal stopped the run: step, time, checkpoint (for supervisors)
   checkpoints/step-NNNNNNNN/
     ds/ + latest              DeepSpeed's states (sharded under ZeRO; unpickled by DeepSpeed: trusted like code)
-    rng-rank{R}.pt            each rank's RNG states (tensors only: loaded with weights_only=True)
+    rng-rank{R}.pt            each rank's RNG states and the method's per-rank state, e.g. SwAV's queue (tensors
+                              only: loaded with weights_only=True)
     loader.json               the loader's position (global samples consumed: valid for any world size)
     meta.json                 step, world size, method, model, manifest digest, time
     export/                   the backbone at this step
@@ -88,16 +89,21 @@ def read_log(run_dir: str | Path) -> List[Dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
 
 
-def save_rng(path: Path, mask_generator: torch.Generator) -> None:
-    """This rank's RNG states: the method's own generator and torch's default one (tensors only)."""
-    torch.save({"mask_generator": mask_generator.get_state(), "torch": torch.get_rng_state()}, path)
+def save_rng(path: Path, mask_generator: torch.Generator, method_state: Optional[Dict[str, torch.Tensor]] = None
+             ) -> None:
+    """This rank's RNG states (the method's own generator and torch's default one) and the method's per-rank state
+    (tensors only)."""
+    torch.save({"mask_generator": mask_generator.get_state(), "torch": torch.get_rng_state(),
+                "method": dict(method_state or {})}, path)
 
 
-def load_rng(path: Path, mask_generator: torch.Generator) -> None:
-    """Restore what `save_rng` wrote (weights_only: nothing but tensors is unpickled)."""
+def load_rng(path: Path, mask_generator: torch.Generator) -> Dict[str, torch.Tensor]:
+    """Restore the RNG states `save_rng` wrote and return the method's per-rank state (weights_only: nothing but
+    tensors is unpickled)."""
     state = torch.load(path, weights_only=True)
     mask_generator.set_state(state["mask_generator"])
     torch.set_rng_state(state["torch"])
+    return state.get("method", {})
 
 
 def mark_complete(path: Path, step: int) -> None:

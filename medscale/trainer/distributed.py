@@ -85,6 +85,20 @@ class PreemptionFlag:
         self._previous.clear()
 
 
+def batch_norm_across_ranks(method: torch.nn.Module, world: Dist) -> str:
+    """Make `method`'s BatchNorm layers SyncBatchNorm where the backend has it (NCCL, several ranks); returns what
+    the log says of its BatchNorm ('' when it has none)."""
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in method.modules()):
+        return ""
+    if world.world_size == 1:
+        return "BatchNorm: one rank, statistics of its whole batch"
+    if world.backend == "nccl":
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        return f"BatchNorm: SyncBatchNorm over {world.world_size} ranks (statistics of the global batch)"
+    return (f"BatchNorm: per rank ({world.backend} has no SyncBatchNorm: each of the {world.world_size} ranks "
+            "normalises with its own batch's statistics)")
+
+
 def all_reduce_step(values: List[float], device: torch.device) -> List[float]:
     """Sum `values` over all ranks in one call (losses, the preemption flag, a non-finite count)."""
     tensor = torch.tensor(values, dtype=torch.float64, device=device)

@@ -6,7 +6,6 @@ checkpoints with the loader position and every rank's RNG (exact resume), auto-r
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import time
@@ -24,7 +23,13 @@ from medscale.data.config import LoaderConfig
 from medscale.data.manifest import kept_digest
 from medscale.trainer import checkpoint as ck
 from medscale.trainer.config import TrainConfig
-from medscale.trainer.distributed import Dist, PreemptionFlag, all_reduce_step, init_distributed
+from medscale.trainer.distributed import (
+    Dist,
+    PreemptionFlag,
+    all_reduce_step,
+    batch_norm_across_ranks,
+    init_distributed,
+)
 from medscale.trainer.registry import create_method
 from medscale.trainer.resume import (
     TrainingError,
@@ -83,8 +88,17 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
     run = RunDir(cfg.run_dir, cfg.storage_options, cfg.local_dir, world)
     torch.manual_seed(cfg.seed + world.rank)
     method = create_method(cfg.method, cfg, loader_cfg.image_size)
-    loader_cfg = copy.copy(loader_cfg)
-    loader_cfg.augment = method.augment  # what the method needs (issue 14 lets the config override it)
+    loader_cfg = loader_cfg.for_model(method.augment, method.small_crops, cfg.in_chans)  # unless the config says
+    if (loader_cfg.augment == "contrastive") != (method.augment == "contrastive"):
+        raise ConfigError(f"loader.augment {loader_cfg.augment} does not give {cfg.method} the input it trains on "
+                          f"(views of `contrastive`, one image otherwise): leave loader.augment unset, or set it to "
+                          f"{method.augment}")
+    if loader_cfg.channels != cfg.in_chans:
+        raise ConfigError(f"loader.channels {loader_cfg.channels} differs from train.in_chans {cfg.in_chans}: leave "
+                          "loader.channels unset")
+    batch_norm = batch_norm_across_ranks(method, world)
+    if batch_norm and world.is_main:
+        logger.info("%s", batch_norm)
     if loader_cfg.batch_dtype == "auto":  # on a GPU, batches cross process boundaries as uint8 and are normalised
         # there; on CPU the normalisation costs this process what it saves the workers, so they do it
         loader_cfg.batch_dtype = "uint8" if world.device.type == "cuda" else "float32"
@@ -117,7 +131,7 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
     start_step = 0
     while resume is not None:
         try:
-            load_state(engine, loader, generator, resume, universal, world)
+            load_state(engine, method, loader, generator, resume, universal, world)
             failed = ""
         except Exception as exc:  # a damaged file in a checkpoint marked complete (disk error, manual edits)
             failed = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
@@ -141,12 +155,13 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
         (run.local / ck.CONFIG).write_text(to_yaml({"train": cfg, "loader": loader_cfg}))
         log.event("start" if resume is None else "resume", step=start_step, world_size=world.world_size,
                   precision=precision, lr=base_lr, effective_batch=effective, grad_accum=cfg.grad_accum,
-                  checkpoint=run.where(resume) if resume else None, world_size_change=note)
+                  checkpoint=run.where(resume) if resume else None, world_size_change=note, batch_norm=batch_norm)
     summary = PretrainSummary(cfg.run_dir, cfg.method, cfg.model, start_step, start_step, cfg.max_steps,
                               world.world_size)
     flag = PreemptionFlag().install()
     try:
-        _loop(engine, method, loader, generator, cfg, world, run, log, flag, base_lr, summary, digest)
+        _loop(engine, method, loader, generator, cfg, world, run, log, flag, base_lr, summary, digest,
+              loader_cfg.image_size)
     finally:
         flag.restore()
         log.close()
@@ -169,28 +184,31 @@ def _batches(loader):
 
 
 def _loop(engine, method, loader, generator, cfg: TrainConfig, world: Dist, run: RunDir, log: RunLog,
-          flag: PreemptionFlag, base_lr: float, summary: PretrainSummary, digest: Tuple[str, int]) -> None:
+          flag: PreemptionFlag, base_lr: float, summary: PretrainSummary, digest: Tuple[str, int],
+          image_size: int) -> None:
     batches = _batches(loader)
     input_dtype = next(p for p in method.parameters()).dtype  # bf16/fp16 engines cast the model, not its inputs
     last = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
     step, start = summary.start_step, time.perf_counter()
     images_seen, wait_s, window_start = 0, 0.0, time.perf_counter()
-    images = None
+    inputs, logs = None, {}
     while step < last:
         lr = learning_rate(step, base_lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr)
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
+        method.begin_step(step, cfg.max_steps)
         losses = []
         for _ in range(cfg.grad_accum):
             t = time.perf_counter()
             batch = next(batches)
             wait_s += time.perf_counter() - t
-            images = normalize_batch(batch["image"].to(world.device, non_blocking=True)).to(input_dtype)
-            loss, _ = engine(images, generator)
+            inputs = _inputs(batch, world.device, input_dtype)
+            loss, logs = engine(inputs, generator)
             engine.backward(loss)
             engine.step()
             losses.append(float(loss.detach()))
-            images_seen += images.shape[0]
+            images_seen += len(batch["key"])
+        method.end_step(step, cfg.max_steps)
         step += 1
         local = sum(losses) / len(losses)
         total, signalled, bad = all_reduce_step([local, float(flag.signalled), float(local != local or
@@ -212,16 +230,17 @@ def _loop(engine, method, loader, generator, cfg: TrainConfig, world: Dist, run:
             log.scalars(step, {"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": rate,
                                "train/data_wait_fraction": wait_s / elapsed if elapsed else 0.0,
                                "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
-                               "train/memory_gib": _memory_gib(world.device)})
+                               "train/memory_gib": _memory_gib(world.device),
+                               **{f"train/{k}": float(v) for k, v in logs.items() if k != "loss"}})
             images_seen, wait_s, window_start = 0, 0.0, time.perf_counter()
         if cfg.image_every and step % cfg.image_every == 0 and step % cfg.checkpoint_every:
-            grid = picture(method, images, cfg.seed)  # every rank: ZeRO-3 gathers weights in the forward
-            if world.is_main and grid is not None:
-                log.picture(step, grid)
+            rows = picture(method, inputs, cfg.seed)  # every rank: ZeRO-3 gathers weights in the forward
+            if world.is_main and rows is not None:
+                log.picture(step, rows, method.picture_tag)
         stopping = signalled > 0 or step == last
         if step % cfg.checkpoint_every == 0 or stopping:
             summary.checkpoint = save_checkpoint(engine, method, loader, generator, cfg, world, run, log, step,
-                                                 images, digest)
+                                                 inputs, image_size, digest)
         if signalled > 0:
             if world.is_main:
                 ck.write_json(run.local / ck.PREEMPTED, {
@@ -241,6 +260,13 @@ def _loop(engine, method, loader, generator, cfg: TrainConfig, world: Dist, run:
     if summary.stopped == "preempted":
         raise Preempted(f"preempted at step {summary.step}: saved {summary.checkpoint}; rerun the same command to "
                         f"resume (exit code {ck.PREEMPTED_EXIT})")
+
+
+def _inputs(batch, device: torch.device, dtype: torch.dtype):
+    """The method's input on the training device, normalised: the batch's images, or its list of views."""
+    if "views" in batch:
+        return [normalize_batch(v.to(device, non_blocking=True)).to(dtype) for v in batch["views"]]
+    return normalize_batch(batch["image"].to(device, non_blocking=True)).to(dtype)
 
 
 def _memory_gib(device: torch.device) -> float:

@@ -4,7 +4,7 @@ which part of it is the backbone to export."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -17,9 +17,27 @@ NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "reg_token")
 
 
 class PretrainMethod(nn.Module):
-    """The method interface. `forward(images, generator) -> (loss, {name: scalar tensor})`."""
+    """The method interface. `forward(inputs, generator) -> (loss, {name: scalar tensor})`, where `inputs` is the
+    batch's images `[N, C, H, W]` (augment `mae`) or its list of views (augment `contrastive`)."""
 
-    augment = "mae"  # the loader augmentation (`loader.augment`) this method trains on
+    augment = "mae"  # the loader augmentation this method trains on (unless `loader.augment` says otherwise)
+    small_crops = 0  # small views it asks of the loader (SwAV's multi-crop), unless `loader.small_crops` is set
+    no_zero3 = ""  # why ZeRO-3 cannot train it (empty: it can)
+    fp32_weights = False  # bf16/fp16 as autocast over fp32 weights (EMA targets and per-layer optimizers need them)
+    picture_tag = "reconstruction"  # the TensorBoard name of `picture()`
+
+    def begin_step(self, step: int, max_steps: int) -> None:
+        """Before the forward passes of optimizer step `step` (0-based): schedules that follow the step."""
+
+    def end_step(self, step: int, max_steps: int) -> None:
+        """After optimizer step `step` (0-based): momentum targets follow the online weights."""
+
+    def rank_state(self) -> Dict[str, torch.Tensor]:
+        """This rank's own state that DeepSpeed does not save (a per-rank queue): saved beside its RNG."""
+        return {}
+
+    def load_rank_state(self, state: Dict[str, torch.Tensor]) -> None:
+        """Restore what `rank_state` returned."""
 
     def backbone(self) -> nn.Module:
         """The timm model to export (plain timm loads it back)."""
@@ -41,8 +59,9 @@ class PretrainMethod(nn.Module):
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def timm_backbone(cfg: TrainConfig, image_size: int, **extra: Any) -> Tuple[nn.Module, Dict[str, Any]]:
-    """(`timm.create_model(cfg.model, ...)` without a classifier head, its kwargs); a clear error naming the key
+def timm_backbone(cfg: TrainConfig, image_size: int, **vit: Any) -> Tuple[nn.Module, Dict[str, Any]]:
+    """(`timm.create_model(cfg.model, ...)` without a classifier head, its kwargs); `img_size` and the `vit` keyword
+    arguments go to models that take them (ViTs), not to those that do not (ResNets); a clear error naming the key
     for a name timm does not know."""
     import timm
 
@@ -50,7 +69,13 @@ def timm_backbone(cfg: TrainConfig, image_size: int, **extra: Any) -> Tuple[nn.M
         close = timm.list_models(f"*{cfg.model.split('_')[0]}*")[:5]
         raise ConfigError(f"train.model: timm has no model {cfg.model!r}" + (f" (e.g. {', '.join(close)})"
                                                                                if close else ""))
-    kwargs = {"img_size": image_size, "in_chans": cfg.in_chans, "num_classes": 0, **extra}
+    kwargs = {"in_chans": cfg.in_chans, "num_classes": 0}
+    sized = {"img_size": image_size, **kwargs, **vit}
+    try:
+        return timm.create_model(cfg.model, pretrained=False, **sized), sized
+    except TypeError as exc:  # a model without an input size (convolutional networks pool any size)
+        if "unexpected keyword argument" not in str(exc):
+            raise
     return timm.create_model(cfg.model, pretrained=False, **kwargs), kwargs
 
 
@@ -84,8 +109,8 @@ class MaeMethod(PretrainMethod):
         return dict(self._kwargs)
 
     @torch.no_grad()
-    def picture(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Rows of original / masked / reconstructed images `[3N, C, H, W]` (the input's normalisation)."""
+    def picture(self, images: torch.Tensor, generator: torch.Generator) -> List[torch.Tensor]:
+        """Rows of original / masked / reconstructed images, each `[N, C, H, W]` (the input's normalisation)."""
         loss, pred, mask = self.mae(images, generator)
         masked, pasted = self.mae.reconstruct(images, pred, mask)
-        return torch.cat([images, masked, pasted])
+        return [images, masked, pasted]

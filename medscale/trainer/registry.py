@@ -8,6 +8,11 @@ from typing import Any
 
 METHODS = {
     "mae": "medscale.trainer.methods:MaeMethod",
+    "simclr": "medscale.trainer.simclr:SimclrMethod",
+    "moco": "medscale.trainer.moco:MocoMethod",
+    "mocov3": "medscale.trainer.moco:Mocov3Method",
+    "byol": "medscale.trainer.byol:ByolMethod",
+    "swav": "medscale.trainer.swav:SwavMethod",
 }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import torch
 
@@ -48,16 +48,23 @@ class RunLog:
             self._writer.flush()
             self.event("scalars", step=step, **values)
 
-    def picture(self, step: int, images: torch.Tensor, rows: int = 3) -> None:
-        """A grid of `images: [rows * N, C, H, W]` (normalised: shown min-max per image) to TensorBoard and PNG."""
+    def picture(self, step: int, rows: List[torch.Tensor], tag: str = "reconstruction") -> None:
+        """A grid of `rows`, each `[N, C, H, W]` normalised as the loader does (shown de-normalised; smaller views
+        scaled up to the first row's size), to TensorBoard under `tag` and to PNG."""
         if self._writer is None:
             return
+        import torch.nn.functional as F
         from torchvision.utils import make_grid, save_image
 
-        lo = images.amin(dim=(1, 2, 3), keepdim=True)
-        hi = images.amax(dim=(1, 2, 3), keepdim=True)
-        grid = make_grid((images - lo) / (hi - lo).clamp_min(1e-6), nrow=images.shape[0] // rows, padding=2)
-        self._writer.add_image("reconstruction", grid, step)
+        from medscale.data.augment import IMAGENET_MEAN, IMAGENET_STD
+
+        size = tuple(rows[0].shape[-2:])
+        images = torch.cat([r if tuple(r.shape[-2:]) == size else F.interpolate(r, size=size, mode="nearest")
+                            for r in rows])
+        c = images.shape[1]
+        mean, std = (torch.tensor(v[:c]).view(1, c, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+        grid = make_grid((images * std + mean).clamp(0, 1), nrow=rows[0].shape[0], padding=2)
+        self._writer.add_image(tag, grid, step)
         folder = self.run_dir / ck.IMAGES
         folder.mkdir(exist_ok=True)
         save_image(grid, folder / f"step-{step:08d}.png")

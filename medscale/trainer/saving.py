@@ -7,7 +7,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -23,16 +23,16 @@ from medscale.trainer.runlog import RunLog
 logger = logging.getLogger(__name__)
 
 
-def load_state(engine, loader, generator: torch.Generator, resume: Path, universal: Optional[Path],
+def load_state(engine, method, loader, generator: torch.Generator, resume: Path, universal: Optional[Path],
                world: Dist) -> None:
-    """Every state a checkpoint holds: DeepSpeed's, the loader's position, this rank's RNG."""
+    """Every state a checkpoint holds: DeepSpeed's, the loader's position, this rank's RNG and method state."""
     path, _ = engine.load_checkpoint(str(universal or resume), tag=ck.DS_TAG)
     if path is None:
         raise TrainingError(f"DeepSpeed found no states in {universal or resume}")
     loader.load_state_dict(ck.read_json(resume / ck.LOADER))
     rng = resume / f"rng-rank{world.rank}.pt"
     if rng.exists():
-        ck.load_rng(rng, generator)
+        method.load_rank_state(ck.load_rng(rng, generator))
     else:  # a rank the checkpoint did not have: its own fresh stream
         logger.warning("%s has no RNG state for rank %d: seeding it afresh", resume, world.rank)
 
@@ -56,17 +56,16 @@ def export_backbone(method, cfg: TrainConfig, image_size: int, step: int, manife
 
 
 def save_checkpoint(engine, method, loader, generator: torch.Generator, cfg: TrainConfig, world: Dist,
-                    run: RunDir, log: RunLog, step: int, images: torch.Tensor, digest: Tuple[str, int]) -> str:
+                    run: RunDir, log: RunLog, step: int, inputs, image_size: int, digest: Tuple[str, int]) -> str:
     """Every rank writes its part; the run directory commits it (uploads, then the marker written last) and
     prunes old ones. Returns where the checkpoint is (a URL for a remote run directory)."""
     path = run.begin(step)
     if dist.is_initialized():
         dist.barrier()
     engine.save_checkpoint(str(path), tag=ck.DS_TAG)
-    ck.save_rng(path / f"rng-rank{world.rank}.pt", generator)
-    image_size = int(images.shape[-1])
+    ck.save_rng(path / f"rng-rank{world.rank}.pt", generator, method.rank_state())
     export_backbone(method, cfg, image_size, step, digest[0], path / ck.EXPORT, world.is_main)
-    grid = picture(method, images, cfg.seed)
+    rows = picture(method, inputs, cfg.seed)
     if world.is_main:
         ck.write_json(path / ck.LOADER, loader.state_dict())
         ck.write_json(path / ck.META, {"step": step, "world_size": world.world_size, "method": cfg.method,
@@ -88,24 +87,25 @@ def save_checkpoint(engine, method, loader, generator: torch.Generator, cfg: Tra
         shutil.copytree(path / ck.EXPORT, tmp)
         shutil.rmtree(latest, ignore_errors=True)
         tmp.rename(latest)
-        if grid is not None:
-            log.picture(step, grid)
+        if rows is not None:
+            log.picture(step, rows, method.picture_tag)
         log.event("checkpoint", step=step, path=run.where(path))
     run.prune(cfg.keep_last)
     run.sync()
     return run.where(path)
 
 
-def picture(method, images: torch.Tensor, seed: int) -> Optional[torch.Tensor]:
-    """The method's picture of a few images (MAE: original / masked / reconstruction), with its own generator so
-    that logging draws nothing from the training streams."""
+def picture(method, inputs, seed: int) -> Optional[List[torch.Tensor]]:
+    """The method's picture of a few samples as rows of images (MAE: original / masked / reconstruction; contrastive
+    methods: their views), with its own generator so that logging draws nothing from the training streams."""
     if not hasattr(method, "picture"):
         return None
-    generator = torch.Generator(device=images.device)
+    few = inputs[:8] if torch.is_tensor(inputs) else [view[:8] for view in inputs]
+    generator = torch.Generator(device=(few if torch.is_tensor(few) else few[0]).device)
     generator.manual_seed(seed + 12345)
     was_training = method.training
     method.eval()
     try:
-        return method.picture(images[:8], generator).float().cpu()
+        return [row.float().cpu() for row in method.picture(few, generator)]
     finally:
         method.train(was_training)

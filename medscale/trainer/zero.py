@@ -1,5 +1,6 @@
-"""DeepSpeed ZeRO set-up: the precision `auto` means, the DeepSpeed config generated from `train.*`, and the engine
-(with fp32 ZeRO-1/2 keeping no second copy of its weights partition)."""
+"""DeepSpeed ZeRO set-up: the precision `auto` means, the optimizer (DeepSpeed's fused AdamW, or timm's factory for
+any other name), the DeepSpeed config generated from `train.*`, and the engine (with fp32 ZeRO-1/2 keeping no second
+copy of its weights partition)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from typing import Any, Dict, Optional
 import torch
 import torch.distributed as dist
 
+from medscale.core.errors import ConfigError
 from medscale.trainer.config import TrainConfig
 
+# timm optimizers whose update reads each tensor whole (a per-layer trust ratio, factored or orthogonalised moments):
+# ZeRO-1/2/3 hand the optimizer flat partitions of many tensors, which would silently change what they compute
+PER_TENSOR = ("lars", "lamb", "adafactor", "adafactor_bv", "muon", "kron", "adahessian")
 logger = logging.getLogger(__name__)
 
 
@@ -31,11 +36,36 @@ def _merge(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def client_optimizer(cfg: TrainConfig, groups: list, lr: float) -> Optional[torch.optim.Optimizer]:
+    """None for `adamw` (DeepSpeed builds its fused AdamW from the config); any other `train.optimizer` is built by
+    timm's optimizer factory (`lars`, `lamb`, `sgd`, `momentum`...), or a ConfigError naming the key."""
+    if cfg.optimizer == "adamw":
+        return None
+    import timm.optim
+
+    try:
+        info = timm.optim.get_optimizer_info(cfg.optimizer.split("_")[-1])
+    except ValueError:
+        raise ConfigError(f"train.optimizer: timm has no optimizer {cfg.optimizer!r}; use adamw (DeepSpeed's fused "
+                          f"AdamW) or one of timm.optim.list_optimizers(), e.g. lars, lamb, sgd, momentum") from None
+    if info.opt_class.__module__.rsplit(".", 1)[-1] in PER_TENSOR and cfg.zero_stage > 0:
+        raise ConfigError(f"train.optimizer {cfg.optimizer} adapts each tensor as a whole, and ZeRO stage "
+                          f"{cfg.zero_stage} hands the optimizer flat partitions of many: use train.zero_stage=0 "
+                          "(plain data parallel), or an elementwise optimizer (adamw, sgd, momentum)")
+    try:
+        return timm.optim.create_optimizer_v2(groups, opt=cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay,
+                                              momentum=cfg.momentum, betas=tuple(cfg.betas))
+    except (ImportError, RuntimeError) as exc:  # apex / bitsandbytes optimizers without their package or a GPU
+        raise ConfigError(f"train.optimizer {cfg.optimizer}: {str(exc).splitlines()[0]}") from exc
+
+
 def deepspeed_config(cfg: TrainConfig, batch_size: int, world_size: int, precision: str, lr: float,
-                     n_params: int = 0) -> Dict[str, Any]:
+                     n_params: int = 0, client: bool = False, autocast: bool = False) -> Dict[str, Any]:
     """The DeepSpeed config, generated from `train.*` (and `train.deepspeed`, merged last). Communication buckets
     are no larger than the model (`n_params`): DeepSpeed's defaults (5e8 elements) suit billion-parameter models,
-    and ZeRO-3 allocates its bucket up front (2 GiB per rank for a 5M-parameter ViT-Tiny)."""
+    and ZeRO-3 allocates its bucket up front (2 GiB per rank for a 5M-parameter ViT-Tiny). `client`: the optimizer
+    comes from `client_optimizer`; `autocast`: bf16/fp16 run as torch autocast over fp32 weights instead of
+    DeepSpeed's reduced-precision weights."""
     bucket = int(min(5e8, max(1e5, n_params // 8))) if n_params else int(5e8)  # ~8 buckets a step
     ds: Dict[str, Any] = {
         "train_micro_batch_size_per_gpu": batch_size,
@@ -47,11 +77,16 @@ def deepspeed_config(cfg: TrainConfig, batch_size: int, world_size: int, precisi
         # where torch's AdamW makes several (+4-15% per step on CPU; `optimizer.params.torch_adam: true` skips it)
         "optimizer": {"type": "AdamW", "params": {"lr": lr, "betas": list(cfg.betas), "eps": 1e-8,
                                                   "weight_decay": cfg.weight_decay, "torch_adam": False}},
-        "bf16": {"enabled": precision == "bf16"},
-        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "bf16": {"enabled": precision == "bf16" and not autocast},
+        "fp16": {"enabled": precision == "fp16" and not autocast, "loss_scale": 0, "initial_scale_power": 16},
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
+    if autocast and precision in ("bf16", "fp16"):
+        ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16" if precision == "bf16" else "float16"}
+    if client:
+        del ds["optimizer"]
+        ds["zero_allow_untested_optimizer"] = True  # timm's optimizers are elementwise here (PER_TENSOR refused)
     if cfg.clip_grad:
         ds["gradient_clipping"] = cfg.clip_grad
     return _merge(ds, cfg.deepspeed)
@@ -94,13 +129,19 @@ def share_fp32_master(optimizer) -> int:
 
 def initialize(method: torch.nn.Module, cfg: TrainConfig, batch_size: int, world_size: int, precision: str,
                lr: float, extra: Optional[Dict[str, Any]] = None):
-    """`deepspeed.initialize` of `method` with the generated config (and `extra` keys merged last); the engine."""
+    """`deepspeed.initialize` of `method` with its optimizer and the generated config (and `extra` keys merged last);
+    the engine."""
     import deepspeed
 
+    if cfg.zero_stage == 3 and method.no_zero3:
+        raise ConfigError(f"train.zero_stage 3: {cfg.method} {method.no_zero3}; use train.zero_stage=2")
+    groups = method.parameter_groups(cfg.weight_decay)
+    optimizer = client_optimizer(cfg, groups, lr)
     ds_config = deepspeed_config(cfg, batch_size, world_size, precision, lr,
-                                 sum(p.numel() for p in method.parameters()))
-    engine, _, _, _ = deepspeed.initialize(model=method, model_parameters=method.parameter_groups(cfg.weight_decay),
-                                           config=_merge(ds_config, extra or {}))
+                                 sum(p.numel() for p in method.parameters()), client=optimizer is not None,
+                                 autocast=method.fp32_weights)
+    engine, _, _, _ = deepspeed.initialize(model=method, model_parameters=None if optimizer else groups,
+                                           optimizer=optimizer, config=_merge(ds_config, extra or {}))
     freed = share_fp32_master(engine.optimizer)
     if freed:
         logger.info("fp32 ZeRO: master weights share the model's partition (%.1f MiB per rank saved)", freed / 2**20)

@@ -12,44 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from medscale.data.service import run_sharding
-from tests.conftest import MEDMNIST, PYDICOM_DATA, shard_config
+from tests.trainer.conftest import ENV, REPO
+from tests.trainer.conftest import logged_losses as _losses
+from tests.trainer.conftest import run_cmd as _run
+from tests.trainer.conftest import torchrun_cmd as _torchrun
 
-REPO = Path(__file__).resolve().parents[2]
 PRESET = REPO / "configs" / "mae-tiny.yaml"
-ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-@pytest.fixture(scope="module")
-def train_corpus(tmp_path_factory):
-    """Real multi-source data: BreastMNIST (ultrasound) and a multi-frame MR DICOM, sharded."""
-    root = tmp_path_factory.mktemp("train")
-    shutil.copy(MEDMNIST / "breastmnist_28.npz", root / "breast.npz")
-    shutil.copy(PYDICOM_DATA / "emri_small.dcm", root / "mr.dcm")
-    run_sharding(shard_config([f"breast={root / 'breast.npz'}", f"mr={root / 'mr.dcm'}"], root / "corpus",
-                              max_size=64))
-    return root / "corpus"
 
 
 def _args(corpus, run_dir, *extra):
     return ["-m", "medscale", "pretrain", "-c", str(PRESET), f"train.data={corpus}", f"train.run_dir={run_dir}",
             "train.progress=false", "train.log_every=1", "train.warmup_steps=2", "loader.batch_size=8",
             "loader.num_workers=1", "train.mae.decoder_depth=1", *extra]
-
-
-def _torchrun(*args, ranks=2):
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", *args]
-
-
-def _run(cmd, timeout=600):
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, **ENV),
-                          cwd=REPO)
-    return done
-
-
-def _losses(run_dir):
-    lines = [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
-    return {e["step"]: e["train/loss"] for e in lines if e["event"] == "scalars"}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,110 @@
+"""The methods as modules (one process, plain torch): every one learns a fixed tiny set, builds on ResNets and ViTs
+with 1 or 3 channels and exports a backbone plain timm rebuilds; MoCo's queue; the optimizer factory's rules."""
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from medscale.core.errors import ConfigError
+from medscale.data.augment import contrastive_transform
+from medscale.demo import DEMO_DATA
+from medscale.trainer.config import HeadOptions, TrainConfig
+from medscale.trainer.registry import METHODS, create_method
+from medscale.trainer.zero import client_optimizer, deepspeed_config
+
+CONTRASTIVE = [name for name in METHODS if name != "mae"]
+
+
+def small_config(method: str, model: str = "resnet18", in_chans: int = 1, **train) -> TrainConfig:
+    """A config with narrow heads, a short queue and few prototypes (fast on 2 cores)."""
+    cfg = TrainConfig(method=method, model=model, in_chans=in_chans, patch_size=4, **train)
+    for name in CONTRASTIVE:
+        options = getattr(cfg, name)
+        for head in ("projector", "predictor"):
+            if hasattr(options, head):
+                setattr(options, head, HeadOptions(128, 32, getattr(options, head).layers,
+                                                   getattr(options, head).batch_norm))
+    cfg.moco.queue_size, cfg.swav.prototypes, cfg.swav.small_crops = 16, 20, 2
+    cfg.swav.freeze_prototypes_steps = 3
+    return cfg
+
+
+@pytest.mark.parametrize("method", CONTRASTIVE)
+def test_every_method_learns_a_fixed_tiny_set(method):
+    """32 real ultrasound images, their views drawn once, two batches of 16 in turn: the loss falls (MoCo's queue
+    holds the other batch's keys)."""
+    torch.manual_seed(0)
+    model = create_method(method, small_config(method), 32)
+    images = np.load(DEMO_DATA / "medmnist" / "breastmnist_28.npz")["train_images"][:32]
+    views = contrastive_transform(32, 16, model.small_crops, channels=1)
+    batches = [[torch.stack(v) for v in zip(*[views(im) for im in images[i:i + 16]])] for i in (0, 16)]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.0)
+    losses = []
+    for step in range(20):
+        model.begin_step(step, 20)
+        loss, logs = model(batches[step % 2])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        model.end_step(step, 20)
+        losses.append(float(loss.detach()))
+    assert all(np.isfinite(losses)) and float(logs["loss"]) == losses[-1]
+    early, late = np.mean(losses[2:6]), np.mean(losses[-4:])  # step 0-1: MoCo's queue is still random
+    assert late < 0.92 * early, losses
+
+
+@pytest.mark.parametrize("method", CONTRASTIVE)
+def test_methods_build_on_vits_with_3_channels_and_export_for_plain_timm(method):
+    torch.manual_seed(0)
+    model = create_method(method, small_config(method, "vit_tiny_patch16_224", 3), 16)
+    views = [torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)] + [torch.randn(4, 3, 8, 8)] * model.small_crops
+    model.begin_step(0, 10)
+    loss, _ = model(views)
+    loss.backward()
+    assert torch.isfinite(loss) and model.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    rebuilt = timm.create_model("vit_tiny_patch16_224", pretrained=False, **model.backbone_kwargs())
+    rebuilt.load_state_dict(model.backbone().state_dict())
+    assert model.backbone_kwargs()["img_size"] == 16 and rebuilt(torch.randn(1, 3, 16, 16)).shape == (1, 192)
+
+
+def test_a_resnet_takes_no_image_size_and_mocov3_freezes_only_a_vits_patch_embedding():
+    resnet = create_method("mocov3", small_config("mocov3"), 32)
+    assert "img_size" not in resnet.backbone_kwargs() and all(p.requires_grad for p in resnet.encoder.parameters())
+    vit = create_method("mocov3", small_config("mocov3", "vit_tiny_patch16_224", 3), 16)
+    frozen = {n for n, p in vit.encoder.named_parameters() if not p.requires_grad}
+    assert frozen == {"patch_embed.proj.weight", "patch_embed.proj.bias"}
+    assert not any(p.requires_grad for p in vit.key_encoder.parameters())
+
+
+def test_moco_queue_takes_every_key_in_turn_and_wraps():
+    model = create_method("moco", small_config("moco"), 32)  # a queue of 16 keys of width 32
+    eye = torch.eye(32)
+    for step in range(3):  # 6 keys a step, key i pointing along axis i
+        model._pending.append(eye[6 * step:6 * step + 6] * 5.0)
+        model.end_step(step, 10)
+    assert int(model.queue_ptr) == 18 % 16
+    assert model.queue.argmax(1).tolist() == [16, 17] + list(range(2, 16))  # the oldest two were overwritten
+    torch.testing.assert_close(model.queue.norm(dim=1), torch.ones(16))
+
+
+def test_optimizers_come_from_timm_and_per_tensor_ones_refuse_zero_partitions():
+    params = [{"params": [torch.nn.Parameter(torch.randn(4, 4))], "weight_decay": 0.1}]
+    assert client_optimizer(TrainConfig(optimizer="adamw"), params, 0.1) is None  # DeepSpeed's fused AdamW
+    sgd = client_optimizer(TrainConfig(optimizer="momentum", momentum=0.8), params, 0.1)
+    assert type(sgd).__name__ == "SGD" and sgd.param_groups[0]["momentum"] == 0.8
+    assert sgd.param_groups[0]["weight_decay"] == 0.1 and not sgd.param_groups[0]["nesterov"]
+    lars = client_optimizer(TrainConfig(optimizer="lars", zero_stage=0), params, 0.1)
+    assert type(lars).__name__ == "Lars"
+    with pytest.raises(ConfigError, match="adapts each tensor as a whole.*train.zero_stage=0"):
+        client_optimizer(TrainConfig(optimizer="lamb", zero_stage=2), params, 0.1)
+    with pytest.raises(ConfigError, match="timm has no optimizer 'adamz'"):
+        client_optimizer(TrainConfig(optimizer="adamz"), params, 0.1)
+
+
+def test_reduced_precision_of_fp32_weight_methods_is_autocast():
+    ds = deepspeed_config(TrainConfig(), 8, 2, "bf16", 1e-3, client=True, autocast=True)
+    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and not ds["bf16"]["enabled"]
+    assert "optimizer" not in ds and ds["zero_allow_untested_optimizer"]
+    mae = deepspeed_config(TrainConfig(), 8, 2, "bf16", 1e-3)
+    assert mae["bf16"]["enabled"] and "torch_autocast" not in mae and mae["optimizer"]["type"] == "AdamW"
