@@ -84,10 +84,19 @@ def mae_transform(size: int = 224, mean: Sequence[float] = IMAGENET_MEAN, std: S
     return _GreyFirst(geometry, mean, std, channels, output)
 
 
+class _UnitRange:
+    """Clamp to [0, 1]: bicubic resampling overshoots at edges, and the colour ops' HSV conversion turns a pixel with
+    a maximum of 0 and a negative minimum into NaN (seen on an RGB ultrasound frame)."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(0.0, 1.0)
+
+
 def _view(size: int, scale: tuple, blur: float, colour: bool) -> v2.Compose:
     """One contrastive view before normalisation; grey inputs skip the colour-only steps (no-ops on grey)."""
     return v2.Compose([
         v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        _UnitRange(),
         v2.RandomHorizontalFlip(),
         v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2 if colour else 0.0, 0.1 if colour else 0.0)], p=0.8),
         v2.RandomGrayscale(p=0.2) if colour else v2.Identity(),

@@ -57,3 +57,39 @@ def test_uint8_batches_normalise_on_the_training_side_like_the_float_path():
     back = normalize_batch(as_uint8[None])[0]
     assert (back - as_float).abs().max() < 0.5 / 255 / 0.224 + 1e-5  # within half a grey level, normalised
     assert normalize_batch(as_float[None]) is not None and torch.equal(normalize_batch(as_float[None]), as_float[None])
+
+
+def test_a_trainer_fills_in_views_and_channels_and_the_config_wins_where_set():
+    from medscale.data.augment import TRANSFORMS
+    from medscale.data.config import LoaderConfig
+
+    swav = LoaderConfig(image_size=16, small_size=8).for_model("contrastive", 2, 1)
+    assert (swav.augment, swav.small_crops, swav.channels) == ("contrastive", 2, 1)
+    views = TRANSFORMS[swav.augment](swav)(np.zeros((20, 20), np.uint8))
+    assert [tuple(v.shape) for v in views] == [(1, 16, 16)] * 2 + [(1, 8, 8)] * 2
+    mine = LoaderConfig(augment="contrastive", small_crops=0, channels=3).for_model("contrastive", 6, 1)
+    assert (mine.small_crops, mine.channels) == (0, 3)
+
+
+def test_contrastive_crop_scales_bound_the_crop_area():
+    grey = np.zeros((64, 64), np.uint8)
+    grey[:, 32:] = 255  # half black, half white: a crop of at least 90% of the area holds both
+    torch.manual_seed(0)
+
+    def both_halves(scale):
+        views = [contrastive_transform(16, crop_scale=scale, channels=1, mean=[0], std=[1])(grey)[0]
+                 for _ in range(20)]
+        return sum(float(v.max() - v.min()) > 0.3 for v in views)
+
+    assert both_halves((0.9, 1.0)) == 20 and both_halves((0.01, 0.02)) < 5  # small crops mostly miss the edge
+
+
+def test_colour_views_of_rgb_frames_stay_finite():
+    """Bicubic crops overshoot below 0 at sharp edges; where one channel stays 0 the colour jitter's HSV conversion
+    divided by a zero maximum and gave NaN (an RGB ultrasound frame of the demo corpus did, at step 411)."""
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[:, ::4, :2] = 237  # sharp stripes in red and green, blue all 0
+    transform = contrastive_transform(32, 16, small_crops=2, channels=1)
+    for seed in range(30):
+        torch.manual_seed(seed)
+        assert all(torch.isfinite(v).all() for v in transform(rgb)), seed

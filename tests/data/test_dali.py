@@ -65,6 +65,9 @@ def test_views_labels_and_shapes(corpus):
     assert set(batch["label"].tolist()) <= {-1, 0, 1}
     image = next(iter(_loader(corpus, augment="mae")))["image"]
     assert image.shape == (32, 3, 32, 32) and np.isfinite(image.numpy()).all()
+    grey = next(iter(_loader(corpus, augment="contrastive", small_crops=1, small_size=16, channels=1,
+                             crop_scale=(0.5, 1.0), small_crop_scale=(0.1, 0.3), batch_size=4)))
+    assert [tuple(v.shape) for v in grey["views"]] == [(4, 1, 32, 32)] * 2 + [(4, 1, 16, 16)]
 
 
 def test_16_bit_slices_are_decoded_at_16_bits(tmp_path):
