@@ -162,10 +162,14 @@ def run_demo(cfg: MedscaleConfig, output: Path, config_file: Path, overrides: Se
         print(f"training while eval watch evaluated: {slowdown[1]:.0f} images/s, otherwise {slowdown[0]:.0f} "
               f"images/s (median of {slowdown[2]} and {slowdown[3]} logging windows): evaluation beside training "
               f"cost it {100 * (1 - slowdown[1] / slowdown[0]):.0f}% while it ran\n")
+    from medscale.trainer.registry import method_class
+
+    tag = method_class(cfg.train.method).picture_tag
+    grids = {"reconstruction": "reconstructions:  ", "views": "views trained on: "}.get(tag, f"{tag}:")
     print("worth opening:\n"
           f"  tensorboard --logdir {output}     (training: {run / 'tb'}; evaluation: {results / 'tb'})\n"
           f"  loss curve:        {run / 'loss.png'}\n"
-          f"  reconstructions:   {run / 'images'}/step-*.png\n"
+          f"  {grids} {run / 'images'}/step-*.png\n"
           f"  metric vs step:    {results / 'pictures'}/*-vs-step.png\n"
           f"  retrieval examples: {results / 'pictures'}/retrieval-*.png\n"
           f"  results:           {results / 'results.md'} and {results / 'results.parquet'}\n"

@@ -3,7 +3,7 @@ copy is exported, views encoded a resolution at a time, and a picture of the vie
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -11,6 +11,7 @@ import torch.nn as nn
 from medscale.trainer.config import HeadOptions, TrainConfig
 from medscale.trainer.heads import MlpHead
 from medscale.trainer.methods import PretrainMethod, timm_backbone
+from medscale.trainer.momentum import cosine_momentum, ema_update, frozen_copy
 
 FROZEN_NETWORKS = "keeps frozen networks (a momentum encoder or EMA target), which ZeRO-3 does not restore from " \
                   "its checkpoints"
@@ -60,3 +61,39 @@ class ContrastiveMethod(PretrainMethod):
     def picture(self, views: Sequence[torch.Tensor], generator: torch.Generator) -> List[torch.Tensor]:
         """One row per view (small views are drawn at the large size)."""
         return list(views)
+
+
+class PredictorMethod(ContrastiveMethod):
+    """BYOL's and MoCo v3's shape: the online `backbone -> projector -> predictor` of each view against a momentum
+    copy's `backbone -> projector` of the other, both ways; the copy's momentum rises from `momentum` to 1 along a
+    cosine over the run."""
+
+    no_zero3 = FROZEN_NETWORKS
+
+    def __init__(self, cfg: TrainConfig, image_size: int, projector: HeadOptions, predictor: HeadOptions,
+                 momentum: float, criterion: nn.Module) -> None:
+        super().__init__(cfg, image_size)
+        self.projector = head(self.width, projector)
+        self.predictor = head(projector.out_dim, predictor)
+        self.criterion = criterion
+        self.base_momentum = self.momentum = momentum
+
+    def make_targets(self) -> None:
+        """The momentum copies of the backbone and projector (once the online side is final)."""
+        self.target_encoder, self.target_projector = frozen_copy(self.encoder), frozen_copy(self.projector)
+
+    def forward(self, views: Sequence[torch.Tensor], generator: Optional[torch.Generator] = None
+                ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """`views`: two `[N, C, H, W]` -> (the loss of each view's prediction of the other's target, summed, logs)."""
+        p_a, p_b = self.predictor(self.projector(encode_views(self.encoder, views[:2]))).chunk(2)
+        with torch.no_grad():
+            t_a, t_b = self.target_projector(encode_views(self.target_encoder, views[:2])).chunk(2)
+        loss = self.criterion(p_a, t_b) + self.criterion(p_b, t_a)
+        return loss, {"loss": loss.detach(), "momentum": torch.tensor(self.momentum)}
+
+    def begin_step(self, step: int, max_steps: int) -> None:
+        self.momentum = cosine_momentum(step, max_steps, self.base_momentum)
+
+    def end_step(self, step: int, max_steps: int) -> None:
+        ema_update(self.target_encoder, self.encoder, self.momentum)
+        ema_update(self.target_projector, self.projector, self.momentum)

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from medscale.trainer.collectives import gather, world
 from medscale.trainer.config import TrainConfig
-from medscale.trainer.contrastive import FROZEN_NETWORKS, ContrastiveMethod, encode_views, head
+from medscale.trainer.contrastive import FROZEN_NETWORKS, ContrastiveMethod, PredictorMethod, encode_views, head
 from medscale.trainer.losses import KeyInfoNCELoss, QueueInfoNCELoss
-from medscale.trainer.momentum import cosine_momentum, ema_update, frozen_copy
+from medscale.trainer.momentum import ema_update, frozen_copy
 
 
 def has_per_rank_batchnorm(module: nn.Module) -> bool:
@@ -98,36 +98,15 @@ class MocoMethod(ContrastiveMethod):
         self.queue_ptr.fill_((ptr + keys.shape[0]) % size)
 
 
-class Mocov3Method(ContrastiveMethod):
+class Mocov3Method(PredictorMethod):
     """MoCo v3: queries `backbone -> projector -> predictor`, keys `backbone -> projector` of the momentum copy
-    (momentum rising from `mocov3.momentum` to 1), symmetric InfoNCE over the keys of the whole batch."""
-
-    no_zero3 = FROZEN_NETWORKS
+    (momentum rising from `mocov3.momentum` to 1), InfoNCE over the keys of the whole batch, both ways."""
 
     def __init__(self, cfg: TrainConfig, image_size: int) -> None:
-        super().__init__(cfg, image_size)
-        self.options = cfg.mocov3
-        self.projector = head(self.width, cfg.mocov3.projector)
-        self.predictor = head(cfg.mocov3.projector.out_dim, cfg.mocov3.predictor)
+        options = cfg.mocov3
+        super().__init__(cfg, image_size, options.projector, options.predictor, options.momentum,
+                         KeyInfoNCELoss(options.temperature))
         patch_embed = getattr(self.encoder, "patch_embed", None)
-        if cfg.mocov3.freeze_patch_embed and patch_embed is not None:  # ViTs: a fixed random patch projection
+        if options.freeze_patch_embed and patch_embed is not None:  # ViTs: a fixed random patch projection
             patch_embed.requires_grad_(False)
-        self.key_encoder, self.key_projector = frozen_copy(self.encoder), frozen_copy(self.projector)
-        self.criterion = KeyInfoNCELoss(cfg.mocov3.temperature)
-        self.momentum = cfg.mocov3.momentum
-
-    def forward(self, views: Sequence[torch.Tensor], generator: Optional[torch.Generator] = None
-                ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """`views`: two `[N, C, H, W]` -> (symmetric loss, logs)."""
-        q_a, q_b = self.predictor(self.projector(encode_views(self.encoder, views[:2]))).chunk(2)
-        with torch.no_grad():
-            k_a, k_b = self.key_projector(encode_views(self.key_encoder, views[:2])).chunk(2)
-        loss = self.criterion(q_a, k_b) + self.criterion(q_b, k_a)
-        return loss, {"loss": loss.detach(), "momentum": torch.tensor(self.momentum)}
-
-    def begin_step(self, step: int, max_steps: int) -> None:
-        self.momentum = cosine_momentum(step, max_steps, self.options.momentum)
-
-    def end_step(self, step: int, max_steps: int) -> None:
-        ema_update(self.key_encoder, self.encoder, self.momentum)
-        ema_update(self.key_projector, self.projector, self.momentum)
+        self.make_targets()

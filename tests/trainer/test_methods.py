@@ -74,7 +74,7 @@ def test_a_resnet_takes_no_image_size_and_mocov3_freezes_only_a_vits_patch_embed
     vit = create_method("mocov3", small_config("mocov3", "vit_tiny_patch16_224", 3), 16)
     frozen = {n for n, p in vit.encoder.named_parameters() if not p.requires_grad}
     assert frozen == {"patch_embed.proj.weight", "patch_embed.proj.bias"}
-    assert not any(p.requires_grad for p in vit.key_encoder.parameters())
+    assert not any(p.requires_grad for p in vit.target_encoder.parameters())
 
 
 def test_moco_queue_takes_every_key_in_turn_and_wraps():
