@@ -6,7 +6,7 @@ DeepSpeed engine (ZeRO stage 2, fp32, one process), and this machine's dense flo
 (model FLOPs / step time / matmul rate), DeepSpeed's overhead, and the images/s of the tiny CPU recipe.
 Contrastive methods: each one's step (with its momentum update, queue, Sinkhorn) on ResNet-50, plain torch against
 the DeepSpeed engine, images/s and the engine's overhead; then the extra cost of SwAV's 6 small multi-crop views.
-Run: `python benchmarks/train.py` (about 8 minutes on 2 cores).
+Run: `python benchmarks/train.py` (about 5 minutes on 2 cores).
 """
 
 from __future__ import annotations

@@ -45,3 +45,20 @@ def test_the_demo_runs_the_whole_pipeline(tmp_path):
                  "eval/pictures/retrieval-vs-step.png", "eval/pictures/retrieval-run@12-breast.png"):
         assert (out / path).exists(), path
     assert json.loads((out / "run" / "checkpoints" / "step-00000012" / "meta.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_the_contrastive_demo_config_runs_the_same_way(tmp_path):
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "medscale", "demo", "-c", str(REPO / "configs" / "demo-simclr.yaml"),
+                           "-o", str(out), "train.max_steps=8", "train.checkpoint_every=4", "train.warmup_steps=2",
+                           "eval.linear_probe.epochs=5", "eval.bootstrap=50"], capture_output=True, text=True,
+                          timeout=1200, cwd=REPO, env=dict(os.environ, DS_ACCELERATOR="cpu"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "[3/5] pretrain simclr resnet18" in done.stdout and "| run@8 | random resnet18 | raw pixels |" in done.stdout
+    rows = pq.read_table(out / "eval" / "results.parquet").to_pylist()
+    assert {(r["checkpoint"], r["dataset"]) for r in rows if r["task"] == "linear_probe"} >= {
+        ("run@4", "breast"), ("run@8", "pneumonia"), ("random resnet18", "pneumonia")}
+    card = json.loads((out / "run" / "export" / "card.json").read_text())
+    assert (card["method"], card["in_chans"], card["step"]) == ("simclr", 1, 8)
+    assert "views trained on:" in done.stdout and (out / "run" / "images" / "step-00000008.png").exists()
