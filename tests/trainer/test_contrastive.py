@@ -106,3 +106,21 @@ def test_bad_contrastive_config_is_a_clear_error_before_any_step(train_corpus, t
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_bf16_is_autocast_over_fp32_weights(train_corpus, tmp_path):
+    """The CPU twin of the GPU path: BYOL in bf16 computes in bf16 (its losses are bf16 numbers) while its weights,
+    which the EMA target follows, stay fp32 (the export is float32)."""
+    import torch
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "run"
+    proc = run_cmd([sys.executable, *_args(train_corpus, run_dir, "byol", "train.max_steps=3",
+                                           "train.checkpoint_every=3", "train.precision=bf16")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = logged_losses(run_dir)
+    assert sorted(losses) == [1, 2, 3]
+    assert all(float(torch.tensor(v).bfloat16()) == v for v in losses.values())  # computed in bf16
+    weights = load_file(str(run_dir / "export" / "backbone.safetensors"))
+    assert {w.dtype for w in weights.values() if w.is_floating_point()} == {torch.float32}
