@@ -18,7 +18,7 @@ from medscale.hashing.hashes import HASH_NAMES
 class DedupConfig:
     """Corpus reduction and the contamination check (`medscale dedup`)."""
 
-    strategy: str = "hash-volume"  # hash-volume | hash-global | embedding | every-n
+    strategy: str = "hash-volume"  # hash-volume | hash-global | embedding | every-n | volume-overlap | minhash-global
     hash: str = "dhash"  # ahash | dhash | phash (64-bit, from the manifest)
     threshold: int = 6  # Hamming distance at or under which two slices are near-duplicates (Hash-6)
     every_n: int = 2  # every-n: keep slices 0, n, 2n... of each volume
@@ -29,6 +29,9 @@ class DedupConfig:
     embeddings: Optional[str] = None  # embedding: Parquet with `key` and `embedding` (list of floats)
     backbone: Optional[str] = None  # embedding: an exported backbone folder (card.json + backbone.safetensors)
     eps: float = 0.05  # embedding: duplicates when cosine similarity > 1 - eps
+    containment: float = 0.25  # volume-overlap / contamination: a volume is a copy when this share of its set
+    # of quantised slice hashes lies in another volume's (planted copies here: >= 0.40; different scans: < 0.01)
+    num_perm: int = 128  # MinHash permutations (volume-overlap, minhash-global)
     clusters: int = 0  # embedding: k-means clusters; 0 = about sqrt(N)
     against: List[str] = field(default_factory=list)  # evaluation sets for the contamination check
     exclude: bool = False  # contamination: mark corpus samples near an evaluation image as excluded
@@ -55,5 +58,7 @@ class DedupConfig:
         check(0.0 < self.lsh_recall < 1.0, origin, "dedup.lsh_recall", "a number in (0, 1)", self.lsh_recall)
         check(0.0 <= self.eps < 1.0, origin, "dedup.eps", "a number in [0, 1)", self.eps)
         check(self.clusters >= 0, origin, "dedup.clusters", "an int >= 0", self.clusters)
+        check(0.0 < self.containment <= 1.0, origin, "dedup.containment", "a number in (0, 1]", self.containment)
+        check(16 <= self.num_perm <= 1024, origin, "dedup.num_perm", "an int in 16..1024", self.num_perm)
         check(self.examples >= 0, origin, "dedup.examples", "an int >= 0", self.examples)
         check_choice(self.executor, EXECUTOR_CHOICES, origin, "dedup.executor")

@@ -2,6 +2,10 @@
 
 Evaluation sets are read exactly as sharding reads inputs (npz splits, image folders, DICOM, NIfTI), hashed,
 and matched against the manifest's hashes with the same LSH search as `hash-global`, keeping only cross pairs.
+Where an evaluation set holds volumes (DICOM series, NIfTI), they are also matched volume to volume, as
+`volume-overlap` does: a corpus volume that contains an evaluation volume, or is contained in one, is the same
+scan, and with `--exclude` every slice of it is excluded, also those too far from any evaluation slice to match
+on their own.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from medscale.data.manifest import EXCLUDED, read_manifest, update_rows
 from medscale.data.sources import plan_reading, read_unit
 from medscale.dedup.config import DedupConfig
 from medscale.dedup.lsh import merge_pairs, parse_verify, plan_lsh, verified
+from medscale.dedup.overlap import contained_pairs, set_signatures, volume_sets
 from medscale.dedup.report import REPORT_DIR
 from medscale.dedup.strategies import cross_table_task
 from medscale.hashing.hashes import hash_images
@@ -51,18 +56,21 @@ class ContaminationSummary(Summary):
         for s in self.sets:
             lines.append(f"  {s['set']:<24} {s['split'] or '-':<6} {s['contaminated']:>7} of {s['images']:>7} "
                          f"({100 * s['fraction']:.1f}%) have a near-duplicate in the corpus")
+            if s.get("volumes"):
+                lines.append(f"  {'':<31} {s['overlapping_volumes']:>7} of {s['volumes']:>7} volumes are (in) a "
+                             "corpus volume")
         lines.append(f"  corpus samples marked excluded: {self.excluded}; report: {self.report}")
         return "\n".join(lines)
 
 
 def hash_eval_unit(unit, shard_cfg: ShardConfig, names: Tuple[str, ...]) -> Tuple[List[Tuple], np.ndarray]:
-    """([(set, split, image id)], uint64 hashes `[N, len(names)]`) of every image of one evaluation-set unit
-    (unreadable evaluation files are skipped: they cannot leak)."""
+    """([(set, split, image id, volume id or None)], uint64 hashes `[N, len(names)]`) of every image of one
+    evaluation-set unit (unreadable evaluation files are skipped: they cannot leak)."""
     ids, images = [], []
     for source, fields, pixels in read_unit(unit, shard_cfg):
         image_id = fields["path"] + (f"#{fields['split']}[{fields['frame']}]" if fields.get("split") else
                                      (f"#{fields['slice']}" if fields.get("slice") is not None else ""))
-        ids.append((source, fields.get("split"), image_id))
+        ids.append((source, fields.get("split"), image_id, fields.get("volume")))
         images.append(pixels)
     hashes = hash_images(images, names)
     return ids, np.stack([hashes[n] for n in names], axis=1) if images else np.zeros((0, len(names)), np.uint64)
@@ -94,7 +102,7 @@ def _run_contamination(fs, root: str, url: str, cfg: DedupConfig) -> Contaminati
     start = time.perf_counter()
     verify, limit = parse_verify(cfg.verify) if cfg.verify else ((), 0)
     names = (cfg.hash,) + tuple(verify)
-    table = read_manifest(fs, root, columns=["key", "shard", "status", *dict.fromkeys(names)])
+    table = read_manifest(fs, root, columns=["key", "shard", "status", "volume", *dict.fromkeys(names)])
     table = table.filter(pc.is_valid(table["shard"]))
     if not len(table):
         raise InputError(f"{url}: no manifest with samples; run `medscale shard` into this URL first")
@@ -126,7 +134,7 @@ def _run_contamination(fs, root: str, url: str, cfg: DedupConfig) -> Contaminati
             corpus_hits[i] = (e, d)
     per_set: Dict[Tuple, List[int]] = defaultdict(lambda: [0, 0])
     examples: Dict[Tuple, List[Dict]] = defaultdict(list)
-    for e, (source, split, image_id) in enumerate(ids):
+    for e, (source, split, image_id, _) in enumerate(ids):
         per_set[(source, split)][0] += 1
         if e in matches:
             per_set[(source, split)][1] += 1
@@ -135,12 +143,17 @@ def _run_contamination(fs, root: str, url: str, cfg: DedupConfig) -> Contaminati
                 examples[(source, split)].append({"image": image_id, "corpus_key": keys[c], "distance": d})
     summary.sets = [{"set": s, "split": sp, "images": n, "contaminated": hit, "fraction": hit / n if n else 0.0,
                      "examples": examples[(s, sp)]} for (s, sp), (n, hit) in sorted(per_set.items(), key=str)]
+    image_hits = set(corpus_hits)
+    volume_hits = _volume_level(summary, cfg, table["volume"].to_pylist(), corpus, ids, evals)
+    for i, hit in volume_hits.items():
+        corpus_hits.setdefault(i, hit)
     if cfg.exclude and not cfg.dry_run and corpus_hits:
         hit = sorted(corpus_hits)
         update_rows(fs, root, pa.table({
             "key": [keys[i] for i in hit], "status": [EXCLUDED] * len(hit),
             "duplicate_of": [ids[corpus_hits[i][0]][2] for i in hit],
-            "dedup_strategy": [f"contamination {cfg.hash}<={cfg.threshold}"] * len(hit),
+            "dedup_strategy": [f"contamination {cfg.hash}<={cfg.threshold}" if i not in volume_hits or i in image_hits
+                               else f"contamination volume-overlap containment>={cfg.containment:g}" for i in hit],
             "dedup_distance": np.array([corpus_hits[i][1] for i in hit], np.float32)}))
         summary.excluded = len(hit)
     summary.seconds = time.perf_counter() - start
@@ -148,3 +161,46 @@ def _run_contamination(fs, root: str, url: str, cfg: DedupConfig) -> Contaminati
     put_bytes_atomic(fs, path, json.dumps(summary.as_dict(), indent=1).encode())
     summary.report = full_url(fs, path)
     return summary
+
+
+def _groups(volumes: List) -> Dict[str, np.ndarray]:
+    """volume id -> indices of its images (images without a volume are left out)."""
+    out: Dict[str, List[int]] = defaultdict(list)
+    for i, v in enumerate(volumes):
+        if v is not None:
+            out[v].append(i)
+    return {v: np.array(m, np.int64) for v, m in out.items()}
+
+
+def _volume_level(summary: ContaminationSummary, cfg: DedupConfig, corpus_volumes: List, corpus: np.ndarray,
+                  ids: List[Tuple], evals: np.ndarray) -> Dict[int, Tuple[int, int]]:
+    """Match evaluation volumes against corpus volumes (containment either way); adds the counts to each set of
+    `summary` and returns {corpus index: (evaluation image index, distance)} for every slice of a matched corpus
+    volume (its nearest slice in the evaluation volume)."""
+    eval_groups = _groups([(i[0], i[1], i[3]) if i[3] is not None else None for i in ids])
+    corpus_groups = _groups(corpus_volumes)
+    if not eval_groups or not corpus_groups:
+        return {}
+    names, members = list(corpus_groups) + list(eval_groups), list(corpus_groups.values()) + list(eval_groups.values())
+    hashes = np.concatenate([corpus, evals])
+    offset = np.r_[np.zeros(len(corpus_groups), np.int64), np.full(len(eval_groups), len(corpus), np.int64)]
+    sets = volume_sets(hashes, [m + o for m, o in zip(members, offset)])
+    pairs = contained_pairs(sets, set_signatures(sets, cfg.num_perm), cfg.containment,
+                            groups=np.r_[np.zeros(len(corpus_groups)), np.ones(len(eval_groups))])
+    hits: Dict[int, Tuple[int, int]] = {}
+    matched: Dict[Tuple, set] = defaultdict(set)
+    for q, x, _ in pairs.astype(np.int64):
+        c, e = (q, x) if q < len(corpus_groups) else (x, q)
+        mine, theirs = corpus_groups[names[c]], eval_groups[names[e]]
+        dist = np.bitwise_count(corpus[mine][:, None] ^ evals[theirs][None, :])
+        for i, j, d in zip(mine.tolist(), theirs[dist.argmin(axis=1)].tolist(), dist.min(axis=1).tolist()):
+            if i not in hits or d < hits[i][1]:
+                hits[i] = (j, d)
+        matched[names[e][:2]].add(names[e][2])
+    counts: Dict[Tuple, int] = defaultdict(int)
+    for key in eval_groups:
+        counts[key[:2]] += 1
+    for row in summary.sets:
+        key = (row["set"], row["split"])
+        row["volumes"], row["overlapping_volumes"] = counts.get(key, 0), len(matched.get(key, ()))
+    return hits

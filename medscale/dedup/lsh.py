@@ -54,12 +54,13 @@ def plan_lsh(n: int, threshold: int, recall: float = 0.995, bits: int = 0, table
     return LshPlan(threshold, bits, tables, seed)
 
 
-def _table_positions(plan: LshPlan, table: int) -> np.ndarray:
+def table_positions(plan: LshPlan, table: int) -> np.ndarray:
+    """The sorted bit positions table `table` of `plan` samples (the same for every run with the same seed)."""
     rng = np.random.default_rng([plan.seed, table])
     return np.sort(rng.choice(HASH_BITS, size=plan.bits, replace=False)).astype(np.uint64)
 
 
-def _bucket_keys(hashes: np.ndarray, positions: np.ndarray) -> np.ndarray:
+def bucket_keys(hashes: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """Gather the sampled bits of each hash into a compact uint64 key."""
     key = np.zeros(len(hashes), np.uint64)
     for out_bit, pos in enumerate(positions):
@@ -74,7 +75,7 @@ def table_pairs(hashes: np.ndarray, plan: LshPlan, table: int, groups: Optional[
     `hashes: [N]` uint64 (distinct values are best: equal hashes are trivially duplicates). With `groups: [N]`
     only pairs whose members are in different groups are returned (e.g. corpus vs evaluation set).
     """
-    keys = _bucket_keys(hashes, _table_positions(plan, table))
+    keys = bucket_keys(hashes, table_positions(plan, table))
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     found = []

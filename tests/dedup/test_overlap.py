@@ -1,0 +1,144 @@
+"""MinHash over sets: signatures equal to datasketch's, the numpy bands equal to datasketch's MinHashLSH; the same
+scan in two sources (real volumes and planted re-exports: another window, every second slice, reversed, thicker
+slices) found by `volume-overlap` and by the contamination check's volume level, with no pair of different real
+volumes."""
+
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medscale.core.storage import filesystem
+from medscale.data.manifest import read_manifest
+from medscale.data.service import run_sharding
+from medscale.dedup.config import DedupConfig
+from medscale.dedup.contamination import run_contamination
+from medscale.dedup.minhash import band_pairs, datasketch_minhash, lean, lsh_params, merge_band_pairs, signatures
+from medscale.dedup.overlap import containment, overlap_decisions, volume_sets
+from medscale.dedup.service import run_dedup
+from tests.conftest import shard_config
+from tests.dedup.planted import REAL, REEXPORTS, plant
+
+
+def test_signatures_are_datasketchs_minhash():
+    rng = np.random.default_rng(0)
+    sets = [np.unique(rng.integers(0, 2**63, size, dtype=np.uint64)) for size in (0, 1, 5, 300, 2000)]
+    sigs = signatures(sets, 64)
+    for sig, tokens in zip(sigs, sets):
+        np.testing.assert_array_equal(sig, datasketch_minhash(tokens, 64).hashvalues)
+    a, b = sets[3], np.concatenate([sets[3][:150], sets[4][:150]])  # Jaccard 150 / 450
+    estimate = lean(signatures([a], 256)[0]).jaccard(lean(signatures([b], 256)[0]))
+    assert abs(estimate - 1 / 3) < 0.1
+
+
+def test_numpy_bands_find_what_datasketchs_minhashlsh_finds():
+    from datasketch import MinHashLSH
+
+    rng = np.random.default_rng(1)
+    base = [rng.integers(0, 2**63, 60, dtype=np.uint64) for _ in range(40)]
+    sets = base + [np.concatenate([s[:50], rng.integers(0, 2**63, 10, dtype=np.uint64)]) for s in base[:20]]
+    sigs = signatures(sets, 128)
+    bands, rows = lsh_params(0.5, 128)
+    mine = merge_band_pairs([band_pairs(sigs, b, rows) for b in range(bands)])
+    index = MinHashLSH(num_perm=128, params=(bands, rows))
+    for i, sig in enumerate(sigs):
+        index.insert(i, lean(sig))
+    theirs = sorted({(min(i, j), max(i, j)) for i, sig in enumerate(sigs) for j in index.query(lean(sig)) if j != i})
+    assert [tuple(p) for p in mine.tolist()] == theirs
+    assert {(i, i + 40) for i in range(20)} <= set(theirs)  # every planted near-copy is a candidate
+
+
+def test_decisions_fold_copies_into_the_kept_volume_and_take_the_nearest_slices():
+    hashes = np.array([0b1111, 0b11110000, 0b111100000000,  # volume 0: three slices
+                       0b1111, 0b111100000001,  # volume 1: two of them, one a bit off
+                       0b1111], np.uint64)  # volume 2: one
+    members = [np.array([0, 1, 2]), np.array([3, 4]), np.array([5])]
+    pairs = np.array([[1, 0, 1.0], [2, 1, 1.0], [2, 0, 1.0], [0, 1, 0.7]])  # 2 in 1 in 0
+    exemplar, distance, target = overlap_decisions(hashes, members, np.array([0, 1, 2]), pairs)
+    assert target.tolist() == [0, 0, 0]  # volume 0 is before 1 in priority: its containment in 1 does not count
+    assert exemplar.tolist() == [0, 1, 2, 0, 2, 0] and distance.tolist() == [0, 0, 0, 0, 1, 0]
+
+
+@pytest.fixture(scope="module")
+def planted_corpus(tmp_path_factory):
+    """The real volumes (source `orig`) and their planted re-exports (source `mirror`), sharded."""
+    root = tmp_path_factory.mktemp("overlap")
+    inputs, planted = plant(root / "mirror")
+    run_sharding(shard_config(inputs, root / "corpus", max_size=128))
+    return root, planted
+
+
+def _volumes(corpus: Path):
+    """volume id -> (what it is: a real volume's name, or (name, re-export)), its rows."""
+    rows = [r for r in read_manifest(*filesystem(str(corpus))).to_pylist() if r["volume"] and r["shard"]]
+    real = {str(p): n for n, p in REAL.items()}
+    out = defaultdict(list)
+    for r in rows:
+        path = Path(r["path"])
+        what = real.get(str(path)) or real.get(str(path.parent)) or tuple(path.name.split(".")[0].split("-"))
+        out[r["volume"]].append((what, r))
+    return {v: (items[0][0], [r for _, r in items]) for v, items in out.items()}
+
+
+def test_every_planted_reexport_is_found_and_no_two_real_volumes_pair(planted_corpus, tmp_path):
+    root, planted = planted_corpus
+    corpus = tmp_path / "corpus"
+    shutil.copytree(root / "corpus", corpus)
+    summary = run_dedup(str(corpus), DedupConfig(strategy="volume-overlap", executor="local", progress=False))
+    volumes = _volumes(corpus)
+    assert len(volumes) == len(REAL) * (1 + len(REEXPORTS))
+    by_key = {r["key"]: (what, r) for what, rows in volumes.values() for r in rows}
+    scan_of = {what: (what if isinstance(what, str) else what[0]) for what, _ in volumes.values()}
+    folded = defaultdict(set)  # each real scan -> the volumes folded into the kept copy of it
+    for what, rows in volumes.values():
+        targets = {scan_of[by_key[r["duplicate_of"]][0]] for r in rows if r["status"] == "duplicate"}
+        kept = [r for r in rows if r["status"] == "kept"]
+        assert not (kept and targets), what  # a volume is kept whole or folded whole
+        assert targets <= {scan_of[what]}, (what, targets)  # never folded into another scan: no false pair
+        folded[scan_of[what]].add(what if targets else None)
+    for name in REAL:  # every copy of every scan folded, one copy of each kept
+        copies = {name} | {(name, kind) for kind in REEXPORTS}
+        assert len(folded[name] - {None}) == len(copies) - 1 and None in folded[name], name
+    assert summary.strategy == "volume-overlap dhash containment>=0.25"
+    dups = [r for _, rows in volumes.values() for r in rows if r["status"] == "duplicate"]
+    assert all(r["dedup_strategy"] == summary.strategy for r in dups)
+    keyed = {r["key"]: r for _, rows in volumes.values() for r in rows}
+    assert all(r["dedup_distance"] == int(r["dhash"] ^ keyed[r["duplicate_of"]]["dhash"]).bit_count() for r in dups)
+
+
+def test_the_set_separates_copies_from_other_scans(planted_corpus):
+    root, _ = planted_corpus
+    volumes = _volumes(root / "corpus")
+    ids = list(volumes)
+    members, hashes, start = [], [], 0
+    for v in ids:
+        rows = sorted(volumes[v][1], key=lambda r: r["slice"] or 0)
+        hashes.extend(r["dhash"] for r in rows)
+        members.append(np.arange(start, start + len(rows)))
+        start += len(rows)
+    sets = volume_sets(np.array(hashes, np.uint64), members)
+    scan = [volumes[v][0] if isinstance(volumes[v][0], str) else volumes[v][0][0] for v in ids]
+    real = {name: ids.index(v) for v in ids for name in [volumes[v][0]] if isinstance(name, str)}
+    copies = [max(containment(sets[c], sets[real[scan[c]]]), containment(sets[real[scan[c]]], sets[c]))
+              for c in range(len(ids)) if not isinstance(volumes[ids[c]][0], str)]
+    other = [containment(sets[a], sets[b]) for a in range(len(ids)) for b in range(len(ids)) if scan[a] != scan[b]]
+    assert len(copies) == len(REAL) * len(REEXPORTS)
+    assert min(copies) > 0.3 and max(other) < 0.02, (min(copies), max(other))  # the threshold 0.25 between
+
+
+def test_contamination_matches_volumes_and_excludes_them_whole(planted_corpus, tmp_path):
+    root, _ = planted_corpus
+    names = ("anatomical", "example4d", "emri", "cine")
+    corpus = tmp_path / "corpus"
+    run_sharding(shard_config([f"orig={REAL[n]}" for n in names], corpus, max_size=128))
+    # slice by slice only exact copies (distance <= 1) match: the volume level excludes the rest of each scan
+    summary = run_contamination(str(corpus), DedupConfig(against=[f"mirror={root / 'mirror'}"], exclude=True,
+                                                         threshold=1, executor="local", progress=False))
+    row = summary.sets[0]
+    assert (row["volumes"], row["overlapping_volumes"]) == (len(REAL) * len(REEXPORTS), len(names) * len(REEXPORTS))
+    rows = read_manifest(*filesystem(str(corpus))).to_pylist()
+    assert all(r["status"] == "excluded" for r in rows if r["shard"])  # every slice, matched alone or not
+    assert summary.excluded == sum(1 for r in rows if r["shard"])
+    assert any(r["dedup_strategy"].startswith("contamination volume-overlap") for r in rows)
