@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,11 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from medscale.core.executor import LocalExecutor  # noqa: E402
 from medscale.dedup.lsh import brute_force_pairs, verified  # noqa: E402
+from medscale.dedup.minhash import signatures  # noqa: E402
 from medscale.dedup.strategies import Corpus, create_strategy  # noqa: E402
 from medscale.demo import DEMO_DATA  # noqa: E402
 from medscale.hashing.hashes import hash_images, to_8bit  # noqa: E402
+from medscale.hashing.shingles import codes_of  # noqa: E402
 
 PER_TRANSFORM = 300
 
@@ -146,13 +149,17 @@ def main() -> None:
     strategies["hash-global phash<=4 verify dhash+ahash<=16"] = (
         "hash-global", {"hash_name": "phash", "threshold": 4, "verify": "dhash+ahash<=16"})
     strategies["embedding (pixel stand-in) eps 0.02"] = ("embedding", {"eps": 0.02})
+    strategies["minhash-global jaccard>=0.4"] = ("minhash-global", {"jaccard": 0.4})
     embeddings = pixel_embedding(images)
+    start = time.perf_counter()
+    sigs = signatures(codes_of(images), 128)
+    print(f"local codes + MinHash of {n} images: {time.perf_counter() - start:.1f} s\n")
     results = {}
     for label, (name, params) in strategies.items():
         corpus = Corpus(keys=np.arange(n).astype(str).astype(object),
                         hashes=hashes[params.get("hash_name", "dhash")], volumes=np.array([None] * n, dtype=object),
                         slices=np.full(n, -1), embeddings=embeddings,
-                        extra=np.stack([hashes["dhash"], hashes["ahash"]], axis=1))
+                        extra=np.stack([hashes["dhash"], hashes["ahash"]], axis=1), signatures=sigs)
         exemplar, _ = create_strategy(name, **params).reduce(corpus, LocalExecutor())
         results[label] = exemplar
     header = "| transform | " + " | ".join(f"{s}: recall / precision" for s in results) + " |"

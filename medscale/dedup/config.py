@@ -32,6 +32,8 @@ class DedupConfig:
     containment: float = 0.25  # volume-overlap / contamination: a volume is a copy when this share of its set
     # of quantised slice hashes lies in another volume's (planted copies here: >= 0.40; different scans: < 0.01)
     num_perm: int = 128  # MinHash permutations (volume-overlap, minhash-global)
+    jaccard: float = 0.4  # minhash-global: duplicates when the estimated Jaccard similarity of local codes >= this
+    minhash_index: str = "auto"  # minhash-global: auto | datasketch (MinHashLSH in memory) | bands (numpy, Ray)
     clusters: int = 0  # embedding: k-means clusters; 0 = about sqrt(N)
     against: List[str] = field(default_factory=list)  # evaluation sets for the contamination check
     exclude: bool = False  # contamination: mark corpus samples near an evaluation image as excluded
@@ -60,5 +62,7 @@ class DedupConfig:
         check(self.clusters >= 0, origin, "dedup.clusters", "an int >= 0", self.clusters)
         check(0.0 < self.containment <= 1.0, origin, "dedup.containment", "a number in (0, 1]", self.containment)
         check(16 <= self.num_perm <= 1024, origin, "dedup.num_perm", "an int in 16..1024", self.num_perm)
+        check(0.0 < self.jaccard <= 1.0, origin, "dedup.jaccard", "a number in (0, 1]", self.jaccard)
+        check_choice(self.minhash_index, STRATEGIES["minhash-global"].INDEXES, origin, "dedup.minhash_index")
         check(self.examples >= 0, origin, "dedup.examples", "an int >= 0", self.examples)
         check_choice(self.executor, EXECUTOR_CHOICES, origin, "dedup.executor")

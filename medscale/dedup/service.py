@@ -21,6 +21,7 @@ from medscale.data.commit import OutputLock
 from medscale.data.manifest import DUPLICATE, KEPT, read_manifest, update_rows
 from medscale.dedup.config import DedupConfig
 from medscale.dedup.embed import EMBED_COST_S, embed_corpus, load_embeddings
+from medscale.dedup.image_sets import SIGNATURE_COST_S, image_signatures
 from medscale.dedup.lsh import parse_verify
 from medscale.dedup.report import write_report
 from medscale.dedup.strategies import Corpus, strategy_from_config
@@ -118,13 +119,18 @@ def _run_dedup(fs, root: str, url: str, cfg: DedupConfig) -> DedupSummary:
                          "dedup.backbone=DIR (an exported backbone: card.json + backbone.safetensors)")
     if cfg.strategy == "embedding" and cfg.embeddings:
         corpus.embeddings = load_embeddings(cfg.embeddings, corpus.keys, cfg.storage_options)
-    work = len(corpus) * (strategy.COST_S + (EMBED_COST_S if corpus.embeddings is None and cfg.backbone else 0))
+    work = len(corpus) * (strategy.COST_S + (EMBED_COST_S if corpus.embeddings is None and cfg.backbone else 0)
+                          + (SIGNATURE_COST_S if cfg.strategy == "minhash-global" else 0))
     executor = executor_for(cfg.executor, work, cfg.ray_address, cfg.num_cpus)
     try:
         if cfg.strategy == "embedding" and corpus.embeddings is None:
             load_backbone(cfg.backbone)  # fail early, in the driver, on a wrong folder
             path = embed_corpus(fs, root, sorted(set(table["shard"].to_pylist())), cfg, executor)
             corpus.embeddings = load_embeddings(path, corpus.keys, cfg.storage_options)
+        if cfg.strategy == "minhash-global":
+            corpus.signatures = image_signatures(fs, root, np.array(table["shard"].to_pylist(), object),
+                                                 corpus.keys, cfg.num_perm, executor, cfg.storage_options,
+                                                 cfg.progress)
         exemplar, distance = strategy.reduce(corpus, executor)
     finally:
         executor.close()

@@ -16,6 +16,7 @@ import numpy as np
 from medscale.core.executor import ordered_map
 from medscale.dedup.groups import GROUPINGS
 from medscale.dedup.lsh import LshPlan, merge_pairs, parse_verify, plan_lsh, table_pairs, verified
+from medscale.dedup.minhash import band_pairs, jaccard, lean, lsh_params, merge_band_pairs
 from medscale.dedup.overlap import contained_pairs, overlap_decisions, set_signatures, volume_sets
 from medscale.dedup.semantic import cluster_duplicates, normalize, spherical_kmeans
 from medscale.dedup.volume import every_n, greedy_volume
@@ -37,6 +38,7 @@ class Corpus:
     slices: np.ndarray  # [N] slice index within the volume (-1 for 2D images)
     embeddings: Optional[np.ndarray] = None  # [N, D] for `embedding`
     extra: Optional[np.ndarray] = None  # [N, m] uint64: the hashes a `verify` rule checks
+    signatures: Optional[np.ndarray] = None  # [N, num_perm] uint32 MinHash of local codes, for `minhash-global`
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -175,6 +177,65 @@ class VolumeOverlap:
         return exemplar, distance
 
 
+def _band_task(band: int, sigs: np.ndarray, rows: int) -> np.ndarray:
+    return band_pairs(sigs, band, rows)
+
+
+class MinhashGlobal:
+    """Near-copies that global hashes miss (shifted by whole pixels, re-encoded): images as sets of local codes
+    (`medscale.hashing.shingles`), MinHash, candidates from LSH bands, kept when the estimated Jaccard similarity is
+    at least `jaccard`, then grouped. The index is datasketch's `MinHashLSH` in this process up to
+    `IN_MEMORY` images, numpy band tables (a task per band) beyond, or as `index` says; both give the same
+    candidates."""
+
+    COST_S = 2e-5  # CPU-seconds per sample for the search (the signatures are counted apart), for `executor: auto`
+    IN_MEMORY = 200_000
+    INDEXES = ("auto", "datasketch", "bands")
+
+    def __init__(self, jaccard: float = 0.4, num_perm: int = 128, groups: str = "star", index: str = "auto") -> None:
+        if groups not in GROUPINGS:
+            raise ValueError(f"groups must be one of {', '.join(GROUPINGS)}, got {groups!r}")
+        if index not in self.INDEXES:
+            raise ValueError(f"index must be one of {', '.join(self.INDEXES)}, got {index!r}")
+        self.jaccard, self.num_perm, self.groups, self.index = jaccard, num_perm, groups, index
+
+    @classmethod
+    def from_config(cls, cfg: "DedupConfig") -> "MinhashGlobal":
+        """The strategy with the options of `cfg`."""
+        return cls(jaccard=cfg.jaccard, num_perm=cfg.num_perm, groups=cfg.groups, index=cfg.minhash_index)
+
+    def describe(self) -> str:
+        """The strategy and its parameters, as recorded in the manifest."""
+        return f"minhash-global jaccard>={self.jaccard:g} {self.groups}"
+
+    def candidates(self, sigs: np.ndarray, executor) -> np.ndarray:
+        """`[P, 2]` pairs (i < j) sharing a band."""
+        bands, rows = lsh_params(self.jaccard, sigs.shape[1])
+        if self.index == "datasketch" or (self.index == "auto" and len(sigs) <= self.IN_MEMORY):
+            from datasketch import MinHashLSH
+
+            lsh = MinHashLSH(num_perm=sigs.shape[1], params=(bands, rows))
+            minhashes = [lean(sig) for sig in sigs]
+            with lsh.insertion_session() as session:
+                for i, m in enumerate(minhashes):
+                    session.insert(i, m)
+            found = [(i, j) for i, m in enumerate(minhashes) for j in lsh.query(m) if j > i]
+            return merge_band_pairs([np.array(found, np.int64).reshape(-1, 2)], len(sigs))
+        return merge_band_pairs(list(ordered_map(executor, _band_task, list(range(bands)), sigs, rows)), len(sigs))
+
+    def reduce(self, corpus: Corpus, executor) -> Decisions:
+        if corpus.signatures is None:
+            raise ValueError("the minhash-global strategy needs the images' signatures (corpus.signatures)")
+        sigs = corpus.signatures
+        pairs = self.candidates(sigs, executor)
+        similarity = jaccard(sigs[pairs[:, 0]], sigs[pairs[:, 1]]) if len(pairs) else np.zeros(0)
+        keep = similarity >= self.jaccard
+        pairs = np.concatenate([pairs[keep], np.rint(100 * (1 - similarity[keep]))[:, None].astype(np.int64)], 1)
+        exemplar = GROUPINGS[self.groups](len(sigs), pairs)
+        distance = (1 - jaccard(sigs, sigs[exemplar])).astype(np.float32)
+        return exemplar, distance
+
+
 class EveryN:
     """Keep slices 0, n, 2n... of each volume (the baseline of the Less-is-More paper); 2D images stay."""
 
@@ -232,7 +293,8 @@ class Embedding:
 
 
 STRATEGIES: Dict[str, type] = {"hash-volume": HashVolume, "hash-global": HashGlobal, "every-n": EveryN,
-                               "embedding": Embedding, "volume-overlap": VolumeOverlap}
+                               "embedding": Embedding, "volume-overlap": VolumeOverlap,
+                               "minhash-global": MinhashGlobal}
 
 
 def create_strategy(name: str, **params: object):

@@ -142,3 +142,72 @@ def test_contamination_matches_volumes_and_excludes_them_whole(planted_corpus, t
     assert all(r["status"] == "excluded" for r in rows if r["shard"])  # every slice, matched alone or not
     assert summary.excluded == sum(1 for r in rows if r["shard"])
     assert any(r["dedup_strategy"].startswith("contamination volume-overlap") for r in rows)
+
+
+@pytest.fixture(scope="module")
+def shifted_corpus(tmp_path_factory):
+    """Real BreastMNIST and PneumoniaMNIST images (source `orig`) and 2-px shifted copies of 60 of them (`copies`)."""
+    from medscale.demo import DEMO_DATA
+
+    root = tmp_path_factory.mktemp("shifted")
+    images = np.concatenate([np.load(DEMO_DATA / "medmnist" / f"{n}mnist_28.npz")["test_images"]
+                             for n in ("breast", "pneumonia")])
+    rng = np.random.default_rng(0)
+    chosen = rng.choice(len(images), 60, replace=False)
+    shifted = np.stack([np.pad(images[i], ((2, 0), (2, 0)), mode="edge")[:28, :28] for i in chosen])
+    np.savez(root / "orig.npz", test_images=images, test_labels=np.zeros(len(images), np.int64))
+    np.savez(root / "copies.npz", test_images=shifted, test_labels=np.zeros(len(shifted), np.int64))
+    run_sharding(shard_config([f"orig={root / 'orig.npz'}", f"copies={root / 'copies.npz'}"], root / "corpus",
+                              shard_size=300))
+    return root / "corpus", images, chosen
+
+
+def _decisions(corpus):
+    rows = read_manifest(*filesystem(str(corpus))).to_pylist()
+    return {r["key"]: (r["status"], r["duplicate_of"], r["source"], r["frame"]) for r in rows if r["shard"]}
+
+
+def _copies_found(decided, chosen):
+    """How many shifted copies sit in their original's group."""
+    by_frame = {(src, frame): key for key, (_, _, src, frame) in decided.items()}
+    found = 0
+    for copy_index, original in enumerate(chosen):
+        copy_key, original_key = by_frame[("copies", copy_index)], by_frame[("orig", int(original))]
+        exemplar = [decided[k][1] if decided[k][0] == "duplicate" else k for k in (copy_key, original_key)]
+        found += exemplar[0] == exemplar[1]
+    return found
+
+
+def test_minhash_global_finds_whole_pixel_shifts_that_hashes_miss(shifted_corpus, tmp_path):
+    corpus_src, images, chosen = shifted_corpus
+    corpus = tmp_path / "corpus"
+    shutil.copytree(corpus_src, corpus)
+    summary = run_dedup(str(corpus), DedupConfig(strategy="minhash-global", executor="local", progress=False))
+    decided = _decisions(corpus)
+    assert _copies_found(decided, chosen) == len(chosen)
+    wrong = [k for k, (status, dup_of, src, frame) in decided.items() if status == "duplicate"
+             and np.abs(images[decided[dup_of][3]].astype(int) - (images[frame] if src == "orig" else
+                                                                   images[chosen[frame]]).astype(int)).mean() > 8]
+    assert len(wrong) <= 0.01 * summary.duplicates  # decisions between visibly different images
+    hashed = tmp_path / "hashed"
+    shutil.copytree(corpus_src, hashed)
+    run_dedup(str(hashed), DedupConfig(strategy="hash-global", executor="local", progress=False))
+    assert _copies_found(_decisions(hashed), chosen) < 0.1 * len(chosen)  # what the 64-bit hashes miss
+    assert (corpus / "dedup" / "minhash-images.parquet").exists()
+    again = run_dedup(str(corpus), DedupConfig(strategy="minhash-global", executor="local", progress=False))
+    assert again.duplicates == summary.duplicates and _decisions(corpus) == decided  # from the stored signatures
+
+
+@pytest.mark.slow
+def test_the_minhash_strategies_agree_between_ray_and_in_process(planted_corpus, shifted_corpus, tmp_path,
+                                                               ray_local):
+    for name, source, extra in (("volume-overlap", planted_corpus[0] / "corpus", {}),
+                                ("minhash-global", shifted_corpus[0], {}),
+                                ("minhash-global", shifted_corpus[0], {"minhash_index": "bands"})):
+        results = []
+        for executor in ("local", "ray"):
+            corpus = tmp_path / f"{name}-{executor}-{len(extra)}"
+            shutil.copytree(source, corpus)
+            run_dedup(str(corpus), DedupConfig(strategy=name, executor=executor, progress=False, **extra))
+            results.append(_decisions(corpus))
+        assert results[0] == results[1] and any(s == "duplicate" for s, *_ in results[0].values())
