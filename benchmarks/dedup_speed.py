@@ -3,8 +3,12 @@
 1. Hashing: medscale's batched aHash/dHash/pHash vs `imagehash` called per image, on the same decoded images.
 2. Global search: all pairs within Hamming distance k among 1,000,000 64-bit hashes with planted near pairs:
    LSH + exact verification vs exact brute force on a subsample, scaled up by (N / n)^2. Time, peak RSS, recall.
+3. MinHash at scale (`minhash-global`): the local codes of real 28-px images (images/s), then 1,000,000 sets of
+   about 500 tokens with 1% planted near-copies: signatures (numpy, equal to datasketch's) vs datasketch's
+   MinHash per set, and the numpy band index + query + Jaccard check vs datasketch's MinHashLSH, the baselines
+   measured on subsamples and scaled linearly. Time, peak RSS, recall.
 
-Run: `python benchmarks/dedup_speed.py [--n 1000000] [--skip-hashing] [--ray] [--threads N]`.
+Run: `python benchmarks/dedup_speed.py [--n 1000000] [--skip-hashing] [--skip-search] [--ray] [--threads N]`.
 imagehash is single-threaded, and so is medscale's compiled kernel; `--threads` sets the BLAS threads of the numpy
 backend (used where the kernel was not built) and of the LSH search.
 """
@@ -150,18 +154,108 @@ def _table(table: int, hashes: np.ndarray, plan) -> np.ndarray:
     return table_pairs(hashes, plan, table)
 
 
+CHUNK_SETS = 50_000
+
+
+def planted_sets(n: int, size: int = 500, copies: float = 0.01, seed: int = 0):
+    """Chunks of `n` token sets of ~`size` tokens of the 18-bit code space; in each chunk a `copies` share of the
+    sets keep 80% of an earlier set's tokens (Jaccard 0.67): yields (first set, tokens, owner within the chunk,
+    (copy, original) global index pairs)."""
+    rng = np.random.default_rng(seed)
+    for first in range(0, n, CHUNK_SETS):
+        m = min(CHUNK_SETS, n - first)
+        sizes = rng.integers(size * 3 // 4, size * 5 // 4, m)
+        dst = rng.choice(np.arange(m // 2, m), int(m * copies), replace=False)
+        src = rng.choice(m // 2, len(dst), replace=False)
+        sizes[dst] = sizes[src]
+        tokens = rng.integers(0, 1 << 18, int(sizes.sum()), dtype=np.uint64)
+        starts = np.r_[0, np.cumsum(sizes)[:-1]]
+        for d, o in zip(dst, src):  # the first 80% of the copy's tokens are the original's
+            k = int(sizes[o] * 0.8)
+            tokens[starts[d]:starts[d] + k] = tokens[starts[o]:starts[o] + k]
+        yield first, tokens, np.repeat(np.arange(m), sizes), np.stack([dst, src], axis=1) + first
+
+
+def minhash_search(n: int, use_ray: bool, threshold: float = 0.4, num_perm: int = 128) -> None:
+    from datasketch import MinHash, MinHashLSH
+
+    from medscale.dedup.minhash import jaccard, lean, lsh_params, signatures_flat
+    from medscale.dedup.strategies import _band_task
+    from medscale.hashing.shingles import batch_codes
+
+    real = np.load(DEMO_DATA / "medmnist" / "pneumoniamnist_28.npz")["train_images"][:4000].astype(np.float32)
+    t = time.perf_counter()
+    batch_codes(real)
+    codes_rate = len(real) / (time.perf_counter() - t)
+    sigs = np.empty((n, num_perm), np.uint32)
+    planted, sig_s, total_tokens = [], 0.0, 0
+    for first, tokens, owner, pairs in planted_sets(n):
+        t = time.perf_counter()
+        sigs[first:first + owner[-1] + 1] = signatures_flat(tokens, owner, owner[-1] + 1, num_perm)
+        sig_s += time.perf_counter() - t
+        planted.append(pairs)
+        total_tokens += len(tokens)
+        if first == 0:
+            sample_tokens, sample_owner = tokens, owner
+    planted = np.concatenate(planted)
+    tokens, owner = sample_tokens, sample_owner
+    sub = 2000  # datasketch per set, the baseline (linear in the sets)
+    cuts = np.searchsorted(owner, np.arange(sub + 1))
+    t = time.perf_counter()
+    for i in range(sub):
+        m = MinHash(num_perm=num_perm, scheme="affine32", hashfunc=int)
+        m.update_batch(tokens[cuts[i]:cuts[i + 1]].tolist())
+    base_sig_s = (time.perf_counter() - t) * n / sub
+    bands, rows = lsh_params(threshold, num_perm)
+    executor = RayExecutor() if use_ray else LocalExecutor()
+    try:
+        t = time.perf_counter()
+        from medscale.dedup.minhash import merge_band_pairs
+
+        pairs = merge_band_pairs(list(ordered_map(executor, _band_task, list(range(bands)), sigs, rows)), n)
+        pairs = pairs[jaccard(sigs[pairs[:, 0]], sigs[pairs[:, 1]]) >= threshold]
+        search_s = time.perf_counter() - t
+    finally:
+        executor.close()
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    lsh_sub = 50_000  # datasketch's MinHashLSH in memory: insert and query every set, the baseline
+    t = time.perf_counter()
+    index = MinHashLSH(num_perm=num_perm, params=(bands, rows))
+    minhashes = [lean(sig) for sig in sigs[:lsh_sub]]
+    for i, m in enumerate(minhashes):
+        index.insert(i, m)
+    for m in minhashes:
+        index.query(m)
+    base_search_s = (time.perf_counter() - t) * n / lsh_sub
+    found = set((pairs[:, 0] * n + pairs[:, 1]).tolist())
+    recall = np.mean([min(a, b) * n + max(a, b) in found for a, b in planted.tolist()])
+    where = "Ray (all cores)" if use_ray else "1 process"
+    print(f"\nlocal codes of real 28-px images: {codes_rate:,.0f} images/s (1,000,000 in {1e6 / codes_rate:.0f} s)")
+    print(f"\n| {n:,} sets, {total_tokens / n:.0f} tokens each | medscale | seconds | baseline | seconds | speed-up |")
+    print("|---|---|---|---|---|---|")
+    print(f"| signatures ({num_perm} permutations) | numpy, equal to datasketch's | {sig_s:.0f} | datasketch MinHash "
+          f"per set (measured on {sub:,}, x N/n) | {base_sig_s:,.0f} | {base_sig_s / sig_s:.1f}x |")
+    print(f"| index + query + Jaccard check (J >= {threshold}, {bands} bands x {rows}) | numpy bands, {where} | "
+          f"{search_s:.0f} | datasketch MinHashLSH (measured on {lsh_sub:,}, x N/n) | {base_search_s:,.0f} | "
+          f"{base_search_s / search_s:.1f}x |")
+    print(f"peak RSS {peak_gib:.2f} GiB; recall of {len(planted):,} planted copies {recall:.4f}; pairs {len(pairs):,}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("-k", type=int, default=6)
     parser.add_argument("--skip-hashing", action="store_true")
+    parser.add_argument("--skip-search", action="store_true", help="skip the 64-bit hash search")
     parser.add_argument("--ray", action="store_true", help="run the LSH tables as Ray tasks")
     parser.add_argument("--threads", type=int, help="BLAS threads for the hashing products (default: all cores)")
     args = parser.parse_args()
     if not args.skip_hashing:
         hashing()
         resize_levels()
-    global_search(args.n, args.k, args.ray)
+    if not args.skip_search:
+        global_search(args.n, args.k, args.ray)
+    minhash_search(args.n, args.ray)
 
 
 if __name__ == "__main__":

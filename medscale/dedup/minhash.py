@@ -62,13 +62,20 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
 def signatures(sets: Sequence[np.ndarray], num_perm: int = 128, seed: int = SEED) -> np.ndarray:
     """`[len(sets), num_perm]` uint32: each set's datasketch MinHash hash values (an empty set gets 2^32 - 1
     everywhere, as datasketch's does)."""
-    a, b = permutations(num_perm, seed)
-    out = np.full((len(sets), num_perm), np.uint32(0xFFFFFFFF), np.uint32)
     sizes = np.array([len(s) for s in sets], np.int64)
-    if not sizes.sum():
+    flat = np.concatenate([np.asarray(s, np.uint64) for s in sets]) if len(sets) else np.zeros(0, np.uint64)
+    return signatures_flat(flat, np.repeat(np.arange(len(sets)), sizes), len(sets), num_perm, seed)
+
+
+def signatures_flat(tokens: np.ndarray, owner: np.ndarray, n_sets: int, num_perm: int = 128, seed: int = SEED
+                    ) -> np.ndarray:
+    """`signatures` of sets given as one array of tokens and the (non-decreasing) set each belongs to; a token may
+    repeat within a set (a MinHash does not count repeats)."""
+    a, b = permutations(num_perm, seed)
+    out = np.full((n_sets, num_perm), np.uint32(0xFFFFFFFF), np.uint32)
+    if not len(tokens):
         return out
-    flat = _fmix32(token32(np.concatenate([np.asarray(s, np.uint64) for s in sets])))
-    owner = np.repeat(np.arange(len(sets)), sizes)
+    flat = _fmix32(token32(tokens))
     with np.errstate(over="ignore"):
         for start in range(0, len(flat), TOKEN_CHUNK):
             part, who = flat[start:start + TOKEN_CHUNK], owner[start:start + TOKEN_CHUNK]

@@ -14,10 +14,9 @@ rescaling, blur or noise: global hashes handle those.
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 MAX_SIDE = 48
 PATCH, GAP = 3, 3
@@ -38,21 +37,43 @@ def working_image(pixels: np.ndarray) -> np.ndarray:
     return x
 
 
+def batch_codes(images: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Codes of a batch of same-sized working images `[N, H, W]` (float): (tokens `[N, M]` uint64, kept `[N, M]`
+    bool), M = (H - 2) x (W - 5) pairs per image, repeats included (a set's MinHash does not count them)."""
+    n, h, w = images.shape
+    if h < PATCH or w < PATCH + GAP:
+        return np.zeros((n, 0), np.uint64), np.zeros((n, 0), bool)
+    x = np.asarray(images, np.float32)
+    oh, ow = h - PATCH + 1, w - PATCH + 1
+    shifted = [x[:, dy:dy + oh, dx:dx + ow] for dy in range(PATCH) for dx in range(PATCH)]  # the 9 pixels, as views
+    mean = sum(shifted) / np.float32(PATCH * PATCH)
+    codes = np.zeros((n, oh, ow), np.uint32)
+    spread = np.zeros((n, oh, ow), np.float32)
+    for bit, pixel in enumerate(shifted):  # one pass per pixel of the patch, over the whole batch
+        codes |= (pixel > mean).astype(np.uint32) << np.uint32(bit)
+        np.maximum(spread, np.abs(pixel - mean), out=spread)
+    textured = spread > 1.0
+    tokens = (codes[:, :, :-GAP].astype(np.uint64) << np.uint64(PATCH * PATCH)) | codes[:, :, GAP:]
+    kept = textured[:, :, :-GAP] & textured[:, :, GAP:]
+    return tokens.reshape(n, -1), kept.reshape(n, -1)
+
+
 def local_codes(pixels: np.ndarray) -> np.ndarray:
-    """The sorted unique uint64 tokens of one image (see the module docstring); empty for images under 3 x 7."""
-    x = working_image(pixels)
-    if x.shape[0] < PATCH or x.shape[1] < PATCH + GAP:
-        return np.zeros(0, np.uint64)
-    patches = sliding_window_view(x, (PATCH, PATCH)).reshape(x.shape[0] - PATCH + 1, x.shape[1] - PATCH + 1, -1)
-    mean = patches.mean(axis=-1, keepdims=True)
-    bits = (patches > mean).astype(np.uint64)
-    codes = (bits << np.arange(PATCH * PATCH, dtype=np.uint64)).sum(axis=-1)
-    textured = np.abs(patches - mean).max(axis=-1) > 1.0
-    left, right = codes[:, :-GAP], codes[:, GAP:]
-    keep = textured[:, :-GAP] & textured[:, GAP:]
-    return np.unique(((left << np.uint64(PATCH * PATCH)) | right)[keep])
+    """The sorted unique uint64 tokens of one image (see the module docstring); empty for images under 3 x 6."""
+    tokens, kept = batch_codes(working_image(pixels)[None])
+    return np.unique(tokens[kept])
 
 
 def codes_of(images: Sequence[np.ndarray]) -> List[np.ndarray]:
-    """`local_codes` of each image."""
-    return [local_codes(image) for image in images]
+    """`local_codes` of each image (images of one size and type go through `batch_codes` together)."""
+    out: List[np.ndarray] = [np.zeros(0, np.uint64)] * len(images)
+    groups: dict = {}
+    for i, image in enumerate(images):
+        groups.setdefault((image.shape, image.dtype.str), []).append(i)
+    for members in groups.values():
+        work = np.stack([working_image(images[i]) for i in members])
+        for start in range(0, len(members), 4096):
+            tokens, kept = batch_codes(work[start:start + 4096])
+            for i, t, k in zip(members[start:start + 4096], tokens, kept):
+                out[i] = np.unique(t[k])
+    return out
