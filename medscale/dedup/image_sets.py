@@ -13,10 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medscale.core.executor import ordered_map
-from medscale.core.storage import filesystem, full_url, join, put_bytes_atomic
-from medscale.data.png import decode_png
-from medscale.data.shards import iter_shard
+from medscale.core.storage import full_url, join, put_bytes_atomic
 from medscale.dedup.minhash import SEED, signatures
+from medscale.dedup.rehash import shard_images
 from medscale.dedup.report import REPORT_DIR
 from medscale.hashing.shingles import CODES_VERSION, codes_of
 
@@ -27,13 +26,7 @@ SIGNATURE_COST_S = 4e-4  # CPU-seconds per sample (PNG decode, codes, MinHash), 
 def shard_signatures(shard: str, root_url: str, storage_options: Mapping[str, Any], num_perm: int
                      ) -> Tuple[List[str], np.ndarray]:
     """(keys, `[N, num_perm]` uint32 signatures) of every sample of one shard (a Ray task)."""
-    fs, root = filesystem(root_url, storage_options)
-    keys, images = [], []
-    with fs.open(join(root, shard), "rb") as fh:
-        for key, members in iter_shard(fh, shard):
-            if "png" in members:
-                keys.append(key)
-                images.append(decode_png(members["png"]))
+    keys, images = shard_images(shard, root_url, storage_options)
     return keys, signatures(codes_of(images), num_perm)
 
 

@@ -19,8 +19,8 @@ from medscale.dedup.config import DedupConfig
 from medscale.hashing.hashes import HASH_NAMES, hash_images
 
 
-def hash_shard(shard: str, root_url: str, storage_options: Mapping[str, Any]) -> Tuple[List[str], Dict[str, Any]]:
-    """(keys, {hash name: uint64[N]}) of every sample in one shard (a Ray task)."""
+def shard_images(shard: str, root_url: str, storage_options: Mapping[str, Any]) -> Tuple[List[str], List[Any]]:
+    """(keys, decoded images) of every sample of one shard that has a PNG, in shard order."""
     fs, root = filesystem(root_url, storage_options)
     keys, images = [], []
     with fs.open(join(root, shard), "rb") as fh:
@@ -28,6 +28,12 @@ def hash_shard(shard: str, root_url: str, storage_options: Mapping[str, Any]) ->
             if "png" in members:
                 keys.append(key)
                 images.append(decode_png(members["png"]))
+    return keys, images
+
+
+def hash_shard(shard: str, root_url: str, storage_options: Mapping[str, Any]) -> Tuple[List[str], Dict[str, Any]]:
+    """(keys, {hash name: uint64[N]}) of every sample in one shard (a Ray task)."""
+    keys, images = shard_images(shard, root_url, storage_options)
     return keys, hash_images(images)
 
 
