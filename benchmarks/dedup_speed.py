@@ -180,7 +180,7 @@ def minhash_search(n: int, use_ray: bool, threshold: float = 0.4, num_perm: int 
     from datasketch import MinHash, MinHashLSH
 
     from medscale.dedup.minhash import jaccard, lean, lsh_params, signatures_flat
-    from medscale.dedup.strategies import _band_task
+    from medscale.dedup.strategies import MinhashGlobal
     from medscale.hashing.shingles import batch_codes
 
     real = np.load(DEMO_DATA / "medmnist" / "pneumoniamnist_28.npz")["train_images"][:4000].astype(np.float32)
@@ -199,7 +199,7 @@ def minhash_search(n: int, use_ray: bool, threshold: float = 0.4, num_perm: int 
             sample_tokens, sample_owner = tokens, owner
     planted = np.concatenate(planted)
     tokens, owner = sample_tokens, sample_owner
-    sub = 2000  # datasketch per set, the baseline (linear in the sets)
+    sub = min(n, 2000)  # datasketch per set, the baseline (linear in the sets)
     cuts = np.searchsorted(owner, np.arange(sub + 1))
     t = time.perf_counter()
     for i in range(sub):
@@ -210,15 +210,13 @@ def minhash_search(n: int, use_ray: bool, threshold: float = 0.4, num_perm: int 
     executor = RayExecutor() if use_ray else LocalExecutor()
     try:
         t = time.perf_counter()
-        from medscale.dedup.minhash import merge_band_pairs
-
-        pairs = merge_band_pairs(list(ordered_map(executor, _band_task, list(range(bands)), sigs, rows)), n)
+        pairs = MinhashGlobal(jaccard=threshold, num_perm=num_perm, index="bands").candidates(sigs, executor)
         pairs = pairs[jaccard(sigs[pairs[:, 0]], sigs[pairs[:, 1]]) >= threshold]
         search_s = time.perf_counter() - t
     finally:
         executor.close()
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-    lsh_sub = 50_000  # datasketch's MinHashLSH in memory: insert and query every set, the baseline
+    lsh_sub = min(n, 50_000)  # datasketch's MinHashLSH in memory: insert and query every set, the baseline
     t = time.perf_counter()
     index = MinHashLSH(num_perm=num_perm, params=(bands, rows))
     minhashes = [lean(sig) for sig in sigs[:lsh_sub]]

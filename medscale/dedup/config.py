@@ -30,7 +30,7 @@ class DedupConfig:
     backbone: Optional[str] = None  # embedding: an exported backbone folder (card.json + backbone.safetensors)
     eps: float = 0.05  # embedding: duplicates when cosine similarity > 1 - eps
     containment: float = 0.25  # volume-overlap / contamination: a volume is a copy when this share of its set
-    # of quantised slice hashes lies in another volume's (planted copies here: >= 0.40; different scans: < 0.01)
+    # of quantised slice hashes lies in another volume's (planted copies here: >= 0.33; different scans: < 0.01)
     num_perm: int = 128  # MinHash permutations (volume-overlap, minhash-global)
     jaccard: float = 0.4  # minhash-global: duplicates when the estimated Jaccard similarity of local codes >= this
     minhash_index: str = "auto"  # minhash-global: auto | datasketch (MinHashLSH in memory) | bands (numpy, Ray)

@@ -30,7 +30,7 @@ from medscale.data.manifest import EXCLUDED, read_manifest, update_rows
 from medscale.data.sources import plan_reading, read_unit
 from medscale.dedup.config import DedupConfig
 from medscale.dedup.lsh import merge_pairs, parse_verify, plan_lsh, verified
-from medscale.dedup.overlap import contained_pairs, set_signatures, volume_sets
+from medscale.dedup.overlap import contained_pairs, nearest_slices, set_signatures, volume_sets
 from medscale.dedup.report import REPORT_DIR
 from medscale.dedup.strategies import cross_table_task
 from medscale.hashing.hashes import hash_images
@@ -192,8 +192,8 @@ def _volume_level(summary: ContaminationSummary, cfg: DedupConfig, corpus_volume
     for q, x, _ in pairs.astype(np.int64):
         c, e = (q, x) if q < len(corpus_groups) else (x, q)
         mine, theirs = corpus_groups[names[c]], eval_groups[names[e]]
-        dist = np.bitwise_count(corpus[mine][:, None] ^ evals[theirs][None, :])
-        for i, j, d in zip(mine.tolist(), theirs[dist.argmin(axis=1)].tolist(), dist.min(axis=1).tolist()):
+        nearest, dist = nearest_slices(corpus[mine], evals[theirs])
+        for i, j, d in zip(mine.tolist(), theirs[nearest].tolist(), dist.tolist()):
             if i not in hits or d < hits[i][1]:
                 hits[i] = (j, d)
         matched[names[e][:2]].add(names[e][2])

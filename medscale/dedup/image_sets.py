@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from medscale.core.errors import ShardFormatError
 from medscale.core.executor import ordered_map
 from medscale.core.storage import full_url, join, put_bytes_atomic
 from medscale.dedup.minhash import SEED, signatures
@@ -68,6 +69,9 @@ def image_signatures(fs, root: str, shards_of: np.ndarray, keys: np.ndarray, num
     index = {(s, k): (s, i) for s, (ks, _) in by_shard.items() for i, k in enumerate(ks)}
     out = np.empty((len(keys), num_perm), np.uint32)
     for row, (s, k) in enumerate(zip(shards_of.tolist(), keys.tolist())):
+        if (s, k) not in index:
+            raise ShardFormatError(f"{join(root, s)}: the manifest's sample {k!r} has no PNG member in it; the "
+                                   f"shard does not match the manifest (reshard that input)")
         shard, i = index[(s, k)]
         out[row] = by_shard[shard][1][i]
     return out

@@ -13,11 +13,14 @@ process's dictionaries.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
+from medscale.dedup.lsh import merge_pairs
+
 SEED = 1  # datasketch's default
+EMPTY = np.uint32(0xFFFFFFFF)  # every hash value of the empty set's signature
 TOKEN_CHUNK = 1 << 18  # tokens permuted at once: [chunk, num_perm] uint32 = 128 MiB at 128 permutations
 
 
@@ -72,7 +75,7 @@ def signatures_flat(tokens: np.ndarray, owner: np.ndarray, n_sets: int, num_perm
     """`signatures` of sets given as one array of tokens and the (non-decreasing) set each belongs to; a token may
     repeat within a set (a MinHash does not count repeats)."""
     a, b = permutations(num_perm, seed)
-    out = np.full((n_sets, num_perm), np.uint32(0xFFFFFFFF), np.uint32)
+    out = np.full((n_sets, num_perm), EMPTY, np.uint32)
     if not len(tokens):
         return out
     flat = _fmix32(token32(tokens))
@@ -89,9 +92,9 @@ def signatures_flat(tokens: np.ndarray, owner: np.ndarray, n_sets: int, num_perm
 
 def lean(signature: np.ndarray, seed: int = SEED):
     """A `datasketch.LeanMinHash` holding `signature` (for datasketch's LSH indexes)."""
-    from datasketch import LeanMinHash, MinHash
+    from datasketch import LeanMinHash
 
-    return LeanMinHash(MinHash(seed=seed, hashvalues=signature, scheme="affine32"))
+    return LeanMinHash(seed=seed, hashvalues=signature, scheme="affine32")
 
 
 def jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
@@ -107,27 +110,44 @@ def lsh_params(threshold: float, num_perm: int) -> Tuple[int, int]:
     return _optimal_param(threshold, num_perm, 0.5, 0.5)
 
 
-def band_pairs(sigs: np.ndarray, band: int, rows: int) -> np.ndarray:
-    """Candidate pairs `[P, 2]` (i < j) of one band: sets whose `rows` hash values of band `band` are equal."""
+def distinct_rows(sigs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(first `[U]`, inverse `[N]`) for signatures `[N, P]` (P >= 2): rows `first` stand for groups of equal rows,
+    each by its lowest index, and row i equals `sigs[first[inverse[i]]]`.
+
+    Rows are sorted by their first two hash values and equal neighbours merged (10x faster than `np.unique` on
+    whole rows); two equal rows that a 64-bit collision keeps apart stay two groups, which the bands then pair."""
+    key = np.ascontiguousarray(sigs[:, :2]).view(np.uint64).ravel()
+    order = np.argsort(key, kind="stable")
+    same = np.zeros(len(order), bool)  # same[k]: sorted row k equals sorted row k - 1
+    near = np.flatnonzero(key[order[1:]] == key[order[:-1]]) + 1
+    same[near] = (sigs[order[near]] == sigs[order[near - 1]]).all(axis=1)
+    group = np.cumsum(~same) - 1
+    inverse = np.empty(len(order), np.int64)
+    inverse[order] = group
+    return order[~same], inverse
+
+
+def band_pairs(sigs: np.ndarray, band: int, rows: int, max_pairs: int = 1 << 24) -> np.ndarray:
+    """Candidate pairs `[P, 2]` (i < j) of one band: sets whose `rows` hash values of band `band` are equal.
+
+    Equal signatures are best collapsed first (they are copies; a bucket of k of them gives k^2/2 pairs)."""
     part = np.ascontiguousarray(sigs[:, band * rows:(band + 1) * rows])
     keys = part.view(np.dtype((np.void, part.dtype.itemsize * rows))).ravel()
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     starts = np.r_[0, np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1, len(keys)]
+    sizes = np.diff(starts)
+    if int((sizes * (sizes - 1) // 2).sum()) > max_pairs:
+        raise MemoryError(f"MinHash band {band} produced over {max_pairs} candidate pairs: raise dedup.jaccard")
     found: List[np.ndarray] = []
-    for s, e in zip(starts[:-1], starts[1:]):
-        if e - s > 1:
-            members = np.sort(order[s:e])
-            i, j = np.triu_indices(len(members), 1)
-            found.append(np.stack([members[i], members[j]], axis=1))
+    for s, e in zip(starts[:-1][sizes > 1], starts[1:][sizes > 1]):
+        members = np.sort(order[s:e])
+        i, j = np.triu_indices(len(members), 1)
+        found.append(np.stack([members[i], members[j]], axis=1))
     return np.concatenate(found) if found else np.zeros((0, 2), np.int64)
 
 
-def merge_band_pairs(parts: Sequence[np.ndarray], n: Optional[int] = None) -> np.ndarray:
-    """The union of several bands' pairs, each once, sorted."""
-    pairs = np.concatenate(list(parts)) if len(parts) else np.zeros((0, 2), np.int64)
-    if not len(pairs):
-        return pairs.reshape(0, 2).astype(np.int64)
-    width = int(n or pairs.max() + 1)
-    code = np.unique(pairs[:, 0].astype(np.int64) * width + pairs[:, 1])
-    return np.stack([code // width, code % width], axis=1)
+def merge_band_pairs(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """The union of several bands' pairs `[P, 2]`, each once, sorted."""
+    pairs = merge_pairs([np.asarray(p, np.int64).reshape(-1, 2) for p in parts]).reshape(-1, 2)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]

@@ -4,14 +4,14 @@ A volume is the set of its slices' quantised dHashes: each slice gives `TABLES` 
 sampled bits of its 64-bit dHash in each table (the bit-sampling keys of `lsh.py`). Why this set:
 - dHash compares neighbouring pixels, so another display window (a monotone intensity map) keeps most bits; a
   re-exported slice lands a few bits away, and a slice d bits away still shares a table's token with probability
-  C(64 - d, BITS) / C(64, BITS) (0.70 at d = 1, 0.26 at d = 4 with 20 bits), so a copy keeps a large share of
+  C(64 - d, BITS) / C(64, BITS) (0.69 at d = 1, 0.21 at d = 4 with 20 bits), so a copy keeps a large share of
   its tokens where exact 64-bit values would all differ;
 - a set has no order (reversed slices) and a subset of slices (every second slice, a thicker resampling whose
   interpolated slices lie near their neighbours) is contained in the original: its containment
   |A & B| / |A| is high even where the Jaccard similarity |A & B| / |A | B| is low;
 - unrelated volumes are tens of bits apart (the nearest slices of two different real volumes here: 11 bits or
   more), and 20-bit tokens of such slices coincide rarely: containment under 0.01 between the real volumes of
-  the tests, against 0.40 or more for every planted copy.
+  the tests, against 0.33 or more for every planted copy.
 Near-blank slices (fewer than 4 or more than 60 of 64 bits set) say nothing about which scan they come from and
 give no tokens.
 
@@ -111,7 +111,12 @@ def overlap_decisions(hashes: np.ndarray, members: Sequence[np.ndarray], priorit
         best = min(kept or containers[v], key=lambda x: rank[x])
         target[v] = target[best]
         mine, theirs = members[v], members[target[v]]
-        dist = np.bitwise_count(hashes[mine][:, None] ^ hashes[theirs][None, :])
-        exemplar[mine] = theirs[dist.argmin(axis=1)]
-        distance[mine] = dist.min(axis=1)
+        nearest, distance[mine] = nearest_slices(hashes[mine], hashes[theirs])
+        exemplar[mine] = theirs[nearest]
     return exemplar, distance, target
+
+
+def nearest_slices(hashes: np.ndarray, others: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """For each of `hashes: [N]` uint64, (the index of its nearest in `others: [M]`, their Hamming distance)."""
+    dist = np.bitwise_count(hashes[:, None] ^ others[None, :])
+    return dist.argmin(axis=1), dist.min(axis=1)

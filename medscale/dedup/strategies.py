@@ -16,7 +16,7 @@ import numpy as np
 from medscale.core.executor import ordered_map
 from medscale.dedup.groups import GROUPINGS
 from medscale.dedup.lsh import LshPlan, merge_pairs, parse_verify, plan_lsh, table_pairs, verified
-from medscale.dedup.minhash import band_pairs, jaccard, lean, lsh_params, merge_band_pairs
+from medscale.dedup.minhash import EMPTY, band_pairs, distinct_rows, jaccard, lean, lsh_params, merge_band_pairs
 from medscale.dedup.overlap import contained_pairs, overlap_decisions, set_signatures, volume_sets
 from medscale.dedup.semantic import cluster_duplicates, normalize, spherical_kmeans
 from medscale.dedup.volume import every_n, greedy_volume
@@ -220,18 +220,26 @@ class MinhashGlobal:
                 for i, m in enumerate(minhashes):
                     session.insert(i, m)
             found = [(i, j) for i, m in enumerate(minhashes) for j in lsh.query(m) if j > i]
-            return merge_band_pairs([np.array(found, np.int64).reshape(-1, 2)], len(sigs))
-        return merge_band_pairs(list(ordered_map(executor, _band_task, list(range(bands)), sigs, rows)), len(sigs))
+            return merge_band_pairs([np.array(found, np.int64).reshape(-1, 2)])
+        return merge_band_pairs(list(ordered_map(executor, _band_task, list(range(bands)), sigs, rows)))
 
     def reduce(self, corpus: Corpus, executor) -> Decisions:
         if corpus.signatures is None:
             raise ValueError("the minhash-global strategy needs the images' signatures (corpus.signatures)")
         sigs = corpus.signatures
-        pairs = self.candidates(sigs, executor)
-        similarity = jaccard(sigs[pairs[:, 0]], sigs[pairs[:, 1]]) if len(pairs) else np.zeros(0)
+        exemplar = np.arange(len(sigs))
+        # an image without local codes (blank, flat, tiny) has the empty set's signature: nobody's copy
+        coded = np.flatnonzero((sigs != EMPTY).any(axis=1))
+        # equal signatures are copies at similarity 1: search among distinct rows, each stood for by its first image
+        first, inverse = distinct_rows(sigs if len(coded) == len(sigs) else sigs[coded])
+        first = coded[first]  # rows of `sigs` from here
+        unique = sigs[first]
+        pairs = self.candidates(unique, executor)
+        similarity = jaccard(unique[pairs[:, 0]], unique[pairs[:, 1]]) if len(pairs) else np.zeros(0)
         keep = similarity >= self.jaccard
         pairs = np.concatenate([pairs[keep], np.rint(100 * (1 - similarity[keep]))[:, None].astype(np.int64)], 1)
-        exemplar = GROUPINGS[self.groups](len(sigs), pairs)
+        value_exemplar = GROUPINGS[self.groups](len(unique), pairs, rank=first)
+        exemplar[coded] = first[value_exemplar[inverse]]
         distance = (1 - jaccard(sigs, sigs[exemplar])).astype(np.float32)
         return exemplar, distance
 
