@@ -106,12 +106,18 @@ class ShardDataset(IterableDataset):
         return groups.astype(np.int64), [float(weights.get(n, 1.0)) for n in names]
 
     # -- order ------------------------------------------------------------------------------------------------
-    def _rank_samples(self) -> np.ndarray:
+    def _consumed(self) -> int:
+        return self._start + self._delivered * self.world_size
+
+    def _rest(self) -> np.ndarray:
+        """What every rank together still delivers in the current epoch (the same on every rank)."""
         order = epoch_order(self.index.sizes, self.seed, self.epoch, self.shuffle, self.window)
         if self._weights is not None:
             order = weighted_order(order, self._groups, self._weights, self.seed, self.epoch, self.window)
-        rest = remaining(order, self._start + self._delivered * self.world_size, self.world_size, self.remainder)
-        return rank_stream(rest, self.rank, self.world_size)
+        return remaining(order, self._consumed(), self.world_size, self.remainder)
+
+    def _rank_samples(self) -> np.ndarray:
+        return rank_stream(self._rest(), self.rank, self.world_size)
 
     def __len__(self) -> int:
         """Samples this rank still delivers in the current epoch."""
@@ -123,14 +129,16 @@ class ShardDataset(IterableDataset):
             self.epoch, self._start, self._delivered, self._completed = epoch, 0, 0, False
 
     def _begin(self) -> None:
-        """Called in the main process when an iteration starts: after a finished epoch, move on to the next."""
-        if self._completed:
+        """Called in the main process when an iteration starts: after a finished epoch, move on to the next. An
+        epoch is finished when it was iterated to its end, or when nothing of it is left (a state saved after its
+        last batch, before the iteration ended)."""
+        if self._completed or (self._consumed() > 0 and not len(self._rest())):
             self.set_epoch(self.epoch + 1)
 
     # -- state ------------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         """Where this epoch stands, in global samples (valid for any world size)."""
-        return {"epoch": self.epoch, "seed": self.seed, "consumed": self._start + self._delivered * self.world_size,
+        return {"epoch": self.epoch, "seed": self.seed, "consumed": self._consumed(),
                 "num_samples": len(self.index), "completed": self._completed}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -220,3 +220,34 @@ def test_source_weights_mix_the_epoch_and_resume_exactly(loader_corpus):
 
     with pytest.raises(ConfigError, match="does not have; its sources: breast, mr"):
         ShardDataset(str(loader_corpus), source_weights={"ct": 2.0})
+
+
+@pytest.mark.parametrize("world, workers, weights", [(1, 0, None), (2, 1, None), (2, 0, {"breast": 0.5, "mr": 3.0}),
+                                                     (3, 2, None)])
+def test_a_state_saved_after_an_epochs_last_batch_resumes_into_the_next_epoch(corpus, world, workers, weights):
+    """The state a checkpoint holds when a step ends an epoch (the iteration not yet ended): the resumed loader goes
+    on with the next epoch exactly as the uninterrupted one does, for every rank."""
+    for rank in range(world):
+        def loader():
+            return ShardLoader(_dataset(corpus, seed=6, rank=rank, world_size=world, source_weights=weights),
+                               num_workers=workers)
+
+        straight = loader()
+        first, second = _keys(straight), _keys(straight)  # two epochs, uninterrupted
+        stopped = loader()
+        for n, _ in enumerate(stopped, start=1):
+            if n == len(first):
+                break  # the last batch of the epoch was trained on; the checkpoint is saved here
+        state = stopped.state_dict()
+        assert state["epoch"] == 0
+        resumed = loader()
+        resumed.load_state_dict(state)
+        assert _keys(resumed) == second and resumed.state_dict()["epoch"] == 1
+
+
+def test_an_epoch_with_nothing_left_for_a_world_size_moves_on(corpus):
+    """790 samples consumed 789 on 2 ranks with `drop`: the one left cannot be split, so the epoch is over."""
+    ds = _dataset(corpus, rank=1, world_size=2, remainder="drop")
+    ds.load_state_dict({"epoch": 0, "seed": 0, "consumed": 789, "num_samples": 790})
+    assert len(ds) == 0
+    assert sum(len(b) for b in _keys(ShardLoader(ds))) == 395 and ds.state_dict()["epoch"] == 1
