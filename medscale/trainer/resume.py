@@ -73,12 +73,13 @@ def keep_global_batch(saved_effective: int, batch_size: int, world_size: int, gr
 
 def to_universal(resume: Path, world: Dist, converter: bool) -> Path:
     """DeepSpeed's universal checkpoint of `resume` for another world size, converted once where it is read
-    (`converter`: rank 0 on a shared filesystem, each node's first process in its copy of a remote run)."""
+    (`converter`: rank 0 on a shared filesystem, each node's first process in its copy of a remote run), by
+    `safeload`'s converter: nothing in the checkpoint is unpickled beyond tensors and DeepSpeed's records."""
     target = resume / "universal"
     failure = ""
     if converter and not (target / ck.COMPLETE).exists():
         shutil.rmtree(target, ignore_errors=True)
-        done = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+        done = subprocess.run([sys.executable, "-m", "medscale.trainer.safeload", "--input_folder",
                                str(resume / ck.DS_TAG), "--output_folder", str(target / ck.DS_TAG),
                                "--inject_missing_state"], capture_output=True, text=True)
         if done.returncode == 0:

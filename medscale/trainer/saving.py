@@ -19,6 +19,7 @@ from medscale.trainer.distributed import Dist
 from medscale.trainer.resume import SCHEDULE_KEYS, TrainingError, model_keys
 from medscale.trainer.rundir import RunDir
 from medscale.trainer.runlog import RunLog
+from medscale.trainer.safeload import weights_only_loads
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,8 @@ logger = logging.getLogger(__name__)
 def load_state(engine, method, loader, generator: torch.Generator, resume: Path, universal: Optional[Path],
                world: Dist) -> None:
     """Every state a checkpoint holds: DeepSpeed's, the loader's position, this rank's RNG and method state."""
-    path, _ = engine.load_checkpoint(str(universal or resume), tag=ck.DS_TAG)
+    with weights_only_loads():  # a crafted file runs nothing: it fails to load, and the checkpoint counts as damaged
+        path, _ = engine.load_checkpoint(str(universal or resume), tag=ck.DS_TAG)
     if path is None:
         raise TrainingError(f"DeepSpeed found no states in {universal or resume}")
     loader.load_state_dict(ck.read_json(resume / ck.LOADER))

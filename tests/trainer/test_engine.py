@@ -14,25 +14,9 @@ import pytest
 
 from tests.trainer.conftest import ENV, REPO
 from tests.trainer.conftest import logged_losses as _losses
+from tests.trainer.conftest import mae_args as _args
 from tests.trainer.conftest import run_cmd as _run
 from tests.trainer.conftest import torchrun_cmd as _torchrun
-
-PRESET = REPO / "configs" / "mae-tiny.yaml"
-
-
-def _args(corpus, run_dir, *extra):
-    return ["-m", "medscale", "pretrain", "-c", str(PRESET), f"train.data={corpus}", f"train.run_dir={run_dir}",
-            "train.progress=false", "train.log_every=1", "train.warmup_steps=2", "loader.batch_size=8",
-            "loader.num_workers=1", "train.mae.decoder_depth=1", *extra]
-
-
-@pytest.fixture(scope="module")
-def straight_run(train_corpus, tmp_path_factory):
-    """An uninterrupted 6-step run on 2 ranks (ZeRO 2)."""
-    run_dir = tmp_path_factory.mktemp("straight") / "run"
-    done = _run(_torchrun(*_args(train_corpus, run_dir, "train.max_steps=6", "train.checkpoint_every=3")))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return run_dir
 
 
 @pytest.mark.slow
