@@ -132,7 +132,7 @@ def _pretrain(args: argparse.Namespace, extra: List[str]) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # rank 0 speaks for the job; the others only warn
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        summary = pretrain(cfg.train, cfg.loader)
+        summary = pretrain(cfg.train, cfg.loader, force=args.force)
     except Preempted as exc:
         print(f"medscale: {exc}", file=sys.stderr)
         return PREEMPTED_EXIT
@@ -274,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="YAML config file (e.g. configs/mae-tiny.yaml)")
     p.add_argument("--local_rank", "--local-rank", type=int, help="set by the deepspeed launcher (also read from "
                                                                   "LOCAL_RANK)")
+    p.add_argument("--force", action="store_true", help="break another trainer's lease on the run directory (if "
+                                                        "it is dead)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_pretrain)
 
@@ -323,7 +325,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.func(args, extra)
     except MedscaleError as exc:
-        print(f"medscale: error: {exc}", file=sys.stderr)
+        if exc.rank is None or exc.rank == int(os.environ.get("RANK", "0")):  # the rank that holds the cause says it
+            print(f"medscale: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("medscale: interrupted; nothing committed is lost: rerun the same command to resume", file=sys.stderr)

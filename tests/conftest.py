@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -136,3 +137,29 @@ def make_corpus(root: Path, bad: bool = True) -> dict:
         ds.save_as(junk / "nopixels.dcm")
         sources["bad"] = junk
     return sources
+
+
+def _can_mount() -> bool:
+    target = tempfile.mkdtemp(prefix="mount-probe-")
+    try:
+        mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", target]
+        ok = subprocess.run(mount, capture_output=True).returncode == 0
+        if ok:
+            subprocess.run(["umount", target], check=True)
+        return ok
+    except OSError:
+        return False
+    finally:
+        os.rmdir(target)
+
+
+needs_mount = pytest.mark.skipif(not _can_mount(), reason="needs root to mount a small tmpfs (CI runs as root)")
+
+
+def one_line_error(proc) -> str:
+    """The run failed with exit 2 and one `medscale: error:` line, no traceback; returns that line."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("medscale: error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]

@@ -8,10 +8,12 @@ card.json: `{"model": timm name, "kwargs": {...}, "image_size": int, "in_chans":
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
 from medscale.core.errors import InputError
+from medscale.core.storage import file_mode
 
 CARD, WEIGHTS = "card.json", "backbone.safetensors"
 REQUIRED = ("model", "image_size", "mean", "std")
@@ -27,6 +29,7 @@ def save_backbone(model, directory: str | Path, card: Dict[str, Any]) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(directory / WEIGHTS))
+    os.chmod(directory / WEIGHTS, file_mode())  # safetensors creates it owner-only; the umask decides, as elsewhere
     (directory / CARD).write_text(json.dumps(card, indent=1))
     return directory
 

@@ -2,7 +2,15 @@
 
 
 class MedscaleError(Exception):
-    """Base class of every error medscale raises on purpose."""
+    """Base class of every error medscale raises on purpose. In a distributed job every rank raises it, and `rank`
+    names the one that holds the cause: that rank prints it, the others exit quietly with the same code."""
+
+    rank: int | None = None
+
+    def held_by(self, rank: int) -> "MedscaleError":
+        """This error, marked as caused on `rank`."""
+        self.rank = rank
+        return self
 
 
 class ConfigError(MedscaleError):

@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 import traceback
@@ -91,6 +92,25 @@ def describe(exc: BaseException) -> str:
     message = _ANSI.sub("", str(inner)).strip().splitlines()
     text = message[0] if message else ""
     return f"{type(inner).__name__}: {text[:400]}" if text else type(inner).__name__
+
+
+FULL_DISK_BYTES = 4 * 2**20  # a filesystem with less free space than this is full for a failed write's purposes
+
+
+def describe_write(exc: BaseException, path: str | Path) -> str:
+    """`describe(exc)` of a failed write of `path`, saying so when the filesystem holding it is full: torch's zip
+    writer reports a full disk as "unexpected pos" or "file write failed", without the errno."""
+    text = describe(exc)
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return text
+    if free < FULL_DISK_BYTES and "No space left" not in text:
+        return f"no space left on the device holding {folder} ({free / 2**20:.1f} MiB free) writing {path}: {text}"
+    return text
 
 
 def retry_delays(retries: int, first: float = 1.0, cap: float = 30.0) -> Iterator[float]:

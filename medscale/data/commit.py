@@ -1,6 +1,6 @@
 """The commit protocol of a sharded output: the only way shards are added to one (sharding, `--write-kept`).
 
-0. `OutputLock` first: one writer per output.
+0. `Lease` (core) first: one writer per output.
 1. `open_output(fs, root, prefix, lock)` on every (re)start: reads what is committed, and removes staged leftovers and
    final-named shards that no manifest part names (a run killed mid-commit). Returns the state and a committer.
 2. Workers write a unit's shards with `StagedShards` into `ROOT/_staging/UNIT/NNNN.tar` (its `.idx` first, so a
@@ -9,25 +9,19 @@
    then writes the manifest part naming them: that part is the commit record. A shard is visible only complete.
 4. `close_output(fs, root)` removes the empty staging folder.
 Nothing is ever overwritten: a final shard name or manifest part that exists is an error (another writer), and
-`OutputLock` keeps to one writer per output.
+the output's `Lease` keeps to one writer per output.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import socket
-import threading
-import time
-import uuid
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from fsspec import AbstractFileSystem
 
-from medscale.core.errors import StorageError
-from medscale.core.faults import describe, retrying
-from medscale.core.storage import filesystem, full_url, is_local, join, move, put_bytes_atomic, put_file_atomic
+from medscale.core.lease import Lease
+from medscale.core.storage import filesystem, is_local, join, move, put_bytes_atomic, put_file_atomic
 from medscale.data.manifest import CommittedState, committed_state, write_part
 from medscale.data.shards import ShardInfo, ShardWriter, idx_name, shard_name
 
@@ -74,7 +68,7 @@ class ShardCommitter:
     """Moves staged shards to their final names and writes the manifest part that commits them (driver side)."""
 
     def __init__(self, fs: AbstractFileSystem, root: str, prefix: str, next_shard: int, next_part: int,
-                 lock: Optional["OutputLock"] = None) -> None:
+                 lock: Optional[Lease] = None) -> None:
         self.fs, self.root, self.prefix = fs, root, prefix
         self.next_shard, self.next_part = next_shard, next_part
         self.lock = lock
@@ -120,7 +114,7 @@ def clean_orphans(fs: AbstractFileSystem, root: str, prefix: str, committed: set
     return removed
 
 
-def open_output(fs: AbstractFileSystem, root: str, prefix: str, lock: "OutputLock"
+def open_output(fs: AbstractFileSystem, root: str, prefix: str, lock: Lease
                 ) -> Tuple[CommittedState, ShardCommitter]:
     """What is committed under `root`, with orphans of an interrupted run removed, and a committer that goes on
     from there (checking before each commit that this run still holds `lock`, taken first)."""
@@ -136,115 +130,3 @@ def close_output(fs: AbstractFileSystem, root: str) -> None:
     staging = join(root, STAGING_DIR)
     if is_local(fs) and fs.exists(staging) and not fs.ls(staging):
         fs.rm(staging, recursive=True)
-
-
-LOCK_NAME = "_lock.json"
-LOCK_HEARTBEAT_S = 30.0  # the holder rewrites its heartbeat this often
-LOCK_STALE_S = 600.0  # a lock whose heartbeat is older than this is stale (its holder died on another machine)
-
-
-class OutputLock:
-    """One writer per output: `OUTPUT/_lock.json` names the holder (command, host, pid, start time) and carries a
-    heartbeat. Taken by `medscale shard`, `medscale dedup` (decisions) and `--write-kept` (its output).
-
-    Stale rule: the lock is free when its holder ran on this host and its pid is gone, or when its heartbeat is
-    older than LOCK_STALE_S (a holder on another machine that died). `force=True` (`--force`) breaks a live lock.
-    """
-
-    def __init__(self, fs: AbstractFileSystem, root: str, command: str, force: bool = False) -> None:
-        self.fs, self.path, self.command, self.force = fs, join(root, LOCK_NAME), command, force
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self.lost = False  # set when another writer broke this lock (with --force)
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-    def _record(self) -> bytes:
-        return json.dumps({"holder": self.command, "host": socket.gethostname(), "pid": os.getpid(),
-                           "started": self._started, "heartbeat": time.time(), "token": self.token}).encode()
-
-    def read(self) -> Optional[Dict[str, Any]]:
-        """The current lock record; None when there is none; {} when its content is not a record (stale). A
-        storage fault is retried and then raised: a failed read never makes a live lock look stale."""
-        try:
-            raw = retrying(self.fs.cat_file, self.path, retries=3, what=f"reading {self.path}")
-        except FileNotFoundError:
-            return None
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            return {}
-        return record if isinstance(record, dict) else {}
-
-    @staticmethod
-    def is_stale(record: Mapping[str, Any]) -> bool:
-        """The stale rule (see the class docstring)."""
-        if not record:
-            return True
-        if record.get("host") == socket.gethostname():
-            try:
-                os.kill(int(record.get("pid", -1)), 0)
-            except ProcessLookupError:
-                return True
-            except (PermissionError, ValueError, OverflowError):
-                pass
-        return time.time() - float(record.get("heartbeat", 0)) > LOCK_STALE_S
-
-    def acquire(self) -> "OutputLock":
-        """Take the lock, or raise StorageError naming the live holder and the way out."""
-        for _ in range(2):
-            try:
-                put_bytes_atomic(self.fs, self.path, self._record(), overwrite=False)
-                break
-            except StorageError:
-                record = self.read()
-                if record is None:
-                    continue  # released meanwhile: try again
-                if not (self.force or self.is_stale(record)):
-                    raise StorageError(
-                        f"{full_url(self.fs, self.path)}: this output is being written by `{record.get('holder')}` "
-                        f"on {record.get('host')} (pid {record.get('pid')}, since {record.get('started')}); wait "
-                        "for it to finish, or pass --force if that run is dead") from None
-                logger.warning("breaking the %s lock of %s on %s (pid %s)", "live" if not self.is_stale(record)
-                               else "stale", record.get("holder"), record.get("host"), record.get("pid"))
-                self.fs.rm_file(self.path)
-        else:
-            raise StorageError(f"{full_url(self.fs, self.path)}: another writer took the lock at the same moment; "
-                               "rerun when it has finished")
-        self._thread = threading.Thread(target=self._beat, name="medscale-lock", daemon=True)
-        self._thread.start()
-        return self
-
-    def _beat(self) -> None:
-        while not self._stop.wait(LOCK_HEARTBEAT_S):
-            try:
-                record = self.read()
-                if not record or record.get("token") != self.token:
-                    self.lost = True
-                    return
-                put_bytes_atomic(self.fs, self.path, self._record())
-            except OSError as exc:  # a heartbeat missed is not fatal; the next one may pass
-                logger.warning("could not refresh the output lock: %s", describe(exc))
-
-    def check(self) -> None:
-        """Raise StorageError when another writer broke this lock (read before each commit)."""
-        record = self.read()
-        self.lost = self.lost or not record or record.get("token") != self.token
-        if self.lost:
-            raise StorageError(f"{full_url(self.fs, self.path)}: another run broke this run's lock (--force); "
-                               "stopping before the next commit. Rerun when that run has finished")
-
-    def release(self) -> None:
-        """Stop the heartbeat and remove the lock if it is still this run's."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        record = self.read()
-        if record and record.get("token") == self.token:
-            self.fs.rm_file(self.path)
-
-    def __enter__(self) -> "OutputLock":
-        return self.acquire()
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.release()

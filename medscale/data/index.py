@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
-import pyarrow.compute as pc
 
 from medscale.core.errors import InputError, ShardFormatError
 from medscale.core.storage import filesystem, full_url, is_local, join
-from medscale.data.manifest import KEPT, read_manifest
+from medscale.data.manifest import kept_rows
 from medscale.data.shards import check_shard_name, idx_name, member_name, parse_idx
 
 HEADER = 512  # a ustar member header, just before the member data
@@ -45,13 +44,7 @@ def load_index(url: str, storage_options: Optional[Mapping[str, Any]] = None, ex
     """Read the manifest (status kept: dedup decisions honoured) and the `.idx` of every shard it names."""
     storage_options = dict(storage_options or {})
     fs, root = filesystem(url, storage_options)
-    if not fs.exists(root):
-        raise InputError(f"{url} does not exist; pass the output folder (or s3://...) of `medscale shard`")
-    table = read_manifest(fs, root, columns=["key", "shard", "status", "label", "source"])
-    table = table.filter(pc.and_(pc.equal(table["status"], KEPT), pc.is_valid(table["shard"])))
-    if not len(table):
-        raise InputError(f"{url}: no kept samples in {url}/manifest.parquet; is this a `medscale shard` output, "
-                         "and did dedup or contamination exclude everything?")
+    table = kept_rows(fs, root, url, ["key", "shard", "status", "label", "source"])
     labels = {k: (-1 if v is None else v) for k, v in zip(table["key"].to_pylist(), table["label"].to_pylist())}
     sources = dict(zip(table["key"].to_pylist(), table["source"].to_pylist()))
     by_shard: Dict[str, List[str]] = {}

@@ -13,7 +13,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
-from medscale.core.errors import ShardFormatError
+from medscale.core.errors import InputError, ShardFormatError
 from medscale.core.storage import join, put_bytes_atomic
 from medscale.hashing.hashes import HASH_NAMES
 
@@ -155,10 +155,21 @@ def update_rows(fs: AbstractFileSystem, root: str, updates: pa.Table) -> int:
     return changed
 
 
-def kept_digest(fs: AbstractFileSystem, root: str) -> Tuple[str, int]:
-    """(digest, count) of the samples a trainer reads (status kept, in a shard): a dedup or contamination rerun
-    that changes the kept set changes the digest. Recorded in checkpoints and exported cards."""
-    table = read_manifest(fs, root, columns=["key", "shard", "status"])
-    kept = table.filter(pc.and_(pc.equal(table["status"], KEPT), pc.is_valid(table["shard"])))
-    keys = sorted(kept["key"].to_pylist())
+def kept_rows(fs: AbstractFileSystem, root: str, url: str, columns: List[str]) -> pa.Table:
+    """The manifest's rows a trainer reads (status kept, in a shard), or an InputError naming `url` when it is not
+    a corpus or nothing of it is kept."""
+    if not fs.exists(root):
+        raise InputError(f"{url} does not exist; pass the output folder (or s3://...) of `medscale shard`")
+    table = read_manifest(fs, root, columns=columns)
+    table = table.filter(pc.and_(pc.equal(table["status"], KEPT), pc.is_valid(table["shard"])))
+    if not len(table):
+        raise InputError(f"{url}: no kept samples in {url}/{MANIFEST_DIR}; is this a `medscale shard` output, and "
+                         "did dedup or contamination exclude everything?")
+    return table
+
+
+def kept_digest(fs: AbstractFileSystem, root: str, url: str) -> Tuple[str, int]:
+    """(digest, count) of the samples a trainer reads: a dedup or contamination rerun that changes the kept set
+    changes the digest. Recorded in checkpoints and exported cards; an InputError as `kept_rows` says."""
+    keys = sorted(kept_rows(fs, root, url, ["key", "shard", "status"])["key"].to_pylist())
     return hashlib.sha1("\n".join(keys).encode()).hexdigest()[:16], len(keys)

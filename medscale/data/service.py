@@ -10,9 +10,10 @@ from typing import Callable, List, Optional
 from medscale.core.errors import ConfigError, FaultError, InputError
 from medscale.core.executor import choose_executor, create_executor, fan_out
 from medscale.core.faults import describe, fault_kind, stopped, traceback_text
+from medscale.core.lease import Lease
 from medscale.core.storage import check_writable, filesystem, full_url
 from medscale.core.summary import Summary
-from medscale.data.commit import OutputLock, ShardCommitter, close_output, open_output
+from medscale.data.commit import ShardCommitter, close_output, open_output
 from medscale.data.config import ShardConfig
 from medscale.data.ingest import SliceReducer, UnitFailure, quarantine_row, run_unit
 from medscale.data.manifest import CommittedState
@@ -72,7 +73,7 @@ def run_sharding(cfg: ShardConfig, make_reducer: Optional[Callable[[], SliceRedu
                          "check the paths")
     fs, root = filesystem(cfg.output, cfg.storage_options)
     check_writable(fs, root, cfg.output)
-    with OutputLock(fs, root, "medscale shard", force=force) as lock:
+    with Lease(fs, root, "medscale shard", force=force) as lock:
         state, committer = open_output(fs, root, cfg.prefix, lock)
         summary = ShardSummary(output=full_url(fs, root))
         todo = [f for f in files if f.url not in state.done_paths]

@@ -17,9 +17,10 @@ from medscale.core.digest import digest
 from medscale.core.errors import FaultError, InputError, ShardFormatError
 from medscale.core.executor import executor_for, fan_out
 from medscale.core.faults import describe, fault_kind, stopped, traceback_text
+from medscale.core.lease import Lease
 from medscale.core.storage import check_writable, filesystem, full_url, join
 from medscale.core.summary import Summary
-from medscale.data.commit import OutputLock, StagedShards, close_output, open_output
+from medscale.data.commit import StagedShards, close_output, open_output
 from medscale.data.manifest import KEPT, read_manifest
 from medscale.data.shards import iter_shard
 from medscale.dedup.config import DedupConfig
@@ -67,11 +68,11 @@ def write_kept(url: str, output: str, cfg: DedupConfig, shard_size: int = 1000, 
     if full_url(fs, root) == full_url(src_fs, src_root):
         raise InputError(f"--write-kept {output}: the output must differ from the input {url}")
     check_writable(fs, root, output)
-    with OutputLock(fs, root, "medscale dedup --write-kept", force=force) as lock:
+    with Lease(fs, root, "medscale dedup --write-kept", force=force) as lock:
         return _write_kept(url, output, cfg, shard_size, prefix, lock)
 
 
-def _write_kept(url: str, output: str, cfg: DedupConfig, shard_size: int, prefix: str, lock: OutputLock
+def _write_kept(url: str, output: str, cfg: DedupConfig, shard_size: int, prefix: str, lock: Lease
                 ) -> CompactSummary:
     start = time.perf_counter()
     src_fs, src_root = filesystem(url, cfg.storage_options)

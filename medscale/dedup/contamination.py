@@ -22,9 +22,9 @@ import pyarrow.compute as pc
 
 from medscale.core.errors import InputError
 from medscale.core.executor import executor_for, ordered_map
+from medscale.core.lease import Lease
 from medscale.core.storage import filesystem, full_url, join, put_bytes_atomic
 from medscale.core.summary import Summary
-from medscale.data.commit import OutputLock
 from medscale.data.config import ShardConfig
 from medscale.data.manifest import EXCLUDED, read_manifest, update_rows
 from medscale.data.sources import plan_reading, read_unit
@@ -94,7 +94,7 @@ def run_contamination(url: str, cfg: DedupConfig, force: bool = False) -> Contam
     fs, root = filesystem(url, cfg.storage_options)
     if not cfg.exclude or cfg.dry_run:
         return _run_contamination(fs, root, url, cfg)
-    with OutputLock(fs, root, "medscale dedup --against --exclude", force=force):
+    with Lease(fs, root, "medscale dedup --against --exclude", force=force):
         return _run_contamination(fs, root, url, cfg)
 
 

@@ -10,8 +10,8 @@ import pyarrow as pa
 from medscale.core.errors import FaultError
 from medscale.core.executor import executor_for, fan_out
 from medscale.core.faults import describe, fault_kind, stopped, traceback_text
+from medscale.core.lease import Lease
 from medscale.core.storage import filesystem, full_url, join
-from medscale.data.commit import OutputLock
 from medscale.data.manifest import read_manifest, update_rows
 from medscale.data.png import decode_png
 from medscale.data.shards import iter_shard
@@ -44,7 +44,7 @@ def rehash_manifest(url: str, cfg: DedupConfig, force: bool = False) -> int:
     """Compute the manifest's hash columns from the shards at `url` (a task per shard), holding the output's
     writer lock; returns samples hashed."""
     fs, root = filesystem(url, cfg.storage_options)
-    with OutputLock(fs, root, "medscale dedup --rehash", force=force):
+    with Lease(fs, root, "medscale dedup --rehash", force=force):
         return _rehash(fs, root, cfg)
 
 

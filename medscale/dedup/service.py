@@ -15,9 +15,9 @@ import pyarrow.compute as pc
 from medscale.core.card import load_backbone
 from medscale.core.errors import InputError
 from medscale.core.executor import executor_for
+from medscale.core.lease import Lease
 from medscale.core.storage import filesystem, full_url
 from medscale.core.summary import Summary
-from medscale.data.commit import OutputLock
 from medscale.data.manifest import DUPLICATE, KEPT, read_manifest, update_rows
 from medscale.dedup.config import DedupConfig
 from medscale.dedup.embed import EMBED_COST_S, embed_corpus, load_embeddings
@@ -101,7 +101,7 @@ def run_dedup(url: str, cfg: DedupConfig, force: bool = False) -> DedupSummary:
     fs, root = filesystem(url, cfg.storage_options)
     if cfg.dry_run:
         return _run_dedup(fs, root, url, cfg)
-    with OutputLock(fs, root, "medscale dedup", force=force):
+    with Lease(fs, root, "medscale dedup", force=force):
         return _run_dedup(fs, root, url, cfg)
 
 

@@ -10,7 +10,7 @@ RUN_DIR/
   export/                     the newest exported backbone (core/card.py: card.json + backbone.safetensors)
   preempted.json              written when a signal stopped the run: step, time, checkpoint (for supervisors)
   checkpoints/step-NNNNNNNN/
-    ds/ + latest              DeepSpeed's states (sharded under ZeRO; loaded weights-only: `safeload.py`)
+    ds/ + latest              DeepSpeed's states (sharded under ZeRO; loaded weights-only: `dsio.py`)
     rng-rank{R}.pt            each rank's RNG states and the method's per-rank state, e.g. SwAV's queue (tensors
                               only: loaded with weights_only=True)
     loader.json               the loader's position (global samples consumed: valid for any world size)

@@ -7,14 +7,19 @@ import logging
 import os
 import signal
 import socket
+import sys
+import threading
+import time
 from dataclasses import dataclass
-from typing import List
+from typing import List, Tuple
 
 import torch
 import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+LAUNCHER_POLL_S = 1.0  # how often a rank checks that its launcher is alive
+ORPHANED_EXIT = 1
 
 
 @dataclass
@@ -44,7 +49,9 @@ def init_distributed() -> Dist:
     group of one; NCCL on GPUs, gloo on CPU."""
     import deepspeed
 
-    if "RANK" not in os.environ:  # a plain `medscale pretrain`: a world of one, no variables needed
+    if "RANK" in os.environ:  # started by a launcher (torchrun, deepspeed, srun): live and die with it
+        die_with_launcher()
+    else:  # a plain `medscale pretrain`: a world of one, no variables needed
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -56,6 +63,24 @@ def init_distributed() -> Dist:
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=backend)
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
+
+
+def die_with_launcher(poll_s: float = LAUNCHER_POLL_S) -> None:
+    """Stop this process within `poll_s` of its parent's death (the launcher's agent, SIGKILLed or lost with its
+    node): torchrun starts ranks in their own session, so nothing else stops them, and a relaunch must never meet
+    them still training and writing. Nothing partial is committed: a checkpoint counts only once its marker is
+    written, last."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        sys.stderr.write(f"medscale: rank {os.environ.get('RANK', '?')} lost its launcher (pid {parent}): stopping "
+                         "now; nothing partial is committed, and a relaunch resumes from the last checkpoint\n")
+        sys.stderr.flush()
+        os._exit(ORPHANED_EXIT)
+
+    threading.Thread(target=watch, name="medscale-launcher-watch", daemon=True).start()
 
 
 class PreemptionFlag:
@@ -97,6 +122,16 @@ def batch_norm_across_ranks(method: torch.nn.Module, world: Dist) -> str:
         return f"BatchNorm: SyncBatchNorm over {world.world_size} ranks (statistics of the global batch)"
     return (f"BatchNorm: per rank ({world.backend} has no SyncBatchNorm: each of the {world.world_size} ranks "
             "normalises with its own batch's statistics)")
+
+
+def first_failure(failure: str) -> Tuple[int, str]:
+    """(rank, failure) of the lowest rank whose `failure` is not empty, or (-1, ""): every rank calls it at the same
+    point and learns the cause itself (not a bare flag), so each says the same and none waits forever."""
+    found = [failure]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        found = [""] * dist.get_world_size()
+        dist.all_gather_object(found, failure)
+    return next(((rank, text) for rank, text in enumerate(found) if text), (-1, ""))
 
 
 def all_reduce_step(values: List[float], device: torch.device) -> List[float]:

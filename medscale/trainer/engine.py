@@ -28,6 +28,7 @@ from medscale.trainer.distributed import (
     PreemptionFlag,
     all_reduce_step,
     batch_norm_across_ranks,
+    first_failure,
     init_distributed,
 )
 from medscale.trainer.registry import create_method
@@ -75,8 +76,9 @@ class PretrainSummary(Summary):
                 f"  checkpoint: {self.checkpoint}")
 
 
-def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
-    """Pre-train `cfg.method` on `cfg.data` into `cfg.run_dir`, resuming from its newest complete checkpoint."""
+def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, force: bool = False) -> PretrainSummary:
+    """Pre-train `cfg.method` on `cfg.data` into `cfg.run_dir`, resuming from its newest complete checkpoint; the
+    run directory's lease keeps to one trainer (`force`: break a live one)."""
 
     from medscale.data.loaders import create_loader
 
@@ -84,8 +86,19 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
         raise ConfigError("train.data is not set: pass the corpus (a `medscale shard` output), train.data=PATH")
     if not cfg.run_dir:
         raise ConfigError("train.run_dir is not set: where checkpoints and logs go, train.run_dir=PATH")
+    fs, root = filesystem(cfg.data, loader_cfg.storage_options)
+    digest = kept_digest(fs, root, cfg.data)  # a missing or empty corpus is one line before DeepSpeed starts
     world = init_distributed()
     run = RunDir(cfg.run_dir, cfg.storage_options, cfg.local_dir, world)
+    run.take_lease(force)
+    try:
+        return _pretrain(cfg, loader_cfg, world, run, digest, create_loader)
+    finally:
+        run.release_lease()
+
+
+def _pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, world: Dist, run: RunDir, digest: Tuple[str, int],
+              create_loader) -> PretrainSummary:
     torch.manual_seed(cfg.seed + world.rank)
     method = create_method(cfg.method, cfg, loader_cfg.image_size)
     loader_cfg = loader_cfg.for_model(method.augment, method.small_crops, cfg.in_chans)  # unless the config says
@@ -107,8 +120,6 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
     steps = run.complete_steps()
     resume = run.fetch(steps[-1]) if steps else None
     meta = ck.read_json(resume / ck.META) if resume is not None else {}
-    fs, root = filesystem(cfg.data, loader_cfg.storage_options)
-    digest = kept_digest(fs, root)
     universal, note = None, None
     if resume is not None:
         check_resume(meta, cfg, loader_cfg.image_size, digest, resume)
@@ -131,23 +142,25 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig) -> PretrainSummary:
     start_step = 0
     while resume is not None:
         try:
-            load_state(engine, method, loader, generator, resume, universal, world)
+            load_state(engine, method, loader, generator, resume, universal, world,
+                       same_world=meta.get("world_size") == world.world_size)
             failed = ""
         except Exception as exc:  # a damaged file in a checkpoint marked complete (disk error, manual edits)
-            failed = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-        if not all_reduce_step([float(bool(failed))], world.device)[0]:  # every rank loaded it
+            failed = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        rank, failed = first_failure(failed)
+        if rank < 0:  # every rank loaded it
             start_step = int(meta["step"])
             break
+        failed = f"{failed}, on rank {rank}" if world.world_size > 1 else failed
         damaged = run.where(resume)
         run.forget(resume)  # a local copy that failed to load is downloaded again next time
         previous = [s for s in steps if s < ck.step_of(resume)
                     and run.meta(s).get("world_size") == meta.get("world_size")]
         if universal is not None or not previous:
-            raise TrainingError(f"{damaged} is damaged ({failed or 'on another rank'}) and no earlier checkpoint "
-                                f"of this world size can stand in; remove {damaged} and rerun")
+            raise TrainingError(f"{damaged} is damaged ({failed}) and no earlier checkpoint of this world size can "
+                                f"stand in; remove {damaged} and rerun").held_by(max(rank, 0))
         resume = run.fetch(previous[-1])
-        logger.warning("skipping damaged checkpoint %s (%s): resuming from %s", damaged, failed or "on another rank",
-                       run.where(resume))
+        logger.warning("skipping damaged checkpoint %s (%s): resuming from %s", damaged, failed, run.where(resume))
         meta = ck.read_json(resume / ck.META)
     run.pull()  # a fresh node continues the remote run's log and TensorBoard events
     log = RunLog(run.local, world.is_main, cfg.progress, start_step, cfg.max_steps)

@@ -15,7 +15,7 @@ from typing import Any, Dict, Tuple
 from medscale.core.errors import ConfigError, MedscaleError
 from medscale.trainer import checkpoint as ck
 from medscale.trainer.config import TrainConfig
-from medscale.trainer.distributed import Dist, all_reduce_step
+from medscale.trainer.distributed import Dist, first_failure
 
 logger = logging.getLogger(__name__)
 
@@ -74,19 +74,20 @@ def keep_global_batch(saved_effective: int, batch_size: int, world_size: int, gr
 def to_universal(resume: Path, world: Dist, converter: bool) -> Path:
     """DeepSpeed's universal checkpoint of `resume` for another world size, converted once where it is read
     (`converter`: rank 0 on a shared filesystem, each node's first process in its copy of a remote run), by
-    `safeload`'s converter: nothing in the checkpoint is unpickled beyond tensors and DeepSpeed's records."""
+    `dsio`'s converter: nothing in the checkpoint is unpickled beyond tensors and DeepSpeed's records."""
     target = resume / "universal"
     failure = ""
     if converter and not (target / ck.COMPLETE).exists():
         shutil.rmtree(target, ignore_errors=True)
-        done = subprocess.run([sys.executable, "-m", "medscale.trainer.safeload", "--input_folder",
+        done = subprocess.run([sys.executable, "-m", "medscale.trainer.dsio", "--input_folder",
                                str(resume / ck.DS_TAG), "--output_folder", str(target / ck.DS_TAG),
                                "--inject_missing_state"], capture_output=True, text=True)
         if done.returncode == 0:
             ck.mark_complete(target, 0)
         else:
             failure = ((done.stderr or done.stdout).strip().splitlines() or ["no output"])[-1]
-    if all_reduce_step([float(bool(failure))], world.device)[0]:  # every rank learns of a failure: none hangs
-        raise TrainingError(f"{resume}: conversion to a universal checkpoint failed ({failure or 'on another node'}); "
-                            f"relaunch on {world.world_size} ranks' previous count to resume as it was")
+    rank, failure = first_failure(failure)  # every rank learns of a failure: none hangs
+    if failure:
+        raise TrainingError(f"{resume}: conversion to a universal checkpoint failed ({failure}); relaunch on the "
+                            "world size it was saved with to resume as it was").held_by(rank)
     return target

@@ -18,17 +18,20 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch.distributed as dist
 
-from medscale.core.errors import StorageError
+from medscale.core import errors
+from medscale.core.errors import MedscaleError, StorageError
 from medscale.core.faults import describe, retrying
+from medscale.core.lease import Lease
 from medscale.core.storage import filesystem, full_url, is_local, join
 from medscale.trainer import checkpoint as ck
-from medscale.trainer.distributed import Dist, all_reduce_step
+from medscale.trainer.distributed import Dist, all_reduce_step, first_failure
 
 logger = logging.getLogger(__name__)
 # synced besides the checkpoints
 RUN_FILES = (ck.CONFIG, ck.LOG, ck.LOSS_CURVE, ck.PREEMPTED, ck.TB, ck.IMAGES, ck.EXPORT)
 PULLED = (ck.LOG, ck.TB, ck.IMAGES)  # brought back to a fresh node, so that they go on where they stopped
 RETRIES = 3
+LEASE_HEARTBEAT_S, LEASE_STALE_S = 15.0, 90.0  # a trainer lost on another machine frees its run directory in 90 s
 
 
 def default_local_dir(url: str) -> Path:
@@ -53,6 +56,7 @@ class RunDir:
         self.url = url.rstrip("/")
         self.nodes = int(all_reduce_step([float(world.local_rank == 0)], world.device)[0])
         self._pushed: Dict[str, Tuple[int, int]] = {}
+        self._lease: Optional[Lease] = None
 
     def where(self, path: Path) -> str:
         """The run-directory URL of a path in the local copy (what logs and markers name)."""
@@ -62,25 +66,50 @@ class RunDir:
         return join(self.remote[1], relative)
 
     def _agree(self, failure: str, what: str) -> None:
-        """Every rank learns of a failure on any rank (none waits forever in the next collective)."""
-        if all_reduce_step([float(bool(failure))], self.world.device)[0]:
-            raise StorageError(f"{what} failed ({failure or 'on another node'}); nothing committed is lost: "
-                               "rerun the same command to resume from the last complete checkpoint")
+        """Every rank learns of a failure on any rank and raises it (none waits forever in the next collective);
+        the rank that holds the cause prints it."""
+        rank, cause = first_failure(failure)
+        if cause:
+            raise StorageError(f"{what} failed on rank {rank} ({cause}); nothing committed is lost: rerun the same "
+                               "command to resume from the last complete checkpoint").held_by(rank)
 
     def _on_rank0(self, fn: Callable[[], Any], what: str) -> Any:
-        """`fn()` on rank 0 only, its result (or its failure, raised on every rank) broadcast to all."""
-        box: List[Any] = [None, ""]
+        """`fn()` on rank 0 only, its result (or its failure, raised on every rank and printed by rank 0) broadcast
+        to all. A medscale error keeps its own message (it names the fix); anything else is a storage failure."""
+        box: List[Any] = [None, "", None]
         if self.world.is_main:
             try:
                 box[0] = fn()
+            except MedscaleError as exc:
+                box[1], box[2] = str(exc), type(exc).__name__
             except Exception as exc:
                 box[1] = describe(exc)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.broadcast_object_list(box, src=0)
+        if box[2]:
+            raise getattr(errors, box[2], StorageError)(box[1]).held_by(0)
         if box[1]:
             raise StorageError(f"{what} failed ({box[1]}); nothing committed is lost: rerun the same command when "
-                               "the storage answers again")
+                               "the storage answers again").held_by(0)
         return box[0]
+
+    def take_lease(self, force: bool) -> None:
+        """One trainer per run directory: rank 0 takes its lease (holder, host, pid, heartbeat), or every rank raises
+        the error naming the live holder."""
+        def take() -> None:
+            fs, root = self.remote or filesystem(str(self.local))
+            self._lease = Lease(fs, root, "medscale pretrain", force, LEASE_HEARTBEAT_S, LEASE_STALE_S).acquire()
+
+        self._on_rank0(take, f"taking the lease of {self.url}")
+
+    def release_lease(self) -> None:
+        """Rank 0 gives the lease back (at the end, whatever happened; a failure is a warning: it goes stale)."""
+        if self._lease is not None:
+            try:
+                self._lease.release()
+            except Exception as exc:
+                logger.warning("could not release the lease of %s: %s", self.url, describe(exc))
+            self._lease = None
 
     def complete_steps(self, warn: bool = True) -> List[int]:
         """Steps of the complete checkpoints (marker and meta present), oldest first; partial ones warned of.
@@ -165,8 +194,9 @@ class RunDir:
         return path
 
     def commit(self, path: Path, step: int) -> None:
-        """After every rank has written its part: each node uploads its files, then rank 0 marks the checkpoint
-        complete (remote last of all)."""
+        """After every rank has written its part: rank 0 checks that this run still holds the lease, each node
+        uploads its files, then rank 0 marks the checkpoint complete (remote last of all)."""
+        self._on_rank0(lambda: self._lease.check() if self._lease else None, f"checking the lease of {self.url}")
         failure = ""
         if self.remote is not None and self.writer:
             try:

@@ -12,9 +12,12 @@ import torch
 
 from medscale.trainer import checkpoint as ck
 
+STEP_EVENTS = ("scalars", "checkpoint")  # log lines that describe a step's results (forgotten when it is redone)
+
 
 class RunLog:
-    """Rank 0 writes; other ranks' calls do nothing."""
+    """Rank 0 writes; other ranks' calls do nothing. A run that goes on from `start_step` first forgets what an
+    abandoned attempt logged after it (each step is in the log, TensorBoard and the pictures once)."""
 
     def __init__(self, run_dir: Path, active: bool, progress: bool, start_step: int, max_steps: int) -> None:
         self.active, self.run_dir = active, Path(run_dir)
@@ -25,7 +28,9 @@ class RunLog:
         from tqdm import tqdm
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._writer = SummaryWriter(str(self.run_dir / ck.TB))
+        forget_after(self.run_dir, start_step)
+        # TensorBoard's own mark: readers drop earlier files' events from this step on
+        self._writer = SummaryWriter(str(self.run_dir / ck.TB), purge_step=start_step + 1)
         self._bar = tqdm(total=max_steps, initial=start_step, desc="pretrain", unit="step", disable=not progress)
 
     def event(self, kind: str, **fields: Any) -> None:
@@ -76,6 +81,26 @@ class RunLog:
         if self._writer is not None:
             self._writer.close()
             loss_curve(self.run_dir / ck.LOG, self.run_dir / ck.LOSS_CURVE)
+
+
+def forget_after(run_dir: Path, step: int) -> None:
+    """Remove what an abandoned attempt logged after `step` (the step a run goes on from): its step lines in
+    `log.jsonl` (events that tell what happened, such as a preemption or a start, stay) and its pictures."""
+    log = run_dir / ck.LOG
+    if log.exists():
+        lines = log.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if not line.strip() or not _after(json.loads(line), step)]
+        if len(kept) != len(lines):
+            tmp = log.with_name(f".{log.name}.tmp")
+            tmp.write_text("".join(kept))
+            tmp.replace(log)
+    for picture in (run_dir / ck.IMAGES).glob("step-*.png"):
+        if int(picture.stem.split("-", 1)[1]) > step:
+            picture.unlink()
+
+
+def _after(event: Dict[str, Any], step: int) -> bool:
+    return event.get("event") in STEP_EVENTS and int(event.get("step", 0)) > step
 
 
 def loss_curve(log: Path, path: Path) -> None:

@@ -13,28 +13,34 @@ import torch
 import torch.distributed as dist
 
 from medscale.core.card import save_backbone
+from medscale.core.errors import StorageError
+from medscale.core.faults import describe_write
 from medscale.trainer import checkpoint as ck
 from medscale.trainer.config import TrainConfig
-from medscale.trainer.distributed import Dist
+from medscale.trainer.distributed import Dist, first_failure
+from medscale.trainer.dsio import replay_cpu_adam_steps, weights_only_loads
 from medscale.trainer.resume import SCHEDULE_KEYS, TrainingError, model_keys
 from medscale.trainer.rundir import RunDir
 from medscale.trainer.runlog import RunLog
-from medscale.trainer.safeload import weights_only_loads
 
 logger = logging.getLogger(__name__)
 
 
 def load_state(engine, method, loader, generator: torch.Generator, resume: Path, universal: Optional[Path],
-               world: Dist) -> None:
-    """Every state a checkpoint holds: DeepSpeed's, the loader's position, this rank's RNG and method state."""
+               world: Dist, same_world: bool) -> None:
+    """Every state a checkpoint holds: DeepSpeed's, the loader's position, this rank's RNG and method state. At the
+    world size it was saved with, a missing RNG file makes the checkpoint damaged (it would not resume exactly)."""
     with weights_only_loads():  # a crafted file runs nothing: it fails to load, and the checkpoint counts as damaged
         path, _ = engine.load_checkpoint(str(universal or resume), tag=ck.DS_TAG)
     if path is None:
         raise TrainingError(f"DeepSpeed found no states in {universal or resume}")
+    replay_cpu_adam_steps(engine.optimizer)
     loader.load_state_dict(ck.read_json(resume / ck.LOADER))
     rng = resume / f"rng-rank{world.rank}.pt"
     if rng.exists():
         method.load_rank_state(ck.load_rng(rng, generator))
+    elif same_world:
+        raise TrainingError(f"{rng.name} is missing")
     else:  # a rank the checkpoint did not have: its own fresh stream
         logger.warning("%s has no RNG state for rank %d: seeding it afresh", resume, world.rank)
 
@@ -60,27 +66,41 @@ def export_backbone(method, cfg: TrainConfig, image_size: int, step: int, manife
 def save_checkpoint(engine, method, loader, generator: torch.Generator, cfg: TrainConfig, world: Dist,
                     run: RunDir, log: RunLog, step: int, inputs, image_size: int, digest: Tuple[str, int]) -> str:
     """Every rank writes its part; the run directory commits it (uploads, then the marker written last) and
-    prunes old ones. Returns where the checkpoint is (a URL for a remote run directory)."""
+    prunes old ones. A write that fails on any rank (a full disk) stops every rank before the commit, the rank that
+    holds the cause saying why. Returns where the checkpoint is (a URL for a remote run directory)."""
     path = run.begin(step)
     if dist.is_initialized():
         dist.barrier()
-    engine.save_checkpoint(str(path), tag=ck.DS_TAG)
-    ck.save_rng(path / f"rng-rank{world.rank}.pt", generator, method.rank_state())
-    export_backbone(method, cfg, image_size, step, digest[0], path / ck.EXPORT, world.is_main)
+    engine.save_checkpoint(str(path), tag=ck.DS_TAG)  # every rank reaches its barriers: failures are recorded
+    failure = engine.checkpoint_engine.take_failure()
+    try:
+        ck.save_rng(path / f"rng-rank{world.rank}.pt", generator, method.rank_state())
+    except Exception as exc:
+        failure = failure or describe_write(exc, path / f"rng-rank{world.rank}.pt")
+    try:  # collective under ZeRO-3 (every rank gathers), written by rank 0
+        export_backbone(method, cfg, image_size, step, digest[0], path / ck.EXPORT, world.is_main)
+    except Exception as exc:
+        failure = failure or describe_write(exc, path / ck.EXPORT)
     rows = picture(method, inputs, cfg.seed)
     if world.is_main:
-        ck.write_json(path / ck.LOADER, loader.state_dict())
-        ck.write_json(path / ck.META, {"step": step, "world_size": world.world_size, "method": cfg.method,
-                                       "model": cfg.model, "data": cfg.data, "max_steps": cfg.max_steps,
-                                       "batch_size": loader.batch_size, "grad_accum": cfg.grad_accum,
-                                       "effective_batch": loader.batch_size * cfg.grad_accum * world.world_size,
-                                       "manifest_digest": digest[0], "kept_samples": digest[1],
-                                       "model_keys": model_keys(cfg, image_size),
-                                       "schedule": {k: (list(v) if isinstance(v, (list, tuple)) else v)
-                                                    for k, v in ((k, getattr(cfg, k)) for k in SCHEDULE_KEYS)},
-                                       "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    if dist.is_initialized():
-        dist.barrier()
+        try:
+            ck.write_json(path / ck.LOADER, loader.state_dict())
+            ck.write_json(path / ck.META, {"step": step, "world_size": world.world_size, "method": cfg.method,
+                                           "model": cfg.model, "data": cfg.data, "max_steps": cfg.max_steps,
+                                           "batch_size": loader.batch_size, "grad_accum": cfg.grad_accum,
+                                           "effective_batch": loader.batch_size * cfg.grad_accum * world.world_size,
+                                           "manifest_digest": digest[0], "kept_samples": digest[1],
+                                           "model_keys": model_keys(cfg, image_size),
+                                           "schedule": {k: (list(v) if isinstance(v, (list, tuple)) else v)
+                                                        for k, v in ((k, getattr(cfg, k)) for k in SCHEDULE_KEYS)},
+                                           "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        except OSError as exc:
+            failure = failure or describe_write(exc, path / ck.META)
+    rank, cause = first_failure(failure)  # also the barrier before the commit
+    if cause:
+        raise StorageError(f"writing checkpoint {run.where(path)} failed on rank {rank}: {cause}. The last complete "
+                           "checkpoint is kept: fix the cause and rerun the same command to resume from it"
+                           ).held_by(rank)
     run.commit(path, step)
     if world.is_main:
         latest = run.local / ck.EXPORT

@@ -133,6 +133,8 @@ def initialize(method: torch.nn.Module, cfg: TrainConfig, batch_size: int, world
     the engine."""
     import deepspeed
 
+    from medscale.trainer.dsio import install
+
     if cfg.zero_stage == 3 and method.no_zero3:
         raise ConfigError(f"train.zero_stage 3: {cfg.method} {method.no_zero3}; use train.zero_stage=2")
     groups = method.parameter_groups(cfg.weight_decay)
@@ -142,6 +144,7 @@ def initialize(method: torch.nn.Module, cfg: TrainConfig, batch_size: int, world
                                  autocast=method.fp32_weights)
     engine, _, _, _ = deepspeed.initialize(model=method, model_parameters=None if optimizer else groups,
                                            optimizer=optimizer, config=_merge(ds_config, extra or {}))
+    install(engine)  # loads that run no code; save failures that every rank learns of
     freed = share_fp32_master(engine.optimizer)
     if freed:
         logger.info("fp32 ZeRO: master weights share the model's partition (%.1f MiB per rank saved)", freed / 2**20)

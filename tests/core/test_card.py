@@ -31,3 +31,17 @@ def test_round_trip_in_plain_timm(tmp_path):
 def test_wrong_folder_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="not an exported backbone"):
         load_backbone(tmp_path)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_the_export_files_are_readable_as_the_umask_says(tmp_path, umask, mode):
+    import os
+
+    model = timm.create_model(CARD["model"], pretrained=False, **CARD["kwargs"])
+    before = os.umask(umask)
+    try:
+        save_backbone(model, tmp_path, CARD)
+    finally:
+        os.umask(before)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"backbone.safetensors": mode,
+                                                                             "card.json": mode}

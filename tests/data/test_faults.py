@@ -16,27 +16,10 @@ from medscale.core.errors import StorageError
 from medscale.core.storage import filesystem
 from medscale.data.manifest import read_manifest
 from medscale.data.service import run_sharding
-from tests.conftest import make_corpus, shard_config
+from tests.conftest import make_corpus, needs_mount, one_line_error, shard_config
 from tests.data.test_service import BAD_REASONS, check_exactly_once
 
 ALL_KEPT = 5 + 10 + 24 + 12 + 780  # the test corpus: CT series, MR frames, NIfTI slices, PNG files, npz rows
-
-
-def _can_mount() -> bool:
-    target = tempfile.mkdtemp(prefix="mount-probe-")
-    try:
-        mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", target]
-        ok = subprocess.run(mount, capture_output=True).returncode == 0
-        if ok:
-            subprocess.run(["umount", target], check=True)
-        return ok
-    except OSError:
-        return False
-    finally:
-        os.rmdir(target)
-
-
-needs_mount = pytest.mark.skipif(not _can_mount(), reason="needs root to mount a small tmpfs (CI runs as root)")
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +38,6 @@ def _inputs(corpus):
     return [f"{name}={path}" for name, path in corpus.items()]
 
 
-def _one_line_error(proc) -> str:
-    """The run failed with exit 2 and one `medscale: error:` line, no traceback; returns that line."""
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("medscale: error:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
-
-
 def _quarantined_files(out):
     return {os.path.basename(r["path"]) for r in read_manifest(*filesystem(str(out))).to_pylist()
             if r["status"] == "quarantined"}
@@ -80,7 +54,7 @@ def test_a_full_disk_stops_the_run_and_the_rerun_completes(corpus, tmp_path, exe
         out = small / "out"
         args = ["shard", *_inputs(corpus), "--output", str(out), "--shard-size", "40", "--executor", executor,
                 "shard.progress=false"]
-        line = _one_line_error(_cli(*args))
+        line = one_line_error(_cli(*args))
         assert "No space left on device" in line and "rerun the same command" in line
         log = Path(line.rsplit("full traceback: ", 1)[1].rstrip(")"))
         assert log.exists() and "Traceback" in log.read_text()
@@ -133,7 +107,7 @@ def test_s3_endpoint_down_mid_run_fails_loudly_and_the_rerun_completes(corpus, t
     server.stop()  # the endpoint goes away mid-run
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode != 0, "the run finished before the endpoint went down; lower the shard size"
-    line = _one_line_error(subprocess.CompletedProcess(args, proc.returncode, stdout, stderr))
+    line = one_line_error(subprocess.CompletedProcess(args, proc.returncode, stdout, stderr))
     assert "rerun the same command" in line
     server, _ = _moto(port)  # back up, with what it stored (moto keeps its state in this process)
     try:
@@ -171,7 +145,7 @@ def test_one_writer_per_output_and_force_never_overwrites(corpus, tmp_path):
     while time.time() < deadline and not (out / "_lock.json").exists():
         time.sleep(0.02)
     busy = _cli("shard", *first, *common, env={"MEDSCALE_LOG_DIR": str(tmp_path / "logs")})
-    line = _one_line_error(busy)
+    line = one_line_error(busy)
     assert "being written by `medscale shard`" in line and f"pid {proc.pid}" in line and "--force" in line
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
     assert not (out / "_lock.json").exists()  # released
@@ -244,19 +218,19 @@ def test_files_are_readable_as_the_umask_says(corpus, tmp_path, umask, mode):
 
 def test_an_empty_input_is_an_error_and_a_misspelled_override_is_not_an_input(tmp_path):
     (tmp_path / "empty").mkdir()
-    line = _one_line_error(_cli("shard", str(tmp_path / "empty"), "--output", str(tmp_path / "out")))
+    line = one_line_error(_cli("shard", str(tmp_path / "empty"), "--output", str(tmp_path / "out")))
     assert "no input files found" in line
-    line = _one_line_error(_cli("shard", str(tmp_path / "empty"), "-o", str(tmp_path / "o"), "shrad.bit_depth=16"))
+    line = one_line_error(_cli("shard", str(tmp_path / "empty"), "-o", str(tmp_path / "o"), "shrad.bit_depth=16"))
     assert "'shrad' is not a config section" in line and "did you mean 'shard.bit_depth=16'" in line
 
 
 def test_command_line_values_are_checked_and_named_as_such(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("shard:\n  bit_depth: 8\n")
-    line = _one_line_error(_cli("shard", str(tmp_path), "-o", str(tmp_path / "o"), "--shard-size", "0",
+    line = one_line_error(_cli("shard", str(tmp_path), "-o", str(tmp_path / "o"), "--shard-size", "0",
                                 "-c", str(config)))
     assert "override 'shard.shard_size=0'" in line and str(config) not in line
-    line = _one_line_error(_cli("shard", str(tmp_path), "-o", str(tmp_path / "o"), "-c", str(config),
+    line = one_line_error(_cli("shard", str(tmp_path), "-o", str(tmp_path / "o"), "-c", str(config),
                                 "shard.bit_depth=12"))
     assert "override 'shard.bit_depth=12'" in line
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from medscale.trainer.safeload import weights_only_loads
+from medscale.trainer.dsio import weights_only_loads
 from tests.trainer.conftest import logged_losses, mae_args, run_cmd, torchrun_cmd
 
 
