@@ -55,6 +55,18 @@ def _wait_for_step(run_dir, step, proc, timeout=300):
     raise AssertionError(f"no step {step} within {timeout} s")
 
 
+def _wait_for_resumed_steps(run_dir, proc, timeout=300):
+    """Until a resumed run has logged a step after its resume event."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+        resumed = [i for i, e in enumerate(events) if e["event"] == "resume"]
+        if resumed and any(e["event"] == "scalars" for e in events[resumed[-1]:]):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no step after a resume within {timeout} s")
+
+
 def _children(pid):
     """PIDs of the processes whose parent is `pid`."""
     found = []
@@ -124,10 +136,11 @@ def test_a_killed_run_resumes_with_each_step_logged_once(small_corpus, tmp_path)
     assert _hex(logged_losses(run_dir), range(1, 31)) == _hex(logged_losses(tmp_path / "straight"), range(1, 31))
     weights = "export/backbone.safetensors"
     assert (run_dir / weights).read_bytes() == (tmp_path / "straight" / weights).read_bytes()  # bit for bit
-    events = EventAccumulator(str(run_dir / "tb"))
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0})  # 0: keep all
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 31))
-    assert [e.step for e in events.Images("reconstruction")] == [5, 15, 25]
+    assert [e.step for e in events.Images("reconstruction")] == [5, 10, 15, 20, 25, 30]  # and at checkpoints
+    assert sorted(p.name for p in (run_dir / "images").iterdir()) == [f"step-{s:08d}.png" for s in range(5, 31, 5)]
 
 
 @pytest.mark.slow
@@ -143,13 +156,14 @@ def test_one_trainer_per_run_directory(small_corpus, tmp_path):
         line = one_line_error(second)
         assert f"being written by `medscale pretrain` on {lease['host']} (pid {first.pid}" in line and "--force" in line
         assert first.poll() is None
-        forced = _start([sys.executable, *args, "--force"])  # breaks the live lease: the first stops at its next commit
+        forced = _start([sys.executable, *args, "--force"])  # breaks the live lease: the first stops at its commit
         try:
             out, err = first.communicate(timeout=120)
             assert first.returncode == 2, err[-3000:]
             assert "another run broke this run's lease" in err and "Traceback" not in err
         finally:
-            forced.send_signal(signal.SIGTERM)
+            _wait_for_resumed_steps(run_dir, forced)
+            forced.send_signal(signal.SIGTERM)  # now training: it saves and exits 75
             assert forced.wait(timeout=120) == 75
     finally:
         first.kill()
