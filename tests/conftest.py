@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -96,6 +99,35 @@ def s3_server():
     fs.mkdir("medscale-test")
     yield options
     server.stop()
+
+
+@pytest.fixture
+def s3_process(tmp_path):
+    """A moto S3 server in a process of its own on 127.0.0.1 (so that a test can SIGSTOP it: connections are
+    accepted, nothing answers), with bucket `medscale-test`; yields (storage options, its Popen)."""
+    import s3fs
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    options = {"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}, "key": "testing", "secret": "testing"}
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")  # for the commands a test starts
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+    deadline = time.time() + 30
+    while True:
+        try:
+            s3fs.S3FileSystem(**options, skip_instance_cache=True).mkdir("medscale-test")
+            break
+        except Exception:
+            if time.time() > deadline:
+                server.kill()
+                raise
+            time.sleep(0.3)
+    yield options, server
+    os.kill(server.pid, signal.SIGCONT)
+    server.kill()
+    server.wait()
 
 
 def make_corpus(root: Path, bad: bool = True) -> dict:

@@ -40,6 +40,11 @@ _FATAL_NAMES = {"BrokenProcessPool", "WorkerCrashedError", "NodeDiedError", "Out
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+class DeadlineExceeded(TimeoutError):
+    """An object-storage operation got no answer within its deadline (retries included): transient, but never
+    retried again (the deadline was its whole budget); the rerun finishes the work."""
+
+
 def chain(exc: BaseException) -> Iterator[BaseException]:
     """`exc`, then its causes and contexts (and the cause a Ray task error wraps), each once."""
     seen = set()
@@ -164,15 +169,26 @@ def stopped(what: str, kind: Optional[str], message: str, details: str, attempts
     return f"{why}. Nothing committed is lost: {fix} (full traceback: {log})"
 
 
+_TIMEOUT_NAMES = {"ReadTimeoutError", "ConnectTimeoutError", "ServerTimeoutError", "FSTimeoutError"}
+
+
+def timed_out(exc: BaseException) -> bool:
+    """True when `exc` (or its chain) is a timeout: the store did not answer."""
+    return any(isinstance(e, TimeoutError) or {c.__name__ for c in type(e).__mro__} & _TIMEOUT_NAMES
+               for e in chain(exc))
+
+
 def retrying(fn: Callable[..., T], *args: Any, retries: int, what: str) -> T:
-    """`fn(*args)`, retried `retries` times after a transient fault (waits of `retry_delays`), one log line per
-    retry; any other error, or the last transient one, is raised."""
+    """`fn(*args)`, retried `retries` times after a transient fault that answered fast (a reset, throttling, a
+    5xx: waits of `retry_delays`), one log line per retry. A timeout is not retried: the request layers below
+    already tried within their timeouts, and a store that does not answer must not hold the job longer. Any other
+    error, or the last transient one, is raised."""
     delays = retry_delays(retries)
     for attempt in range(1, retries + 2):
         try:
             return fn(*args)
         except Exception as exc:
-            delay = next(delays, None) if fault_kind(exc) == TRANSIENT else None
+            delay = next(delays, None) if fault_kind(exc) == TRANSIENT and not timed_out(exc) else None
             if delay is None:
                 raise
             logger.warning("%s: %s; retry %d of %d in %.0f s", what, describe(exc), attempt, retries, delay)

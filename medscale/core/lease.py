@@ -112,7 +112,7 @@ class Lease:
                     self.lost = True
                     return
                 put_bytes_atomic(self.fs, self.path, self._record())
-            except OSError as exc:  # a heartbeat missed is not fatal; the next one may pass
+            except Exception as exc:  # a heartbeat missed is not fatal; the next one may pass
                 logger.warning("could not refresh the lease: %s", describe(exc))
 
     def check(self) -> None:

@@ -3,24 +3,109 @@
 from __future__ import annotations
 
 import errno
+import functools
+import inspect
 import os
 import tempfile
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 import fsspec
 from fsspec import AbstractFileSystem
+from fsspec.asyn import AsyncFileSystem
+from fsspec.exceptions import FSTimeoutError
 
 from medscale.core.errors import StorageError
-from medscale.core.faults import error_code
+from medscale.core.faults import DeadlineExceeded, error_code
+
+DEADLINE_S = 120.0  # an object-storage operation that gets no answer within this fails (storage_options.deadline_s)
+S3_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 15, "retries": {"max_attempts": 3, "mode": "standard"}}
+S3_RETRIES = 1  # s3fs's own loop: one pass (botocore retries, timeouts included)
+# downloads take as long as their data needs, and every read of theirs has the read timeout: no overall deadline
+DOWNLOADS = {"cat", "cat_file", "cat_ranges", "get", "get_file"}
+# uploads also wait for answers that no read timeout covers (a PUT's "100 Continue"): the deadline grows with the data
+UPLOADS = {"pipe", "pipe_file", "put", "put_file"}
+UPLOAD_FLOOR = 4 * 2**20  # bytes per second an upload may not be slower than (on top of the deadline)
 
 
 def filesystem(url: str, storage_options: Optional[Mapping[str, Any]] = None) -> Tuple[AbstractFileSystem, str]:
-    """(filesystem, path inside it) for a local path, `file://` or `s3://bucket/prefix` URL."""
+    """(filesystem, path inside it) for a local path, `file://` or `s3://bucket/prefix` URL.
+
+    An object store cannot hang a job: every request has connect and read timeouts and few attempts (defaults
+    `S3_TIMEOUTS`, which `storage_options.config_kwargs` overrides key by key), so a download that stalls fails
+    within about a minute whatever its size; every other operation ends within `storage_options.deadline_s`
+    (default 120 s) as a whole, its retries included (an upload gets a second more per `UPLOAD_FLOOR` bytes), with a
+    `DeadlineExceeded` naming it and the endpoint."""
+    options = dict(storage_options or {})
+    deadline = float(options.pop("deadline_s", DEADLINE_S))
+    protocol = fsspec.core.split_protocol(url)[0]
+    if protocol in ("s3", "s3a"):
+        config = dict(options.get("config_kwargs") or {})
+        options["config_kwargs"] = {**S3_TIMEOUTS, **config}
     try:
-        fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-    except (ImportError, ValueError) as exc:
+        fs, path = fsspec.core.url_to_fs(url, **options)
+    except (ImportError, ValueError, TypeError) as exc:
         raise StorageError(f"cannot open storage URL {url!r}: {exc}") from exc
+    if protocol in ("s3", "s3a"):
+        fs.retries = S3_RETRIES
+    if isinstance(fs, AsyncFileSystem):
+        _bound_calls(fs, deadline)
     return fs, path.rstrip("/") if path != "/" else path
+
+
+def endpoint_of(fs: AbstractFileSystem) -> str:
+    """The endpoint an object store's requests go to (for messages), or its protocol's default."""
+    kwargs = getattr(fs, "client_kwargs", None) or {}
+    return kwargs.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL") or f"the default {fs.protocol} endpoint"
+
+
+def _bound_calls(fs: AsyncFileSystem, seconds: float) -> None:
+    """Give the blocking calls of `fs` fsspec's sync timeout (`_deadline`); its instance attributes shadow the
+    class's. fsspec caches instances, so this is done once per instance and deadline."""
+    if getattr(fs, "_medscale_deadline", None) == seconds:
+        return
+    for name in dir(fs):
+        if name.startswith("_") or name in DOWNLOADS:
+            continue
+        static = inspect.getattr_static(fs, name, None)  # no property runs
+        if not inspect.isfunction(static):
+            continue
+        inner = getattr(static, "_medscale_unbounded", None) or getattr(fs, name)
+        wrapped = getattr(getattr(inner, "__func__", inner), "__wrapped__", None)
+        if inspect.iscoroutinefunction(wrapped):
+            setattr(fs, name, _bounded(inner, name, seconds, endpoint_of(fs), fs.unstrip_protocol))
+    fs._medscale_deadline = seconds
+
+
+def _deadline(name: str, args: Tuple[Any, ...], seconds: float) -> float:
+    """The seconds call `name(*args)` may take: `seconds`, and for an upload one more per UPLOAD_FLOOR bytes."""
+    size = 0
+    if name in ("pipe_file", "pipe") and len(args) > 1 and isinstance(args[1], (bytes, bytearray)):
+        size = len(args[1])
+    elif name == "pipe" and args and isinstance(args[0], dict):
+        size = sum(len(v) for v in args[0].values())
+    elif name in ("put_file", "put") and args and isinstance(args[0], (str, os.PathLike)):
+        path = os.fspath(args[0])
+        size = os.path.getsize(path) if os.path.isfile(path) else sum(
+            os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+    return seconds + size / UPLOAD_FLOOR
+
+
+def _bounded(method: Callable[..., Any], name: str, seconds: float, endpoint: str,
+             url: Callable[[str], str]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("timeout", _deadline(name, args, seconds))
+        try:
+            return method(*args, **kwargs)
+        except FSTimeoutError:
+            target = args[1] if name in UPLOADS and len(args) > 1 and isinstance(args[1], str) else \
+                args[0] if args and isinstance(args[0], str) else None
+            what = f"{name} {url(target)}" if target else name
+            raise DeadlineExceeded(f"{what}: no answer from {endpoint} within {kwargs['timeout']:.0f} s (the store "
+                                   "is down or unreachable; storage_options.deadline_s sets the limit)") from None
+
+    call._medscale_unbounded = method  # type: ignore[attr-defined]
+    return call
 
 
 def is_local(fs: AbstractFileSystem) -> bool:

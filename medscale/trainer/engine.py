@@ -15,7 +15,8 @@ from typing import Optional, Tuple
 import torch
 
 from medscale.core.config import to_yaml
-from medscale.core.errors import ConfigError, MedscaleError
+from medscale.core.errors import ConfigError, MedscaleError, StorageError
+from medscale.core.faults import fault_kind
 from medscale.core.storage import filesystem
 from medscale.core.summary import Summary
 from medscale.data.augment import normalize_batch
@@ -92,9 +93,13 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, force: bool = False) ->
     run = RunDir(cfg.run_dir, cfg.storage_options, cfg.local_dir, world)
     run.take_lease(force)
     try:
-        return _pretrain(cfg, loader_cfg, world, run, digest, create_loader)
-    finally:
-        run.release_lease()
+        summary = _pretrain(cfg, loader_cfg, world, run, digest, create_loader)
+    except BaseException as exc:
+        if not storage_failed(exc):  # a store that failed is not asked again: the lease goes stale by itself
+            run.release_lease()
+        raise
+    run.release_lease()
+    return summary
 
 
 def _pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, world: Dist, run: RunDir, digest: Tuple[str, int],
@@ -172,17 +177,29 @@ def _pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, world: Dist, run: RunD
     summary = PretrainSummary(cfg.run_dir, cfg.method, cfg.model, start_step, start_step, cfg.max_steps,
                               world.world_size)
     flag = PreemptionFlag().install()
+    failure: Optional[BaseException] = None
+    batches = _batches(loader)
     try:
-        _loop(engine, method, loader, generator, cfg, world, run, log, flag, base_lr, summary, digest,
+        _loop(engine, method, batches, loader, generator, cfg, world, run, log, flag, base_lr, summary, digest,
               loader_cfg.image_size)
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
         flag.restore()
+        batches.close()  # the loader's workers stop now (they ignore SIGTERM: exit would wait on them forever)
         log.close()
-        try:
-            run.sync(collective=False)  # ranks may be out of step here (an error on one): no collective
-        except Exception as exc:  # the run's own error (if any) is the one to report
-            logger.warning("could not upload the run's last log lines to %s: %s", cfg.run_dir, exc)
+        if failure is None or not storage_failed(failure):  # a failed store would only hold the exit up
+            try:
+                run.sync(collective=False)  # ranks may be out of step here (an error on one): no collective
+            except Exception as exc:  # the run's own error (if any) is the one to report
+                logger.warning("could not upload the run's last log lines to %s: %s", cfg.run_dir, exc)
     return summary
+
+
+def storage_failed(exc: BaseException) -> bool:
+    """True when `exc` says the run directory's storage failed (it is not asked again before exiting)."""
+    return isinstance(exc, StorageError) or fault_kind(exc) is not None
 
 
 def _batches(loader):
@@ -196,10 +213,9 @@ def _batches(loader):
             raise TrainingError("the loader gave no batch: the corpus has fewer samples than one batch per rank")
 
 
-def _loop(engine, method, loader, generator, cfg: TrainConfig, world: Dist, run: RunDir, log: RunLog,
+def _loop(engine, method, batches, loader, generator, cfg: TrainConfig, world: Dist, run: RunDir, log: RunLog,
           flag: PreemptionFlag, base_lr: float, summary: PretrainSummary, digest: Tuple[str, int],
           image_size: int) -> None:
-    batches = _batches(loader)
     input_dtype = next(p for p in method.parameters()).dtype  # bf16/fp16 engines cast the model, not its inputs
     last = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
     step, start = summary.start_step, time.perf_counter()

@@ -4,6 +4,7 @@ with their launcher, a checkpoint missing a rank's RNG file is damaged, a bad co
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from medscale.data.service import run_sharding
-from tests.conftest import MEDMNIST, one_line_error, shard_config
+from tests.conftest import MEDMNIST, needs_mount, one_line_error, shard_config
 from tests.trainer.conftest import ENV, REPO, logged_losses, mae_args, run_cmd, torchrun_cmd
 
 
@@ -211,3 +212,92 @@ def test_a_bad_corpus_is_one_line_before_deepspeed_starts(tmp_path, corpus):
     line = one_line_error(done)
     assert str(path) in line and ("does not exist" in line or "no kept samples" in line)
     assert "DeepSpeed" not in done.stderr and "deepspeed" not in done.stderr
+
+
+def _store_args(options, tmp_path, *extra):
+    return [f"train.storage_options.client_kwargs.endpoint_url={options['client_kwargs']['endpoint_url']}", *extra]
+
+
+def _two_nodes(args, per_node):
+    """Two torchrun agents joined by c10d rendezvous on this machine, one rank each; [(exit code, stderr)]."""
+    from tests.conftest import _free_port
+
+    port = _free_port()
+    agents = [_start([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                      "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=faults{port}", *args,
+                      *per_node(i)]) for i in range(2)]
+    return [(agent.wait(timeout=600), agent.stderr.read()) for agent in agents]
+
+
+def _our_traceback(text):
+    """Whether `text` holds a traceback through medscale's code (torchrun prints its own when a rank fails)."""
+    return re.search(r'File "[^"]*medscale/[^"]*\.py"', text) is not None
+
+
+def _errors(text):
+    return [line for line in text.splitlines() if line.startswith("medscale: error:")]
+
+
+@pytest.mark.slow
+def test_a_frozen_object_store_is_one_line_within_its_deadline_and_loses_nothing(small_corpus, tmp_path, s3_process):
+    import s3fs
+
+    options, server = s3_process
+    endpoint, url = options["client_kwargs"]["endpoint_url"], "s3://medscale-test/runs/frozen"
+    store = _store_args(options, tmp_path, "train.storage_options.deadline_s=20",
+                        "train.storage_options.config_kwargs.read_timeout=4", f"train.local_dir={tmp_path / 'copy'}")
+    args = _args(small_corpus, url, "train.max_steps=1000", "train.checkpoint_every=3", *store)
+    agent = _start(torchrun_cmd(*args))
+    fs = s3fs.S3FileSystem(**options)
+    deadline = time.time() + 300
+    while not fs.exists(f"{url}/checkpoints/step-00000003/COMPLETE"):
+        assert time.time() < deadline and agent.poll() is None, agent.stderr.read()[-3000:]
+        time.sleep(0.2)
+        fs.invalidate_cache()
+    os.kill(server.pid, signal.SIGSTOP)  # connections are accepted, nothing answers
+    _, err = agent.communicate(timeout=300)  # today's code waited here forever
+    assert agent.returncode != 0
+    lines = _errors(err)
+    assert len(lines) == 1 and not _our_traceback(err), err[-3000:]  # rank 0 holds the cause and says it
+    assert endpoint in lines[0] and url in lines[0] and "another node" not in err  # the operation and the endpoint
+    os.kill(server.pid, signal.SIGCONT)
+    again = run_cmd(torchrun_cmd(*_args(small_corpus, url, "train.max_steps=1000", "train.stop_at_step=5", *store)))
+    assert again.returncode == 0, again.stderr[-3000:]
+    straight = run_cmd(torchrun_cmd(*_args(small_corpus, tmp_path / "straight", "train.max_steps=1000",
+                                           "train.stop_at_step=5")))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    lines = [json.loads(line) for line in fs.cat_file(f"{url}/log.jsonl").decode().splitlines()]
+    assert [e["step"] for e in lines if e["event"] == "resume"][-1] == 3
+    resumed = {e["step"]: e["train/loss"] for e in lines if e["event"] == "scalars"}
+    assert _hex(resumed, range(1, 6)) == _hex(logged_losses(tmp_path / "straight"), range(1, 6))
+
+
+@needs_mount
+@pytest.mark.slow
+def test_a_full_disk_on_one_node_is_said_by_its_rank_and_the_rerun_resumes(small_corpus, tmp_path, s3_process):
+    options, _ = s3_process
+    url, small = "s3://medscale-test/runs/full", tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(small)], check=True)  # one checkpoint part
+    try:
+        args = _args(small_corpus, url, "train.max_steps=9", "train.checkpoint_every=3",
+                     *_store_args(options, tmp_path))
+        codes = _two_nodes(args, lambda i: [f"train.local_dir={small if i else tmp_path / 'node0'}"])
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    (code0, err0), (code1, err1) = codes
+    assert code0 != 0 and code1 != 0
+    assert not _errors(err0) and len(_errors(err1)) == 1, (err0[-2000:], err1[-2000:])  # said by the rank with it
+    line = _errors(err1)[0]
+    assert "step-00000006 failed on rank 1: no space left on the device holding" in line  # before torch's own words
+    again = _two_nodes(args, lambda i: [f"train.local_dir={tmp_path / f'again{i}'}"])
+    assert [code for code, _ in again] == [0, 0], again[1][1][-3000:]
+    straight = run_cmd(torchrun_cmd(*_args(small_corpus, tmp_path / "straight", "train.max_steps=9")))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**options)
+    lines = [json.loads(line) for line in fs.cat_file(f"{url}/log.jsonl").decode().splitlines()]
+    assert [e["step"] for e in lines if e["event"] == "resume"] == [3]
+    resumed = {e["step"]: e["train/loss"] for e in lines if e["event"] == "scalars"}
+    assert _hex(resumed, range(1, 10)) == _hex(logged_losses(tmp_path / "straight"), range(1, 10))
