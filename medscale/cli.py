@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 from typing import List, Optional, Sequence, Tuple
 
@@ -141,7 +142,15 @@ def _pretrain(args: argparse.Namespace, extra: List[str]) -> int:
     return 0
 
 
+def _stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: helpers are stopped, nothing half-written is committed
+
+
 def _eval(args: argparse.Namespace, extra: List[str]) -> int:
+    from medscale.core.lifeline import reap_when_gone
+
+    reap_when_gone()  # even a SIGKILLed evaluation leaves no pool workers, forkserver or local Ray behind
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     rest, overrides = split_overrides(extra)
     for key, value in (("checkpoints", args.checkpoints), ("tasks", args.tasks), ("datasets", args.datasets)):
         if value:

@@ -87,7 +87,7 @@ def run_demo(cfg: MedscaleConfig, output: Path, config_file: Path, overrides: Se
     from medscale.dedup.service import run_dedup
     from medscale.dedup.volume import slice_reducer
     from medscale.eval.pool import evaluate
-    from medscale.eval.results import ResultStore, markdown_table
+    from medscale.eval.results import markdown_table, read_results
 
     output.mkdir(parents=True, exist_ok=True)
     corpus, run, results = output / "corpus", output / "run", output / "eval"
@@ -149,7 +149,7 @@ def run_demo(cfg: MedscaleConfig, output: Path, config_file: Path, overrides: Se
         raise StageFailed("evaluation failed: " + "; ".join(summary.failed))
 
     slowdown = training_slowdown(run, results)
-    rows = ResultStore(results).rows
+    rows = read_results(results)
     last = max((r["step"] for r in rows if r["kind"] == "export" and r["step"] is not None), default=None)
     shown = [r for r in rows if r["kind"] != "export" or r["step"] == last]
     print(f"\n[5/5] results (95% bootstrap intervals; test splits excluded from pre-training)\n"

@@ -8,6 +8,7 @@ A dataclass may define `validate(origin)` for checks that types cannot express; 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
 from pathlib import Path
 from typing import Any, Optional, Sequence, Type, TypeVar
@@ -48,15 +49,16 @@ def _describe(root: type, error: OmegaConfBaseException, origin: str) -> str:
 
 
 def load_config(root: Type[T], path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> T:
-    """Defaults of the dataclass `root` <- YAML file at `path` <- `section.key=value` overrides; validated, or a
-    ConfigError naming the key and where it came from (the file, or the override)."""
+    """Defaults of the dataclass `root` <- YAML file at `path` (`-`: standard input) <- `section.key=value`
+    overrides; validated, or a ConfigError naming the key and where it came from (the file, or the override)."""
     cfg = OmegaConf.structured(root)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
+        from_stdin = str(path) == "-"  # a config that must not touch the disk (credentials), piped by its caller
+        path = Path(path) if not from_stdin else "standard input"
+        if not from_stdin and not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass an existing YAML file (see configs/).")
         try:
-            loaded = OmegaConf.load(path)
+            loaded = OmegaConf.create(sys.stdin.read()) if from_stdin else OmegaConf.load(path)
         except Exception as exc:  # yaml errors come in several types
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(loaded, DictConfig):

@@ -66,7 +66,7 @@ class LocalExecutor:
             except Exception as exc:  # reported per item like a failed Ray task
                 yield item, None, exc
 
-    def close(self) -> None:
+    def close(self, abandon: bool = False) -> None:
         """Nothing to release."""
 
 
@@ -104,8 +104,9 @@ class RayExecutor:
                             lambda refs: ray.wait(refs, num_returns=1)[0], ray.get,
                             lambda ref: ray.cancel(ref, force=True))
 
-    def close(self) -> None:
-        """Shut down the local Ray this executor started (an existing cluster is left running)."""
+    def close(self, abandon: bool = False) -> None:
+        """Shut down the local Ray this executor started (an existing cluster is left running; tasks still running
+        there were cancelled when their run let go of them)."""
         if self._owns and self._ray.is_initialized():
             self._ray.shutdown()
 
@@ -153,8 +154,12 @@ class PoolExecutor:
                             lambda futures: wait(futures, return_when=FIRST_COMPLETED)[0], lambda f: f.result(),
                             lambda f: f.cancel())
 
-    def close(self) -> None:
-        """Stop the worker processes (calls not started are cancelled)."""
+    def close(self, abandon: bool = False) -> None:
+        """Stop the worker processes (calls not started are cancelled); `abandon` (the run stops on an error or a
+        signal): calls still running are killed rather than waited for."""
+        if abandon:
+            for process in list(getattr(self._pool, "_processes", {}).values()):  # no public way before 3.14
+                process.kill()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 

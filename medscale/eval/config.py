@@ -81,6 +81,7 @@ class EvalConfig:
     seed: int = 0
     bootstrap: int = 1000  # resamples of the test set for the 95% intervals
     tolerance: float = 0.02  # on-commit: a drop beyond this (and beyond the noise) is a regression
+    baseline: Optional[str] = None  # on-commit: compare with this commit (e.g. the merge-base), else the last passing
     executor: str = "auto"  # auto | ray | pool | local
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None

@@ -1,6 +1,6 @@
 """The evaluation pool: every (checkpoint x task x dataset) is a task on Ray (or a local pool for small runs),
-features extracted once per (checkpoint, dataset) first; results stream into `OUT/results.parquet` and
-TensorBoard; a job that fails is reported and the others finish; a rerun skips what is present.
+features extracted once per (checkpoint, dataset) first; results stream into `OUT/results.parquet/` (a part per
+job) and TensorBoard; a job that fails is reported and the others finish; a rerun skips what is present.
 
     summary = evaluate(cfg.eval)        # medscale eval --checkpoints A B --tasks ... --datasets ... --out DIR
 """
@@ -25,7 +25,7 @@ from medscale.eval.config import EvalConfig
 from medscale.eval.datasets import LabelledSet, load_dataset, parse_dataset
 from medscale.eval.features import FeatureSource, features, parse_checkpoints
 from medscale.eval.registry import create_task
-from medscale.eval.results import ResultStore, job_key, markdown_table, parameters_json, slug
+from medscale.eval.results import ResultStore, job_key, markdown_table, parameters_json, read_results, slug
 from medscale.eval.task import TaskInput
 
 logger = logging.getLogger(__name__)
@@ -174,12 +174,13 @@ def evaluate(cfg: EvalConfig, per_commit: bool = False) -> EvalSummary:
     if jobs:
         _run(jobs, datasets, cfg, out, store, commit, summary)
     store.close()
-    summary.table = markdown_table(store.rows)
+    rows = read_results(out)  # every writer's rows, this run's among them
+    summary.table = markdown_table(rows)
     (out / "results.md").write_text(summary.table + "\n")
-    if store.rows:
+    if rows:
         from medscale.eval.pictures import metric_against_step
 
-        metric_against_step(store.rows, out / PICTURES)
+        metric_against_step(rows, out / PICTURES)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -225,8 +226,10 @@ def _run(jobs: List[Job], datasets: Dict[str, LabelledSet], cfg: EvalConfig, out
             if result["picture"] is not None:
                 _save_picture(result["picture"], out / PICTURES / f"{job.task}-{slug(job.source.name)}-"
                                                                    f"{job.dataset}.png")
-    finally:
-        executor.close()
+    except BaseException:
+        executor.close(abandon=True)  # an error or a signal: running jobs are not waited for (none committed)
+        raise
+    executor.close()
 
 
 def longest_first(jobs: List[Job], datasets: Dict[str, LabelledSet]) -> List[Job]:

@@ -1,6 +1,11 @@
-"""The results contract (one place): `OUT/results.parquet`, one row per (checkpoint, task, dataset, metric),
-rewritten atomically as jobs finish (one evaluation writes to an OUT at a time); the same figures in TensorBoard
-at the checkpoint's step (`OUT/tb/NAME/`); a markdown table with the baselines beside the model (`OUT/results.md`).
+"""The results contract (one place): `OUT/results.parquet/`, a folder of append-only Parquet parts, one per finished
+job, each committed atomically (written under a dot name, then renamed); one row per (checkpoint, task, dataset,
+metric). Readers take the folder as one table (`pyarrow.parquet.read_table(OUT/results.parquet)`, pandas, DuckDB's
+`read_parquet('OUT/results.parquet/*.parquet')`). Any number of evaluations may write to one OUT at once (two
+`medscale eval` runs, a watcher's child that outlives its watcher): none rewrites another's rows, so no row of a run
+that finished is lost. The same figures go to TensorBoard at the checkpoint's step (`OUT/tb/NAME/`, a file per
+writer) and into a markdown table with the baselines beside the model (`OUT/results.md`, rewritten from every part
+when a run ends). A results file of earlier versions (one Parquet file) becomes the folder's first part.
 
 A rerun skips a job whose rows are present, keyed by (checkpoint digest, task, dataset digest, parameters).
 """
@@ -11,6 +16,8 @@ import json
 import math
 import os
 import re
+import time
+import uuid
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -47,14 +54,56 @@ def job_key(checkpoint_digest: str, task: str, dataset_digest: str, parameters: 
     return checkpoint_digest, task, dataset_digest, parameters
 
 
+def read_results(out: Path) -> List[Dict[str, Any]]:
+    """Every row of every part under `OUT/results.parquet`, oldest part first (none when there is none)."""
+    folder = Path(out) / RESULTS
+    parts = [folder] if folder.is_file() else sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    rows: List[Dict[str, Any]] = []
+    for part in parts:
+        rows.extend(pq.read_table(part).to_pylist())
+    return rows
+
+
+def _upgrade(out: Path) -> None:
+    """An earlier version's single results file becomes the first part of the folder (once; concurrent callers
+    agree: the rename is atomic and the loser finds the folder)."""
+    path = out / RESULTS
+    if not path.is_file():
+        return
+    moved = out / f".results-legacy-{os.getpid()}.parquet"
+    try:
+        os.rename(path, moved)
+    except FileNotFoundError:
+        return
+    path.mkdir(exist_ok=True)
+    os.replace(moved, path / f"part-{0:020d}-legacy.parquet")
+
+
+def write_part(out: Path, rows: Sequence[Dict[str, Any]]) -> Path:
+    """Commit `rows` as a new part (temp name, then rename): visible whole or not at all, never overwritten."""
+    folder = out / RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist([{k: r.get(k) for k in SCHEMA.names} for r in rows], schema=SCHEMA)
+    fd, tmp = mkstemp_shared(str(folder), prefix=".part-", suffix=".parquet")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        name = folder / f"part-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+        os.replace(tmp, name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return name
+
+
 class ResultStore:
-    """The results of one output folder: read at start, appended to as jobs finish."""
+    """The results of one output folder: read at start, a part appended per finished job."""
 
     def __init__(self, out: Path) -> None:
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / RESULTS
-        self.rows: List[Dict[str, Any]] = pq.read_table(path).to_pylist() if path.exists() else []
+        _upgrade(self.out)
+        self.rows: List[Dict[str, Any]] = read_results(self.out)
         self._writers: Dict[str, Any] = {}
 
     def done(self, commit: Optional[str] = None) -> set:
@@ -63,13 +112,10 @@ class ResultStore:
                 if commit is None or r["commit"] == commit}
 
     def add(self, rows: Sequence[Dict[str, Any]]) -> None:
-        """Append a job's rows: the Parquet file is rewritten (temp + rename) and TensorBoard gets the scalars."""
+        """Commit a job's rows as a part of their own; TensorBoard gets the scalars."""
+        if rows:
+            write_part(self.out, rows)
         self.rows.extend(rows)
-        table = pa.Table.from_pylist([{k: r.get(k) for k in SCHEMA.names} for r in self.rows], schema=SCHEMA)
-        fd, tmp = mkstemp_shared(str(self.out), suffix=".parquet")
-        os.close(fd)
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.out / RESULTS)
         for row in rows:
             self._scalar(row)
 

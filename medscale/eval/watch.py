@@ -20,6 +20,7 @@ from typing import List
 
 from medscale.core.config import to_yaml
 from medscale.core.errors import ConfigError
+from medscale.core.lifeline import die_with_parent
 from medscale.eval.config import EvalConfig
 from medscale.trainer import checkpoint as ck
 
@@ -42,17 +43,15 @@ def finished(run_dir: Path) -> bool:
 
 def _evaluate_in_child(export: Path, cfg: EvalConfig) -> int:
     """`medscale eval` of one export (and the baselines) in a child process at lower priority; its config (which
-    may hold storage credentials) is readable by this user only and removed afterwards."""
-    config = Path(cfg.out) / f".watch-config-{os.getpid()}.yaml"
-    fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(to_yaml({"eval": cfg}, redact=False))
-    command = [sys.executable, "-m", "medscale", "eval", "-c", str(config), "--checkpoints", str(export),
-               *cfg.checkpoints]
-    try:
-        return subprocess.run(command, preexec_fn=lambda: os.nice(NICENESS)).returncode
-    finally:
-        config.unlink(missing_ok=True)
+    may hold storage credentials) goes through a pipe, never a file."""
+    command = [sys.executable, "-m", "medscale", "eval", "-c", "-", "--checkpoints", str(export), *cfg.checkpoints]
+    return subprocess.run(command, input=to_yaml({"eval": cfg}, redact=False), text=True,
+                          preexec_fn=_child_setup).returncode
+
+
+def _child_setup() -> None:
+    os.nice(NICENESS)
+    die_with_parent()  # a killed watcher takes its evaluation with it (its helpers follow by their own lifeline)
 
 
 def _keep(checkpoint: Path, exports: Path, run: Path) -> Path | None:

@@ -90,22 +90,35 @@ def test_watch_evaluates_each_new_checkpoint_once(tiny_export, tmp_path):
     assert [e["step"] for e in record] == [1, 2] and all(e["start"] < e["end"] and not e["exit_code"] for e in record)
 
 
+def _replace_results(out, table):
+    """Plant edited results: the folder becomes one results file of the earlier single-file layout (which the next
+    run takes in as its first part)."""
+    shutil.rmtree(out / "results.parquet")
+    table.to_parquet(out / "results.parquet")
+
+
 @pytest.mark.slow
 def test_on_commit_fails_on_a_planted_regression_and_not_on_noise(tiny_export, tmp_path):
     out = tmp_path / "out"
     args = ["on-commit", "--checkpoints", str(tiny_export), "--tasks", "retrieval", "--datasets", BREAST,
             "--out", str(out), "eval.bootstrap=200", "eval.progress=false", "--executor", "local"]
     first = _eval_cli(*args, env={"MEDSCALE_COMMIT": "aaaa"})
-    assert first.returncode == 0 and "no previous commit" in first.stdout, first.stderr[-2000:]
+    assert first.returncode == 0 and "no passing commit" in first.stdout, first.stderr[-2000:]
     table = pq.read_table(out / "results.parquet").to_pandas()
     noisy = table.copy()
     noisy.loc[noisy.metric == "ACC@1", "value"] += 0.03  # inside the bootstrap interval: noise
-    noisy.to_parquet(out / "results.parquet")
+    _replace_results(out, noisy)
     second = _eval_cli(*args, env={"MEDSCALE_COMMIT": "bbbb"})
     assert second.returncode == 0 and "no regression" in second.stdout, second.stdout
     planted = pq.read_table(out / "results.parquet").to_pandas()
     planted.loc[(planted.commit == "bbbb") & (planted.metric == "ACC@1"), "value"] += 0.2  # bbbb was much better
-    planted.to_parquet(out / "results.parquet")
+    _replace_results(out, planted)
     third = _eval_cli(*args, env={"MEDSCALE_COMMIT": "cccc"})
     assert third.returncode == 1 and "REGRESSION in 1 figure(s)" in third.stdout, third.stdout
     assert "vs bbbb" in third.stdout
+    empty = _eval_cli(*args, env={"MEDSCALE_COMMIT": "dddd"})  # an empty commit after the rejected one
+    assert empty.returncode == 1 and "REGRESSION in 1 figure(s)" in empty.stdout and "vs bbbb" in empty.stdout
+    verdicts = {p.stem: json.loads(p.read_text())["passed"] for p in (out / "commits").iterdir()}
+    assert verdicts == {"aaaa": True, "bbbb": True, "cccc": False, "dddd": False}
+    merge_base = _eval_cli(*args, "eval.baseline=cccc", env={"MEDSCALE_COMMIT": "eeee"})  # as a pull request would
+    assert merge_base.returncode == 0 and "vs cccc" in merge_base.stdout, merge_base.stdout
