@@ -102,10 +102,11 @@ def _dedup(args: argparse.Namespace, extra: List[str]) -> int:
 
     overrides = _overrides_only(extra)
     for key in ("strategy", "hash", "threshold", "every_n", "embeddings", "backbone", "eps", "verify", "executor",
-                "ray_address"):  # each flag sets the dedup key of the same name
+                "ray_address"):  # each flag sets the dedup key of the same name (the check's own rule with --against)
         value = getattr(args, key)
         if value is not None:
-            overrides.append(f"dedup.{key}={value}")
+            overrides.append(f"dedup.{'against_' if args.against and key in ('threshold', 'verify') else ''}{key}="
+                             f"{value}")
     for flag in ("exclude", "dry_run"):
         if getattr(args, flag):
             overrides.append(f"dedup.{flag}=true")
@@ -255,8 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url", help="a sharding output (folder or s3://...)")
     p.add_argument("--strategy", "-s", choices=tuple(STRATEGIES))
     p.add_argument("--hash", choices=HASH_NAMES, help="which 64-bit hash (default dhash)")
-    p.add_argument("--threshold", "-k", type=int, help="Hamming distance for near-duplicates (default 6)")
-    p.add_argument("--verify", help="also require a summed distance on other hashes, e.g. 'dhash+ahash<=16'")
+    p.add_argument("--threshold", "-k", type=int, help="Hamming distance for near-duplicates (default 6; with "
+                                                       "--against, 3)")
+    p.add_argument("--verify", help="also require a summed distance on other hashes, e.g. 'dhash+ahash<=16' "
+                                    "(with --against, default 'ahash+phash<=6')")
     p.add_argument("--every-n", type=int, help="every-n: keep every n-th slice of a volume")
     p.add_argument("--embeddings", help="embedding: Parquet file with key, embedding")
     p.add_argument("--backbone", help="embedding: an exported backbone folder (card.json + backbone.safetensors)")

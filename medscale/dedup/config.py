@@ -36,6 +36,10 @@ class DedupConfig:
     minhash_index: str = "auto"  # minhash-global: auto | datasketch (MinHashLSH in memory) | bands (numpy, Ray)
     clusters: int = 0  # embedding: k-means clusters; 0 = about sqrt(N)
     against: List[str] = field(default_factory=list)  # evaluation sets for the contamination check
+    # the contamination check's own rule: Hash-6 alone finds unrelated small images of one modality alike (28-px
+    # chest X-rays: 39% of a test split), the confirmation keeps resized copies (README, "Contamination")
+    against_threshold: int = 3  # dHash distance at or under which an evaluation image and a corpus slice match
+    against_verify: Optional[str] = "ahash+phash<=6"  # and this too (null: the hash alone)
     exclude: bool = False  # contamination: mark corpus samples near an evaluation image as excluded
     dry_run: bool = False  # report only; leave the manifest as it is
     examples: int = 6  # duplicate groups drawn in the report's PNG grid
@@ -50,12 +54,15 @@ class DedupConfig:
         check_choice(self.strategy, tuple(STRATEGIES), origin, "dedup.strategy")
         check_choice(self.hash, HASH_NAMES, origin, "dedup.hash")
         check(0 <= self.threshold < 32, origin, "dedup.threshold", "0..31 (bits of a 64-bit hash)", self.threshold)
+        check(0 <= self.against_threshold < 32, origin, "dedup.against_threshold", "0..31 (bits of a 64-bit hash)",
+              self.against_threshold)
         check_choice(self.groups, tuple(GROUPINGS), origin, "dedup.groups")
-        if self.verify is not None:
-            try:
-                parse_verify(self.verify)
-            except ValueError as exc:
-                raise ConfigError(f"{origin}: bad value for key 'dedup.verify': {exc}", "dedup.verify") from None
+        for key in ("verify", "against_verify"):
+            if getattr(self, key) is not None:
+                try:
+                    parse_verify(getattr(self, key))
+                except ValueError as exc:
+                    raise ConfigError(f"{origin}: bad value for key 'dedup.{key}': {exc}", f"dedup.{key}") from None
         check(self.every_n >= 1, origin, "dedup.every_n", "an int >= 1", self.every_n)
         check(0.0 < self.lsh_recall < 1.0, origin, "dedup.lsh_recall", "a number in (0, 1)", self.lsh_recall)
         check(0.0 <= self.eps < 1.0, origin, "dedup.eps", "a number in [0, 1)", self.eps)

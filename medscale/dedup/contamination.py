@@ -45,6 +45,7 @@ class ContaminationSummary(Summary):
     output: str
     hash: str
     threshold: int
+    verify: str = ""
     sets: List[Dict[str, Any]] = field(default_factory=list)
     excluded: int = 0  # corpus samples marked excluded
     seconds: float = 0.0
@@ -52,7 +53,8 @@ class ContaminationSummary(Summary):
 
     def format(self) -> str:
         """A few human lines."""
-        lines = [f"medscale dedup --against: {self.hash}<={self.threshold} vs {self.output}"]
+        rule = f"{self.hash}<={self.threshold}" + (f" and {self.verify}" if self.verify else "")
+        lines = [f"medscale dedup --against: {rule} vs {self.output}"]
         for s in self.sets:
             lines.append(f"  {s['set']:<24} {s['split'] or '-':<6} {s['contaminated']:>7} of {s['images']:>7} "
                          f"({100 * s['fraction']:.1f}%) have a near-duplicate in the corpus")
@@ -100,7 +102,7 @@ def run_contamination(url: str, cfg: DedupConfig, force: bool = False) -> Contam
 
 def _run_contamination(fs, root: str, url: str, cfg: DedupConfig) -> ContaminationSummary:
     start = time.perf_counter()
-    verify, limit = parse_verify(cfg.verify) if cfg.verify else ((), 0)
+    verify, limit = parse_verify(cfg.against_verify) if cfg.against_verify else ((), 0)
     names = (cfg.hash,) + tuple(verify)
     table = read_manifest(fs, root, columns=["key", "shard", "status", "volume", *dict.fromkeys(names)])
     table = table.filter(pc.is_valid(table["shard"]))
@@ -118,12 +120,13 @@ def _run_contamination(fs, root: str, url: str, cfg: DedupConfig) -> Contaminati
         evals = eval_all[:, 0]
         hashes = np.concatenate([corpus, evals])
         groups = np.concatenate([np.zeros(len(corpus), np.int8), np.ones(len(evals), np.int8)])
-        plan = plan_lsh(len(hashes), cfg.threshold, cfg.lsh_recall, seed=cfg.lsh_seed)
+        plan = plan_lsh(len(hashes), cfg.against_threshold, cfg.lsh_recall, seed=cfg.lsh_seed)
         pairs = merge_pairs(ordered_map(executor, cross_table_task, list(range(plan.tables)), hashes, plan, groups))
         pairs = verified(pairs, np.concatenate([corpus_all, eval_all])[:, 1:], limit)
     finally:
         executor.close()
-    summary = ContaminationSummary(output=full_url(fs, root), hash=cfg.hash, threshold=cfg.threshold)
+    summary = ContaminationSummary(output=full_url(fs, root), hash=cfg.hash, threshold=cfg.against_threshold,
+                                   verify=cfg.against_verify or "")
     matches: Dict[int, Tuple[int, int]] = {}  # eval index -> (corpus index, distance), the closest
     corpus_hits: Dict[int, Tuple[int, int]] = {}
     for i, j, d in pairs.tolist():  # i < j: i is the corpus sample, j the evaluation image
@@ -133,16 +136,15 @@ def _run_contamination(fs, root: str, url: str, cfg: DedupConfig) -> Contaminati
         if i not in corpus_hits or d < corpus_hits[i][1]:
             corpus_hits[i] = (e, d)
     per_set: Dict[Tuple, List[int]] = defaultdict(lambda: [0, 0])
-    examples: Dict[Tuple, List[Dict]] = defaultdict(list)
+    matched: Dict[Tuple, List[Dict]] = defaultdict(list)
     for e, (source, split, image_id, _) in enumerate(ids):
         per_set[(source, split)][0] += 1
         if e in matches:
             per_set[(source, split)][1] += 1
-            if len(examples[(source, split)]) < 10:
-                c, d = matches[e]
-                examples[(source, split)].append({"image": image_id, "corpus_key": keys[c], "distance": d})
+            c, d = matches[e]
+            matched[(source, split)].append({"image": image_id, "corpus_key": keys[c], "distance": d})
     summary.sets = [{"set": s, "split": sp, "images": n, "contaminated": hit, "fraction": hit / n if n else 0.0,
-                     "examples": examples[(s, sp)]} for (s, sp), (n, hit) in sorted(per_set.items(), key=str)]
+                     "matched": matched[(s, sp)]} for (s, sp), (n, hit) in sorted(per_set.items(), key=str)]
     image_hits = set(corpus_hits)
     volume_hits = _volume_level(summary, cfg, table["volume"].to_pylist(), corpus, ids, evals)
     for i, hit in volume_hits.items():
@@ -152,7 +154,8 @@ def _run_contamination(fs, root: str, url: str, cfg: DedupConfig) -> Contaminati
         update_rows(fs, root, pa.table({
             "key": [keys[i] for i in hit], "status": [EXCLUDED] * len(hit),
             "duplicate_of": [ids[corpus_hits[i][0]][2] for i in hit],
-            "dedup_strategy": [f"contamination {cfg.hash}<={cfg.threshold}" if i not in volume_hits or i in image_hits
+            "dedup_strategy": [f"contamination {summary.hash}<={summary.threshold}"
+                               if i not in volume_hits or i in image_hits
                                else f"contamination volume-overlap containment>={cfg.containment:g}" for i in hit],
             "dedup_distance": np.array([corpus_hits[i][1] for i in hit], np.float32)}))
         summary.excluded = len(hit)

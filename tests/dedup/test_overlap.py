@@ -163,7 +163,8 @@ def test_contamination_matches_volumes_and_excludes_them_whole(planted_corpus, t
     run_sharding(shard_config([f"orig={REAL[n]}" for n in names], corpus, max_size=128))
     # slice by slice only exact copies (distance <= 1) match: the volume level excludes the rest of each scan
     summary = run_contamination(str(corpus), DedupConfig(against=[f"mirror={root / 'mirror'}"], exclude=True,
-                                                         threshold=1, executor="local", progress=False))
+                                                         against_threshold=1, against_verify=None, executor="local",
+                                                         progress=False))
     row = summary.sets[0]
     assert (row["volumes"], row["overlapping_volumes"]) == (len(REAL) * len(REEXPORTS), len(names) * len(REEXPORTS))
     rows = read_manifest(*filesystem(str(corpus))).to_pylist()

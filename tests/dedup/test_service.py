@@ -165,7 +165,7 @@ def test_contamination_check_and_exclude(corpus, tmp_path):
     out = _fresh(corpus, tmp_path)
     npz = MEDMNIST / "breastmnist_28.npz"
     cfg = DedupConfig(against=[f"breast_eval={npz}", f"pneumonia={MEDMNIST / 'pneumoniamnist_28.npz'}"],
-                      threshold=0, exclude=True, executor="local", progress=False)
+                      against_threshold=0, against_verify=None, exclude=True, executor="local", progress=False)
     summary = run_contamination(str(out), cfg)
     sets = {(s["set"], s["split"]): s for s in summary.sets}
     assert sets[("breast_eval", "test")]["fraction"] == 1.0  # the corpus holds BreastMNIST's test split
@@ -178,6 +178,26 @@ def test_contamination_check_and_exclude(corpus, tmp_path):
     # a later reduction leaves the exclusions alone
     run_dedup(str(out), DedupConfig(strategy="hash-global", executor="local", progress=False))
     assert sum(r["status"] == "excluded" for r in _table(out).values()) == summary.excluded
+
+
+def test_the_default_contamination_rule_flags_no_unrelated_image_and_finds_resized_copies(tmp_path):
+    """28-px chest X-rays are so alike that the reduction's Hash-6 flags 92% of PneumoniaMNIST's test split against
+    its train split; the default rule flags none of them, and finds every test image resized to 56 px."""
+    data = np.load(MEDMNIST / "pneumoniamnist_28.npz")
+    np.savez(tmp_path / "train.npz", train_images=data["train_images"], train_labels=data["train_labels"])
+    np.savez(tmp_path / "test.npz", test_images=data["test_images"], test_labels=data["test_labels"])
+    copies = np.stack([np.asarray(Image.fromarray(i).resize((56, 56), Image.BICUBIC)) for i in data["test_images"]])
+    np.savez(tmp_path / "copies.npz", train_images=copies, train_labels=data["test_labels"])
+    clean, planted = tmp_path / "clean", tmp_path / "planted"
+    run_sharding(shard_config([tmp_path / "train.npz"], clean))
+    run_sharding(shard_config([tmp_path / "train.npz", tmp_path / "copies.npz"], planted))
+    check = DedupConfig(against=[str(tmp_path / "test.npz")], exclude=True, executor="local", progress=False)
+    unrelated = run_contamination(str(clean), check)
+    assert unrelated.sets[0]["contaminated"] <= 0.02 * 624 and unrelated.excluded <= 0.02 * 4708
+    found = run_contamination(str(planted), check)
+    assert found.sets[0]["contaminated"] >= 0.95 * 624
+    assert len(found.sets[0]["matched"]) == found.sets[0]["contaminated"]  # every match named in the report
+    assert "dhash<=3 and ahash+phash<=6" in found.format()
 
 
 def test_reduce_while_sharding_matches_manifest_reduction(corpus, tmp_path):
@@ -295,7 +315,7 @@ def test_dedup_and_contamination_on_s3(corpus, s3_server):
     summary = run_dedup(url, DedupConfig(strategy="hash-global", executor="local", progress=False,
                                          storage_options=s3_server))
     assert summary.written and summary.duplicates > 0 and fs.exists("medscale-test/dedup/dedup/groups.png")
-    cont = run_contamination(url, DedupConfig(against=[str(MEDMNIST / "breastmnist_28.npz")], threshold=0,
+    cont = run_contamination(url, DedupConfig(against=[str(MEDMNIST / "breastmnist_28.npz")], against_threshold=0,
                                               executor="local", progress=False, storage_options=s3_server))
     assert {s["split"]: s["fraction"] for s in cont.sets}["test"] == 1.0
     from medscale.data.dataset import ShardDataset
