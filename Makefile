@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/shard.py
 	$(PY) benchmarks/dedup_speed.py
 	$(PY) benchmarks/dedup_quality.py
+	$(PY) benchmarks/contamination.py
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/eval.py
