@@ -92,14 +92,15 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, force: bool = False) ->
     world = init_distributed()
     run = RunDir(cfg.run_dir, cfg.storage_options, cfg.local_dir, world)
     run.take_lease(force)
+    failure: Optional[BaseException] = None
     try:
-        summary = _pretrain(cfg, loader_cfg, world, run, digest, create_loader)
+        return _pretrain(cfg, loader_cfg, world, run, digest, create_loader)
     except BaseException as exc:
-        if not storage_failed(exc):  # a store that failed is not asked again: the lease goes stale by itself
-            run.release_lease()
+        failure = exc
         raise
-    run.release_lease()
-    return summary
+    finally:
+        if failure is None or not storage_failed(failure):  # a failed store is not asked again: the lease goes
+            run.release_lease()  # stale by itself
 
 
 def _pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, world: Dist, run: RunDir, digest: Tuple[str, int],
