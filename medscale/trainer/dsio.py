@@ -1,7 +1,7 @@
 """DeepSpeed's checkpoint files, read without running code from them and written so that every rank learns of a
 failed write.
 
-Reading: DeepSpeed unpickles its states with `torch.load(weights_only=False)`, in its checkpoint engine and, bypassing
+Reading: DeepSpeed unpickles its states with `weights_only=False` loads, in its checkpoint engine and, bypassing
 it, in the universal-checkpoint load and conversion: a crafted file in a run directory would run code on every rank
 at resume. Every `torch.load` made while DeepSpeed loads runs with `weights_only=True` and an allow-list of exactly
 the DeepSpeed types its checkpoints hold (found with `torch.serialization.get_unsafe_globals_in_checkpoint` on
