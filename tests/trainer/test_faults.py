@@ -214,7 +214,7 @@ def test_a_bad_corpus_is_one_line_before_deepspeed_starts(tmp_path, corpus):
     assert "DeepSpeed" not in done.stderr and "deepspeed" not in done.stderr
 
 
-def _store_args(options, tmp_path, *extra):
+def _store_args(options, *extra):
     return [f"train.storage_options.client_kwargs.endpoint_url={options['client_kwargs']['endpoint_url']}", *extra]
 
 
@@ -244,7 +244,7 @@ def test_a_frozen_object_store_is_one_line_within_its_deadline_and_loses_nothing
 
     options, server = s3_process
     endpoint, url = options["client_kwargs"]["endpoint_url"], "s3://medscale-test/runs/frozen"
-    store = _store_args(options, tmp_path, "train.storage_options.deadline_s=20",
+    store = _store_args(options, "train.storage_options.deadline_s=20",
                         "train.storage_options.config_kwargs.read_timeout=4", f"train.local_dir={tmp_path / 'copy'}")
     args = _args(small_corpus, url, "train.max_steps=1000", "train.checkpoint_every=3", *store)
     agent = _start(torchrun_cmd(*args))
@@ -281,7 +281,7 @@ def test_a_full_disk_on_one_node_is_said_by_its_rank_and_the_rerun_resumes(small
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(small)], check=True)  # one checkpoint part
     try:
         args = _args(small_corpus, url, "train.max_steps=9", "train.checkpoint_every=3",
-                     *_store_args(options, tmp_path))
+                     *_store_args(options))
         codes = _two_nodes(args, lambda i: [f"train.local_dir={small if i else tmp_path / 'node0'}"])
     finally:
         subprocess.run(["umount", str(small)], check=True)
