@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/eval.py
+	$(PY) benchmarks/launch.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

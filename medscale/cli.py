@@ -21,6 +21,7 @@ from medscale.data.config import AUGMENTS
 from medscale.dedup.strategies import STRATEGIES
 from medscale.eval.registry import TASKS
 from medscale.hashing.hashes import HASH_NAMES
+from medscale.launcher.config import BACKENDS
 
 _OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")
 
@@ -127,6 +128,9 @@ def _dedup(args: argparse.Namespace, extra: List[str]) -> int:
 
 
 def _pretrain(args: argparse.Namespace, extra: List[str]) -> int:
+    from medscale.trainer.preemption import PreemptionFlag
+
+    flag = PreemptionFlag().install()  # first: a launcher may pass on a preemption while this rank still starts
     from medscale.trainer.checkpoint import PREEMPTED_EXIT
     from medscale.trainer.engine import Preempted, pretrain
 
@@ -134,13 +138,26 @@ def _pretrain(args: argparse.Namespace, extra: List[str]) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # rank 0 speaks for the job; the others only warn
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        summary = pretrain(cfg.train, cfg.loader, force=args.force)
+        summary = pretrain(cfg.train, cfg.loader, force=args.force, flag=flag)
     except Preempted as exc:
-        print(f"medscale: {exc}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"medscale: {exc}", file=sys.stderr)
         return PREEMPTED_EXIT
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary.as_dict()) if args.json else summary.format())
     return 0
+
+
+def _launch(args: argparse.Namespace, extra: List[str]) -> int:
+    from medscale.launcher.run import launch
+
+    overrides = _overrides_only(extra)
+    cfg = load(args.config, overrides)
+    if args.outcome is not None:
+        from medscale.launcher.outcome import verdict
+
+        return verdict(cfg.train.run_dir, cfg.train.storage_options, args.outcome, args.since or 0.0)
+    return launch(cfg.launch, cfg.train, cfg.loader, args.config, overrides, dry_run=args.dry_run)
 
 
 def _stop_on_sigterm(signum, frame) -> None:
@@ -290,6 +307,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "it is dead)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("launch", help="run pre-training on this node under torchrun or the deepspeed launcher, or "
+                                      "submit it to SLURM, from the run's config and its launch section",
+                       epilog="Backends: " + ", ".join(BACKENDS) + ". Extra section.key=value arguments override "
+                              "the config, e.g. launch.nodes=1:4 launch.rdzv_endpoint=node0:29400. Exit codes: 0 "
+                              "done, 75 preempted after a save (rerun to resume), anything else a failure.")
+    p.add_argument("--config", "-c", help="the run's YAML config (train, loader and launch sections)")
+    p.add_argument("--dry-run", action="store_true", help="print what would run (command line, hostfile or sbatch "
+                                                          "script) and stop")
+    p.add_argument("--outcome", type=int, metavar="CODE", help="instead of launching: the exit-code contract's "
+                                                                "verdict on a finished launcher's CODE (the SLURM "
+                                                                "script's last step)")
+    p.add_argument("--since", type=float, metavar="EPOCH_S", help="with --outcome: when that launch started")
+    p.set_defaults(func=_launch)
 
     p = sub.add_parser("eval", help="evaluate backbones on downstream tasks (the Ray evaluation pool); "
                                     "`eval watch RUN_DIR` follows a training run, `eval on-commit` gates a commit",

@@ -12,6 +12,7 @@ from medscale.dedup.config import DedupConfig
 from medscale.dedup.volume import SLICE_REDUCERS
 from medscale.eval.config import EvalConfig
 from medscale.eval.registry import TASKS
+from medscale.launcher.config import LaunchConfig
 from medscale.trainer.config import TrainConfig
 from medscale.trainer.registry import METHODS
 
@@ -25,6 +26,7 @@ class MedscaleConfig:
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     def validate(self, origin: str) -> None:
         """Each section's checks, then those that span sections (`shard.reduce` names a reducer of dedup's)."""
@@ -35,6 +37,7 @@ class MedscaleConfig:
         self.loader.validate(origin)
         self.train.validate(origin, tuple(METHODS))
         self.eval.validate(origin, tuple(TASKS))
+        self.launch.validate(origin)
 
 
 SECTIONS = tuple(MedscaleConfig.__dataclass_fields__)

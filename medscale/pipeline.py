@@ -24,6 +24,7 @@ from medscale.config import MedscaleConfig
 from medscale.core.config import to_yaml
 from medscale.core.errors import MedscaleError
 from medscale.demo import DEMO_DATA, DEMO_MODALITIES, demo_inputs
+from medscale.launcher.commands import torchrun_command, trainer_args
 
 logger = logging.getLogger(__name__)
 DEMO_CONFIG = DEMO_DATA / "demo.yaml"
@@ -114,9 +115,9 @@ def run_demo(cfg: MedscaleConfig, output: Path, config_file: Path, overrides: Se
     results.mkdir(parents=True, exist_ok=True)
     eval_config = results / "demo-eval.yaml"
     eval_config.write_text(to_yaml({"eval": dataclasses.replace(cfg.eval, checkpoints=["raw"])}))
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-                "-m", "medscale", "pretrain", "-c", str(config_file), *overrides, f"train.data={corpus}",
-                f"train.run_dir={run}"]
+    trainer = trainer_args(str(config_file), [*overrides, f"train.data={corpus}", f"train.run_dir={run}"])
+    launcher = torchrun_command(dataclasses.replace(cfg.launch, nodes="1", rdzv_endpoint=None), ranks, "demo",
+                                trainer)
     print(f"[3/5] pretrain {cfg.train.method} {cfg.train.model}: DeepSpeed ZeRO-{cfg.train.zero_stage} on {ranks} "
           f"ranks (torchrun), {cfg.train.max_steps} steps -> {run}\n      eval watch evaluates each checkpoint "
           f"as it is written (log: {results / 'watch.log'})", flush=True)

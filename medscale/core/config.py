@@ -8,11 +8,13 @@ A dataclass may define `validate(origin)` for checks that types cannot express; 
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import typing
 from pathlib import Path
 from typing import Any, Optional, Sequence, Type, TypeVar
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -58,7 +60,7 @@ def load_config(root: Type[T], path: Optional[str | Path] = None, overrides: Seq
         if not from_stdin and not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass an existing YAML file (see configs/).")
         try:
-            loaded = OmegaConf.create(sys.stdin.read()) if from_stdin else OmegaConf.load(path)
+            loaded = OmegaConf.create(_colons_as_text(sys.stdin.read() if from_stdin else path.read_text()))
         except Exception as exc:  # yaml errors come in several types
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(loaded, DictConfig):
@@ -71,9 +73,12 @@ def load_config(root: Type[T], path: Optional[str | Path] = None, overrides: Seq
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like section.key=value (e.g. shard.shard_size=500).")
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([_colons_as_text(item)]))
         except OmegaConfBaseException as exc:
             raise ConfigError(_describe(root, exc, f"override '{item}'")) from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': its value is not valid YAML ({str(exc).splitlines()[0]}); quote "
+                              "it, and write mappings as {key: value} with a space after each colon") from exc
     result: T = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     validate = getattr(result, "validate", None)
     origin = str(path) if path else "config"
@@ -86,6 +91,18 @@ def load_config(root: Type[T], path: Optional[str | Path] = None, overrides: Seq
                 raise
             raise ConfigError(str(exc).replace(f"{origin}:", f"override '{item}':", 1), exc.key) from None
     return result
+
+
+_SEXAGESIMAL = re.compile(r"(?m)(:[ \t]+)(\d+(?::\d+)+)([ \t]*(?:#.*)?)$")  # a mapping's value `1:2`
+
+
+def _colons_as_text(text: str) -> str:
+    """YAML 1.1 reads `1:2` as 62 (base 60); a medscale value like `launch.nodes: 1:2` means the text: quote it (in
+    a YAML document, or in a `key=value` override)."""
+    key, equals, value = text.partition("=")
+    if equals and "\n" not in text:
+        return f"{key}='{value}'" if re.fullmatch(r"\d+(?::\d+)+", value) else text
+    return _SEXAGESIMAL.sub(lambda m: f"{m.group(1)}'{m.group(2)}'{m.group(3)}", text)
 
 
 def _override_of(key: Optional[str], overrides: Sequence[str]) -> Optional[str]:

@@ -36,12 +36,15 @@ class Lease:
     output) and `medscale pretrain` (its run directory).
 
     Stale rule: the lease is free when its holder ran on this host and its pid is gone, or when its heartbeat is
-    older than `stale_s` (a holder on another machine that died). `force=True` (`--force`) breaks a live lease.
+    older than `stale_s` (a holder on another machine that died), or when it was held for the same `job` (an
+    elastic launcher's run id: its launcher stops every worker before it restarts them, so the holder is gone or
+    going). `force=True` (`--force`) breaks a live lease.
     """
 
     def __init__(self, fs: AbstractFileSystem, root: str, command: str, force: bool = False,
-                 heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S) -> None:
+                 heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S, job: Optional[str] = None) -> None:
         self.fs, self.path, self.command, self.force = fs, join(root, LEASE_NAME), command, force
+        self.job = job
         self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.lost = False  # set when another writer broke this lease (with --force)
@@ -51,7 +54,8 @@ class Lease:
 
     def _record(self) -> bytes:
         return json.dumps({"holder": self.command, "host": socket.gethostname(), "pid": os.getpid(),
-                           "started": self._started, "heartbeat": time.time(), "token": self.token}).encode()
+                           "started": self._started, "heartbeat": time.time(), "token": self.token,
+                           "job": self.job}).encode()
 
     def read(self) -> Optional[Dict[str, Any]]:
         """The current lease record; None when there is none; {} when its content is not a record (stale). A
@@ -68,7 +72,7 @@ class Lease:
 
     def is_stale(self, record: Mapping[str, Any]) -> bool:
         """The stale rule (see the class docstring)."""
-        if not record:
+        if not record or self.job is not None and record.get("job") == self.job:
             return True
         if record.get("host") == socket.gethostname():
             try:

@@ -49,13 +49,19 @@ def descendants(pid: int) -> Dict[int, int]:
     return found
 
 
-def die_with_parent() -> None:
-    """In a child between fork and exec (`preexec_fn`): the kernel kills it when its parent dies (Linux
+def parent(pid: int) -> Optional[int]:
+    """The parent pid of a live process, or None."""
+    stat = _stat(pid)
+    return stat[0] if stat else None
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """In a child between fork and exec (`preexec_fn`): the kernel sends it `sig` when its parent dies (Linux
     PR_SET_PDEATHSIG); nothing elsewhere."""
     if sys.platform.startswith("linux"):
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # PR_SET_PDEATHSIG
 
 
 def reap_when_gone() -> None:

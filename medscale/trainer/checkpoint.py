@@ -8,7 +8,7 @@ RUN_DIR/
   images/step-NNNNNNNN.png    the method's picture: reconstructions (MAE), the views trained on (contrastive)
   loss.png                    the loss and lr against the step (drawn when the run stops)
   export/                     the newest exported backbone (core/card.py: card.json + backbone.safetensors)
-  preempted.json              written when a signal stopped the run: step, time, checkpoint (for supervisors)
+  preempted.json              written when a signal stopped the run: step, time, epoch_s, checkpoint (launchers)
   checkpoints/step-NNNNNNNN/
     ds/ + latest              DeepSpeed's states (sharded under ZeRO; loaded weights-only: `dsio.py`)
     rng-rank{R}.pt            each rank's RNG states and the method's per-rank state, e.g. SwAV's queue (tensors

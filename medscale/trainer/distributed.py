@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
@@ -17,7 +16,6 @@ import torch
 import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
-PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 LAUNCHER_POLL_S = 1.0  # how often a rank checks that its launcher is alive
 ORPHANED_EXIT = 1
 
@@ -81,33 +79,6 @@ def die_with_launcher(poll_s: float = LAUNCHER_POLL_S) -> None:
         os._exit(ORPHANED_EXIT)
 
     threading.Thread(target=watch, name="medscale-launcher-watch", daemon=True).start()
-
-
-class PreemptionFlag:
-    """SIGTERM or SIGUSR1 on any rank sets a flag; `agreed()` all-reduces it at a step boundary, so every rank
-    saves and stops at the same step."""
-
-    def __init__(self) -> None:
-        self.signalled = False
-        self.signal_name = ""
-        self._previous: List = []
-
-    def install(self) -> "PreemptionFlag":
-        """Handle the preemption signals in this (main) thread."""
-        for sig in PREEMPT_SIGNALS:
-            self._previous.append((sig, signal.signal(sig, self._handle)))
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.signalled = True
-        self.signal_name = signal.Signals(signum).name
-        logger.warning("received %s: saving at the next step boundary", self.signal_name)
-
-    def restore(self) -> None:
-        """Put the previous handlers back."""
-        for sig, handler in self._previous:
-            signal.signal(sig, handler)
-        self._previous.clear()
 
 
 def batch_norm_across_ranks(method: torch.nn.Module, world: Dist) -> str:

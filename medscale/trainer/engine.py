@@ -26,13 +26,13 @@ from medscale.trainer import checkpoint as ck
 from medscale.trainer.config import TrainConfig
 from medscale.trainer.distributed import (
     Dist,
-    PreemptionFlag,
     all_reduce_step,
     batch_norm_across_ranks,
     first_failure,
     init_distributed,
 )
-from medscale.trainer.registry import create_method
+from medscale.trainer.preemption import PreemptionFlag
+from medscale.trainer.registry import create_method, method_class
 from medscale.trainer.resume import (
     TrainingError,
     check_resume,
@@ -77,16 +77,41 @@ class PretrainSummary(Summary):
                 f"  checkpoint: {self.checkpoint}")
 
 
-def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, force: bool = False) -> PretrainSummary:
-    """Pre-train `cfg.method` on `cfg.data` into `cfg.run_dir`, resuming from its newest complete checkpoint; the
-    run directory's lease keeps to one trainer (`force`: break a live one)."""
-
-    from medscale.data.loaders import create_loader
-
+def check_run_config(cfg: TrainConfig, loader_cfg: LoaderConfig) -> None:
+    """What the trainer rejects in a valid config, before anything starts (a launcher's preflight asks too): the
+    corpus and the run directory set, a loader that gives the method the input it trains on."""
     if not cfg.data:
         raise ConfigError("train.data is not set: pass the corpus (a `medscale shard` output), train.data=PATH")
     if not cfg.run_dir:
         raise ConfigError("train.run_dir is not set: where checkpoints and logs go, train.run_dir=PATH")
+    wanted = method_class(cfg.method).augment
+    if loader_cfg.augment is not None and (loader_cfg.augment == "contrastive") != (wanted == "contrastive"):
+        raise ConfigError(f"loader.augment {loader_cfg.augment} does not give {cfg.method} the input it trains on "
+                          f"(views of `contrastive`, one image otherwise): leave loader.augment unset, or set it to "
+                          f"{wanted}")
+    if loader_cfg.channels is not None and loader_cfg.channels != cfg.in_chans:
+        raise ConfigError(f"loader.channels {loader_cfg.channels} differs from train.in_chans {cfg.in_chans}: leave "
+                          "loader.channels unset")
+
+
+def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, force: bool = False,
+             flag: Optional[PreemptionFlag] = None) -> PretrainSummary:
+    """Pre-train `cfg.method` on `cfg.data` into `cfg.run_dir`, resuming from its newest complete checkpoint; the
+    run directory's lease keeps to one trainer (`force`: break a live one). `flag`: the preemption flag the caller
+    installed at its start (a signal during start-up then stops the run after its first step), else one now."""
+
+    from medscale.data.loaders import create_loader
+
+    flag = flag or PreemptionFlag().install()
+    try:
+        return _leased(cfg, loader_cfg, force, flag, create_loader)
+    finally:
+        flag.restore()
+
+
+def _leased(cfg: TrainConfig, loader_cfg: LoaderConfig, force: bool, flag: PreemptionFlag,
+            create_loader) -> PretrainSummary:
+    check_run_config(cfg, loader_cfg)
     fs, root = filesystem(cfg.data, loader_cfg.storage_options)
     digest = kept_digest(fs, root, cfg.data)  # a missing or empty corpus is one line before DeepSpeed starts
     world = init_distributed()
@@ -94,7 +119,7 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, force: bool = False) ->
     run.take_lease(force)
     failure: Optional[BaseException] = None
     try:
-        return _pretrain(cfg, loader_cfg, world, run, digest, create_loader)
+        return _pretrain(cfg, loader_cfg, world, run, digest, flag, create_loader)
     except BaseException as exc:
         failure = exc
         raise
@@ -104,17 +129,10 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, force: bool = False) ->
 
 
 def _pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, world: Dist, run: RunDir, digest: Tuple[str, int],
-              create_loader) -> PretrainSummary:
+              flag: PreemptionFlag, create_loader) -> PretrainSummary:
     torch.manual_seed(cfg.seed + world.rank)
     method = create_method(cfg.method, cfg, loader_cfg.image_size)
     loader_cfg = loader_cfg.for_model(method.augment, method.small_crops, cfg.in_chans)  # unless the config says
-    if (loader_cfg.augment == "contrastive") != (method.augment == "contrastive"):
-        raise ConfigError(f"loader.augment {loader_cfg.augment} does not give {cfg.method} the input it trains on "
-                          f"(views of `contrastive`, one image otherwise): leave loader.augment unset, or set it to "
-                          f"{method.augment}")
-    if loader_cfg.channels != cfg.in_chans:
-        raise ConfigError(f"loader.channels {loader_cfg.channels} differs from train.in_chans {cfg.in_chans}: leave "
-                          "loader.channels unset")
     batch_norm = batch_norm_across_ranks(method, world)
     if batch_norm and world.is_main:
         logger.info("%s", batch_norm)
@@ -177,7 +195,6 @@ def _pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, world: Dist, run: RunD
                   checkpoint=run.where(resume) if resume else None, world_size_change=note, batch_norm=batch_norm)
     summary = PretrainSummary(cfg.run_dir, cfg.method, cfg.model, start_step, start_step, cfg.max_steps,
                               world.world_size)
-    flag = PreemptionFlag().install()
     failure: Optional[BaseException] = None
     batches = _batches(loader)
     try:
@@ -187,7 +204,6 @@ def _pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, world: Dist, run: RunD
         failure = exc
         raise
     finally:
-        flag.restore()
         batches.close()  # the loader's workers stop now (they ignore SIGTERM: exit would wait on them forever)
         log.close()
         if failure is None or not storage_failed(failure):  # a failed store would only hold the exit up
@@ -274,7 +290,8 @@ def _loop(engine, method, batches, loader, generator, cfg: TrainConfig, world: D
         if signalled > 0:
             if world.is_main:
                 ck.write_json(run.local / ck.PREEMPTED, {
-                    "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": summary.checkpoint,
+                    "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "epoch_s": time.time(),
+                    "checkpoint": summary.checkpoint,
                     "signal": flag.signal_name or "on another rank", "exit_code": ck.PREEMPTED_EXIT})
             log.event("preempted", step=step, checkpoint=summary.checkpoint)
             run.sync()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -32,6 +33,13 @@ RUN_FILES = (ck.CONFIG, ck.LOG, ck.LOSS_CURVE, ck.PREEMPTED, ck.TB, ck.IMAGES, c
 PULLED = (ck.LOG, ck.TB, ck.IMAGES)  # brought back to a fresh node, so that they go on where they stopped
 RETRIES = 3
 LEASE_HEARTBEAT_S, LEASE_STALE_S = 15.0, 90.0  # a trainer lost on another machine frees its run directory in 90 s
+
+
+def elastic_job() -> Optional[str]:
+    """The elastic run id torchrun gives its workers (`--rdzv-id`), unless it is the unnamed default: a restarted
+    worker group of the same job takes over its predecessor's lease."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    return job if job and job != "none" else None
 
 
 def default_local_dir(url: str) -> Path:
@@ -98,7 +106,8 @@ class RunDir:
         the error naming the live holder."""
         def take() -> None:
             fs, root = self.remote or filesystem(str(self.local))
-            self._lease = Lease(fs, root, "medscale pretrain", force, LEASE_HEARTBEAT_S, LEASE_STALE_S).acquire()
+            self._lease = Lease(fs, root, "medscale pretrain", force, LEASE_HEARTBEAT_S, LEASE_STALE_S,
+                                elastic_job()).acquire()
 
         self._on_rank0(take, f"taking the lease of {self.url}")
 
