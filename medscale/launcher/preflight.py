@@ -15,7 +15,6 @@ from medscale.data.config import LoaderConfig
 from medscale.data.manifest import kept_digest
 from medscale.launcher.config import LaunchConfig
 from medscale.trainer.config import TrainConfig
-from medscale.trainer.engine import check_run_config
 
 REACH_WAIT_S = 60.0  # how long a node waits for node 0's endpoint to open (nodes seldom start together)
 
@@ -114,6 +113,8 @@ def check_run_dir(url: str, storage_options: dict) -> None:
 
 def preflight(launch: LaunchConfig, train: TrainConfig, loader: LoaderConfig) -> None:
     """Every check for a launch on this node (not the endpoint: `check_endpoint`, when there is a rendezvous)."""
+    from medscale.trainer.engine import check_run_config  # (DeepSpeed's import: only when launching)
+
     check_run_config(train, loader)
     check_gpus(launch, visible_gpus())
     fs, root = filesystem(train.data, loader.storage_options)

@@ -28,9 +28,10 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: launchers read this contract without it
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ def save_rng(path: Path, mask_generator: torch.Generator, method_state: Optional
              ) -> None:
     """This rank's RNG states (the method's own generator and torch's default one) and the method's per-rank state
     (tensors only)."""
+    import torch
+
     torch.save({"mask_generator": mask_generator.get_state(), "torch": torch.get_rng_state(),
                 "method": dict(method_state or {})}, path)
 
@@ -100,6 +103,8 @@ def save_rng(path: Path, mask_generator: torch.Generator, method_state: Optional
 def load_rng(path: Path, mask_generator: torch.Generator) -> Dict[str, torch.Tensor]:
     """Restore the RNG states `save_rng` wrote and return the method's per-rank state (weights_only: nothing but
     tensors is unpickled)."""
+    import torch
+
     state = torch.load(path, weights_only=True)
     mask_generator.set_state(state["mask_generator"])
     torch.set_rng_state(state["torch"])
