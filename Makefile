@@ -10,7 +10,7 @@ $(STAMP): setup.cfg setup.py pyproject.toml medscale/hashing/_lanczos.c medscale
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,cloud]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/eval.py
 	$(PY) benchmarks/launch.py
+	$(PY) benchmarks/spot.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

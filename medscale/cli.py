@@ -10,7 +10,7 @@ import os
 import re
 import signal
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from medscale.config import SECTIONS, MedscaleConfig, load
 from medscale.core.config import to_yaml
@@ -157,7 +157,28 @@ def _launch(args: argparse.Namespace, extra: List[str]) -> int:
         from medscale.launcher.outcome import verdict
 
         return verdict(cfg.train.run_dir, cfg.train.storage_options, args.outcome, args.since or 0.0)
-    return launch(cfg.launch, cfg.train, cfg.loader, args.config, overrides, dry_run=args.dry_run)
+    return launch(cfg.launch, cfg.train, cfg.loader, args.config, overrides, dry_run=args.dry_run,
+                  on_start=_watch_notices(cfg.cluster))
+
+
+def _watch_notices(cluster) -> Optional[Callable]:
+    """With `cluster.spot_notice` on: a watcher that passes a spot interruption notice to the running launch as
+    SIGUSR1 (the ranks save and exit 75 before the kill)."""
+    if cluster.spot_notice is None:
+        return None
+    from medscale.cluster.notice import NoticeWatcher
+
+    def start(running) -> None:
+        NoticeWatcher(cluster.spot_notice, cluster.notice_interval_s, lambda what: running.forward(signal.SIGUSR1),
+                      cluster.metadata_url).start()
+    return start
+
+
+def _cluster(args: argparse.Namespace, extra: List[str]) -> int:
+    from medscale.cluster.command import cluster_command
+
+    cfg = load(args.config, _overrides_only(extra))
+    return cluster_command(args.action, {name: getattr(cfg, name) for name in SECTIONS}, args.dry_run)
 
 
 def _stop_on_sigterm(signum, frame) -> None:
@@ -181,12 +202,22 @@ def _eval(args: argparse.Namespace, extra: List[str]) -> int:
         raise ConfigError(f"unexpected argument(s) {' '.join(rest)}: medscale eval [watch RUN_DIR | on-commit] "
                           "[options] [eval.key=value ...]")
     cfg = load(args.config, overrides).eval
+    from medscale.eval.remote import working_out
+
+    with working_out(cfg.out, cfg.storage_options) as (folder, publish):  # s3://: worked on here, uploaded
+        shown_out, cfg.out = cfg.out, folder
+        return _eval_mode(mode, rest, cfg, args, publish, shown_out)
+
+
+def _eval_mode(mode: str, rest: List[str], cfg, args: argparse.Namespace, publish: Optional[Callable],
+               shown_out: str) -> int:
+    """One `medscale eval` mode into `cfg.out` (a local folder; `publish` uploads it where `shown_out` says)."""
     if mode == "watch":
         from medscale.eval.watch import watch
 
         if len(rest) < 2:
             raise ConfigError("medscale eval watch needs the run directory: medscale eval watch RUN_DIR --out DIR")
-        return watch(rest[1], cfg, once=args.once, interval=args.interval)
+        return watch(rest[1], cfg, once=args.once, interval=args.interval, after_each=publish)
     if mode == "on-commit":
         from medscale.eval.oncommit import on_commit
 
@@ -196,6 +227,7 @@ def _eval(args: argparse.Namespace, extra: List[str]) -> int:
     from medscale.eval.pool import evaluate
 
     summary = evaluate(cfg)
+    summary.out = shown_out
     print(json.dumps(summary.as_dict()) if args.json else summary.format())
     return 1 if summary.failed else 0
 
@@ -321,6 +353,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "script's last step)")
     p.add_argument("--since", type=float, metavar="EPOCH_S", help="with --outcome: when that launch started")
     p.set_defaults(func=_launch)
+
+    p = sub.add_parser("cluster", help="cloud runs: a SkyPilot managed spot job of the run, a Ray cluster for the "
+                                       "data and evaluation services",
+                       epilog="spot: write the SkyPilot task (cluster.spot.task) and `sky jobs launch` it. ray: write "
+                              "the Ray cluster file (cluster.ray.file). up | down | status: `ray up | down | status` "
+                              "on that file. Extra section.key=value arguments override the config.")
+    p.add_argument("action", choices=("spot", "ray", "up", "down", "status"))
+    p.add_argument("--config", "-c", help="the run's YAML config (its cluster section, and the run for spot)")
+    p.add_argument("--dry-run", action="store_true", help="write and print the file, check it, submit nothing")
+    p.set_defaults(func=_cluster)
 
     p = sub.add_parser("eval", help="evaluate backbones on downstream tasks (the Ray evaluation pool); "
                                     "`eval watch RUN_DIR` follows a training run, `eval on-commit` gates a commit",

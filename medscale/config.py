@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from medscale.cluster.config import ClusterConfig
 from medscale.core.config import check, load_config
 from medscale.data.config import LoaderConfig, ShardConfig
 from medscale.dedup.config import DedupConfig
@@ -27,6 +28,7 @@ class MedscaleConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def validate(self, origin: str) -> None:
         """Each section's checks, then those that span sections (`shard.reduce` names a reducer of dedup's)."""
@@ -38,6 +40,7 @@ class MedscaleConfig:
         self.train.validate(origin, tuple(METHODS))
         self.eval.validate(origin, tuple(TASKS))
         self.launch.validate(origin)
+        self.cluster.validate(origin)
 
 
 SECTIONS = tuple(MedscaleConfig.__dataclass_fields__)

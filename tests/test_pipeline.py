@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_demo_runs_the_whole_pipeline(tmp_path):
     out = tmp_path / "demo"
     done = subprocess.run([sys.executable, "-m", "medscale", "demo", "-o", str(out), "train.max_steps=12",
-                           "train.checkpoint_every=6", "train.warmup_steps=2", "eval.linear_probe.epochs=5",
+                           "train.checkpoint_every=12", "train.warmup_steps=2", "eval.linear_probe.epochs=5",
                            "eval.bootstrap=50"], capture_output=True, text=True, timeout=1200, cwd=REPO,
                           env=dict(os.environ, DS_ACCELERATOR="cpu"))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -35,7 +35,7 @@ def test_the_demo_runs_the_whole_pipeline(tmp_path):
     assert report["excluded"] >= 780  # every test image of both evaluation sets is kept out of pre-training
     rows = pq.read_table(out / "eval" / "results.parquet").to_pylist()
     columns = {(r["checkpoint"], r["dataset"], r["task"]) for r in rows}
-    for name in ("run@6", "run@12", "raw pixels", "random vit_tiny_patch16_224"):
+    for name in ("run@12", "raw pixels", "random vit_tiny_patch16_224"):
         for dataset in ("breast", "pneumonia"):
             for task in ("retrieval", "knn", "linear_probe"):
                 assert (name, dataset, task) in columns, (name, dataset, task)
@@ -51,14 +51,14 @@ def test_the_demo_runs_the_whole_pipeline(tmp_path):
 def test_the_contrastive_demo_config_runs_the_same_way(tmp_path):
     out = tmp_path / "demo"
     done = subprocess.run([sys.executable, "-m", "medscale", "demo", "-c", str(REPO / "configs" / "demo-simclr.yaml"),
-                           "-o", str(out), "train.max_steps=8", "train.checkpoint_every=4", "train.warmup_steps=2",
+                           "-o", str(out), "train.max_steps=8", "train.checkpoint_every=8", "train.warmup_steps=2",
                            "eval.linear_probe.epochs=5", "eval.bootstrap=50"], capture_output=True, text=True,
                           timeout=1200, cwd=REPO, env=dict(os.environ, DS_ACCELERATOR="cpu"))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "[3/5] pretrain simclr resnet18" in done.stdout and "| run@8 | random resnet18 | raw pixels |" in done.stdout
     rows = pq.read_table(out / "eval" / "results.parquet").to_pylist()
     assert {(r["checkpoint"], r["dataset"]) for r in rows if r["task"] == "linear_probe"} >= {
-        ("run@4", "breast"), ("run@8", "pneumonia"), ("random resnet18", "pneumonia")}
+        ("run@8", "breast"), ("run@8", "pneumonia"), ("random resnet18", "pneumonia")}
     card = json.loads((out / "run" / "export" / "card.json").read_text())
     assert (card["method"], card["in_chans"], card["step"]) == ("simclr", 1, 8)
     assert "views trained on:" in done.stdout and (out / "run" / "images" / "step-00000008.png").exists()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Callable, List, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
 
 from medscale.core.errors import ConfigError, FaultError, InputError
-from medscale.core.executor import choose_executor, create_executor, fan_out
+from medscale.core.executor import choose_executor, create_executor, fan_out, per_node
 from medscale.core.faults import describe, fault_kind, stopped, traceback_text
 from medscale.core.lease import Lease
 from medscale.core.storage import check_writable, filesystem, full_url
@@ -43,6 +43,7 @@ class ShardSummary(Summary):
     images_per_s: float = 0.0
     total_samples: int = 0
     total_shards: int = 0
+    nodes: Dict[str, int] = field(default_factory=dict)  # Ray node id -> tasks it ran (a Ray executor only)
 
     def format(self) -> str:
         """A few human lines for the end of a run."""
@@ -51,7 +52,7 @@ class ShardSummary(Summary):
                 f"slices {self.slices}, shards {self.shards}, {self.bytes / 1e6:.1f} MB, "
                 f"quarantined {self.quarantined}\n"
                 f"  {self.seconds:.1f} s, {self.images_per_s:.0f} images/s; corpus now {self.total_samples} samples "
-                f"in {self.total_shards} shards")
+                f"in {self.total_shards} shards" + (f"\n  {per_node(self.nodes)}" if per_node(self.nodes) else ""))
 
 
 def run_sharding(cfg: ShardConfig, make_reducer: Optional[Callable[[], SliceReducer]] = None,
@@ -117,12 +118,19 @@ def _shard_files(todo: List[InputFile], files: List[InputFile], cfg: ShardConfig
         unit_kind = choose_executor(cfg.executor, cfg.ray_address, work, cfg.num_cpus)
         logger.info("%d units, about %.0f CPU-s of work: executor %s", len(units), work, unit_kind)
         if units and unit_kind != kind:
+            _count_nodes(summary.nodes, executor)
             executor.close()
             executor, kind = create_executor(unit_kind, cfg.ray_address, cfg.num_cpus, WORKER_MODULES), unit_kind
         _run_units(executor, units, cfg, make_reducer, committer, summary)
     finally:
         if executor is not None:
+            _count_nodes(summary.nodes, executor)
             executor.close()
+
+
+def _count_nodes(into: Dict[str, int], executor) -> None:
+    for node, tasks in executor.tasks_per_node.items():
+        into[node] = into.get(node, 0) + tasks
 
 
 def _describe_unit(unit: WorkUnit) -> str:

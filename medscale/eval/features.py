@@ -2,19 +2,21 @@
 batches once per (source digest, dataset digest, preprocessing) and cached as `.npz` files.
 
 Checkpoint specs: an export folder (`card.json` + `backbone.safetensors`), a run directory (each of its complete
-checkpoints' exports), `raw` (the image at the dataset's own size, scaled to [0, 1] and flattened: no resize, no
+checkpoints' exports), either one local or in object storage (`s3://`: copied into a local folder first), `raw`
+(the image at the dataset's own size, scaled to [0, 1] and flattened: no resize, no
 normalisation), `random:TIMM_NAME` (timm's initialisation at the model's default input size) or `random:PATH`
 (the architecture of an export folder, freshly initialised): the baselines every table shows beside the model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -22,7 +24,8 @@ import torch
 from medscale.core.card import CARD, WEIGHTS, load_backbone
 from medscale.core.digest import digest
 from medscale.core.errors import InputError
-from medscale.core.storage import mkstemp_shared
+from medscale.core.storage import join, mkstemp_shared
+from medscale.eval import remote
 from medscale.eval.datasets import LabelledSet
 from medscale.trainer import checkpoint as ck
 
@@ -38,6 +41,7 @@ class FeatureSource:
     model: Optional[str] = None  # timm name (random:TIMM_NAME)
     step: Optional[int] = None
     digest: str = ""
+    url: Optional[str] = None  # the export in object storage (a node without `path` fetches it from there)
 
 
 def _file_digest(path: Path) -> str:
@@ -48,21 +52,55 @@ def _file_digest(path: Path) -> str:
     return sha.hexdigest()[:16]
 
 
-def _export(path: Path, name: Optional[str] = None) -> FeatureSource:
+def _export(path: Path, name: Optional[str] = None, url: Optional[str] = None) -> FeatureSource:
     card = json.loads((path / CARD).read_text())
     digest_ = digest(_file_digest(path / WEIGHTS), json.dumps(card, sort_keys=True), n=16)
     step = card.get("step")
     return FeatureSource(str(path), "export", name or f"{path.parent.name}", str(path), card.get("model"),
-                         step, digest_)
+                         step, digest_, url)
 
 
-def parse_checkpoints(specs: List[str], seed: int = 0) -> List[FeatureSource]:
+def on_this_node(source: FeatureSource, storage_options: Mapping[str, Any]) -> FeatureSource:
+    """`source` with its export folder on this machine: a task on a node that does not share the driver's disk
+    copies an export from object storage (its `url`) into this node's cache first."""
+    if source.url is None or source.path is None or Path(source.path).is_dir():
+        return source
+    cache = Path.home() / ".cache" / "medscale" / remote.EXPORTS / Path(source.path).name
+    return dataclasses.replace(source, path=str(remote.fetch_export(source.url, storage_options, cache)))
+
+
+def _remote(url: str, storage_options: Mapping[str, Any], exports: Optional[Path]) -> List[FeatureSource]:
+    """An export or a run directory in object storage: each export copied into `exports` first."""
+    if exports is None:
+        raise InputError(f"{url}: checkpoints in object storage are copied into a local folder first: set eval.out")
+    if remote.is_export(url, storage_options):
+        name = remote.base_name(url if remote.base_name(url) != ck.EXPORT else url.rstrip("/").rsplit("/", 1)[0])
+        local = remote.fetch_export(url, storage_options, exports / remote.cache_name(url, name))
+        return [_export(local, name, url)]
+    found = remote.complete_checkpoints(url, storage_options)
+    if not found:
+        raise InputError(f"{url}: neither an exported backbone ({CARD} and {WEIGHTS}) nor a run directory with a "
+                         "complete checkpoint yet")
+    out = []
+    for checkpoint in found:
+        name, export = f"{remote.base_name(url)}@{ck.step_of(Path(checkpoint))}", join(checkpoint, ck.EXPORT)
+        out.append(_export(remote.fetch_export(export, storage_options, exports / remote.cache_name(export, name)),
+                           name, export))
+    return out
+
+
+def parse_checkpoints(specs: List[str], seed: int = 0, storage_options: Optional[Mapping[str, Any]] = None,
+                      exports: Optional[Path] = None) -> List[FeatureSource]:
     """The sources `specs` name; a run directory expands to its complete checkpoints (oldest first); a random
-    initialisation is drawn with `seed` (part of its digest)."""
+    initialisation is drawn with `seed` (part of its digest). Specs in object storage (`s3://`, read with
+    `storage_options`) are copied into `exports` first."""
     import timm
 
     out: List[FeatureSource] = []
     for spec in specs:
+        if remote.is_remote(spec, storage_options):
+            out.extend(_remote(spec, storage_options or {}, exports))
+            continue
         if spec == "raw":
             out.append(FeatureSource(spec, "raw", "raw pixels", digest=digest_of_raw()))
             continue

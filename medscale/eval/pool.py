@@ -18,18 +18,19 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from medscale.core.errors import ConfigError, MedscaleError
-from medscale.core.executor import executor_for, fan_out
+from medscale.core.executor import executor_for, fan_out, per_node
 from medscale.core.faults import describe
 from medscale.core.summary import Summary
 from medscale.eval.config import EvalConfig
 from medscale.eval.datasets import LabelledSet, load_dataset, parse_dataset
-from medscale.eval.features import FeatureSource, features, parse_checkpoints
+from medscale.eval.features import FeatureSource, features, on_this_node, parse_checkpoints
 from medscale.eval.registry import create_task
+from medscale.eval.remote import EXPORTS, FEATURES
 from medscale.eval.results import ResultStore, job_key, markdown_table, parameters_json, read_results, slug
 from medscale.eval.task import TaskInput
 
 logger = logging.getLogger(__name__)
-FEATURES, PICTURES = "features", "pictures"
+PICTURES = "pictures"
 # rough CPU-seconds of one job on a small (MedMNIST-sized) set, for `executor: auto`
 JOB_SECONDS = {"retrieval": 1.0, "knn": 1.0, "linear_probe": 3.0, "mlp": 5.0, "dann": 10.0, "finetune": 60.0}
 FEATURE_FREE = {"finetune"}  # tasks that train the backbone itself and need no cached features
@@ -56,11 +57,13 @@ class EvalSummary(Summary):
     failed: List[str] = field(default_factory=list)
     seconds: float = 0.0
     table: str = ""
+    nodes: Dict[str, int] = field(default_factory=dict)  # Ray node id -> tasks it ran (a Ray executor only)
 
     def format(self) -> str:
         """The table, then the counts and failures."""
         lines = [self.table, "", f"medscale eval -> {self.out}: {self.jobs} job(s) run, {self.skipped} already "
                                  f"present, {len(self.failed)} failed, {self.seconds:.0f} s"]
+        lines += [f"  {per_node(self.nodes)}"] if per_node(self.nodes) else []
         lines += [f"  FAILED {f}" for f in self.failed]
         return "\n".join(lines)
 
@@ -87,7 +90,7 @@ def extract_job(pair: Tuple[FeatureSource, str], datasets: Dict[str, LabelledSet
     import torch
 
     torch.set_num_threads(threads)
-    source, name = pair
+    source, name = on_this_node(pair[0], cfg.storage_options), pair[1]
     with torch.random.fork_rng(devices=[]):  # the caller's random state is not this job's business
         features(source, datasets[name], Path(cache), cfg.batch_size, cfg.seed)
     return source.digest, name
@@ -102,10 +105,11 @@ def run_job(job: Job, datasets: Dict[str, LabelledSet], cfg: EvalConfig, cache: 
     task = create_task(job.task, cfg)
     target = datasets.get(parse_dataset(cfg.dann.target)[0]) if job.task == "dann" and cfg.dann.target else None
     start = time.perf_counter()
+    source = on_this_node(job.source, cfg.storage_options)
     with torch.random.fork_rng(devices=[]):  # tasks seed torch for their heads; the caller's state stays as it was
         output = task.run(TaskInput(
-            datasets[job.dataset], job.source,
-            lambda ds: features(job.source, ds, Path(cache), cfg.batch_size, cfg.seed),
+            datasets[job.dataset], source,
+            lambda ds: features(source, ds, Path(cache), cfg.batch_size, cfg.seed),
             cfg.seed, cfg.bootstrap, cfg.batch_size, target))
     return {"metrics": output.metrics, "picture": output.picture, "seconds": time.perf_counter() - start,
             "parameters": job_parameters(job.task, cfg, datasets)}
@@ -124,7 +128,7 @@ def _sources(cfg: EvalConfig, failed: List[str]) -> List[FeatureSource]:
     out = []
     for spec in cfg.checkpoints:
         try:
-            out.extend(parse_checkpoints([spec], cfg.seed))
+            out.extend(parse_checkpoints([spec], cfg.seed, cfg.storage_options, Path(cfg.out) / EXPORTS))
         except MedscaleError as exc:
             failed.append(f"{spec}: {exc}")
             logger.error("%s", exc)
@@ -229,6 +233,7 @@ def _run(jobs: List[Job], datasets: Dict[str, LabelledSet], cfg: EvalConfig, out
     except BaseException:
         executor.close(abandon=True)  # an error or a signal: running jobs are not waited for (none committed)
         raise
+    summary.nodes = dict(executor.tasks_per_node)
     executor.close()
 
 

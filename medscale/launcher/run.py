@@ -6,7 +6,6 @@ batch job; pass the signals this process gets to every rank; end with the exit-c
 
 from __future__ import annotations
 
-import logging
 import os
 import shlex
 import shutil
@@ -15,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from medscale.core.errors import ConfigError, MedscaleError
 from medscale.core.lifeline import descendants, die_with_parent, parent
@@ -31,7 +30,6 @@ from medscale.launcher.config import LaunchConfig, job_id
 from medscale.launcher.outcome import verdict
 from medscale.trainer.config import TrainConfig
 
-logger = logging.getLogger(__name__)
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 KILL_AFTER_S = 30.0  # past the grace: the launcher's own shutdown has failed, the tree is killed
 
@@ -100,8 +98,10 @@ class Launch:
 
 
 def launch(lc: LaunchConfig, train: TrainConfig, loader: LoaderConfig, config_file: Optional[str],
-           overrides: Sequence[str], dry_run: bool = False) -> int:
-    """Run (or with `dry_run` print) the configured launch on this node; the exit-code contract's code."""
+           overrides: Sequence[str], dry_run: bool = False,
+           on_start: Optional[Callable[[Launch], None]] = None) -> int:
+    """Run (or with `dry_run` print) the configured launch on this node; the exit-code contract's code. `on_start`
+    gets the running launch (a spot-notice watcher calls its `forward(SIGUSR1)`)."""
     if os.environ.get("RANK"):
         raise ConfigError("medscale launch was started by a launcher (RANK is set): run `medscale pretrain` under "
                           "a launcher, or `medscale launch` alone")
@@ -130,7 +130,10 @@ def launch(lc: LaunchConfig, train: TrainConfig, loader: LoaderConfig, config_fi
         hosts_path.write_text(hostfile(lc, procs))
     print(f"medscale launch: {shlex.join(command)}", file=sys.stderr, flush=True)
     since = time.time()
-    code = Launch(command, lc.backend, lc.grace_s).wait()
+    running = Launch(command, lc.backend, lc.grace_s)
+    if on_start is not None:
+        on_start(running)
+    code = running.wait()
     return verdict(train.run_dir, train.storage_options, code, since)
 
 

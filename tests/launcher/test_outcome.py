@@ -2,7 +2,7 @@
 
 import json
 
-from medscale.launcher.outcome import contract_code, preemption_record
+from medscale.launcher.outcome import contract_code, finished_since, preemption_record
 
 
 def test_the_contract_in_closed_form():
@@ -16,6 +16,14 @@ def test_the_contract_in_closed_form():
     assert contract_code(75, None, now) == 1  # nothing says it saved
     assert contract_code(-9, None, now) == 137
     assert contract_code(2, None, now) == 2
+    assert contract_code(1, None, now, done=True) == 0  # a signal after the last step (a late spot notice)
+
+
+def test_a_done_event_counts_only_when_this_launch_wrote_it(tmp_path):
+    assert not finished_since(str(tmp_path), {}, 1000.0)
+    events = [{"event": "start", "time": 990.0}, {"event": "done", "time": 1010.0, "step": 12}, "not json"]
+    (tmp_path / "log.jsonl").write_text("\n".join(e if isinstance(e, str) else json.dumps(e) for e in events))
+    assert finished_since(str(tmp_path), {}, 1000.0) and not finished_since(str(tmp_path), {}, 2000.0)
 
 
 def test_the_record_is_read_from_the_run_directory_local_or_s3(tmp_path, s3_server):
