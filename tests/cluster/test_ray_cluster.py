@@ -20,6 +20,7 @@ from tests.eval.test_remote import put_checkpoint
 from tests.trainer.conftest import REPO
 
 RAY = str(Path(sys.executable).parent / "ray")
+ROOT = "medscale-test/ray-cluster"  # this module's prefix in the session's bucket
 
 
 def _start(args, env):
@@ -92,16 +93,16 @@ def test_the_evaluation_pool_spreads_over_two_nodes_reading_checkpoints_from_s3(
 
     fs = s3fs.S3FileSystem(**s3_server)
     for step in (1, 2):
-        put_checkpoint(fs, "medscale-test/runs/ray-mae", step, make_export(tmp_path / f"e{step}", seed=step, step=step))
-    evaluation = _medscale(two_nodes, "eval", "--checkpoints", "s3://medscale-test/runs/ray-mae", "raw", "--tasks",
-                           "retrieval", "knn", "--datasets", BREAST, PNEUMONIA, "--out", "s3://medscale-test/ray-eval",
+        put_checkpoint(fs, f"{ROOT}/runs/mae", step, make_export(tmp_path / f"e{step}", seed=step, step=step))
+    evaluation = _medscale(two_nodes, "eval", "--checkpoints", f"s3://{ROOT}/runs/mae", "raw", "--tasks",
+                           "retrieval", "knn", "--datasets", BREAST, PNEUMONIA, "--out", f"s3://{ROOT}/eval",
                            "--executor", "ray", "--ray-address", two_nodes.address, "eval.bootstrap=50",
                            "eval.progress=false", "--json")
     out, err = evaluation.communicate(timeout=600)
     assert evaluation.returncode == 0, err[-3000:]
     summary = _summary(out)
     assert summary["jobs"] == 3 * 2 * 2 and not summary["failed"] and len(summary["nodes"]) == 2, summary
-    assert fs.glob("medscale-test/ray-eval/results.parquet/part-*.parquet")
+    assert fs.glob(f"{ROOT}/eval/results.parquet/part-*.parquet")
 
 
 @pytest.mark.slow
@@ -113,16 +114,16 @@ def test_sharding_spreads_over_two_nodes_and_survives_losing_one(two_nodes, s3_s
     corpus = make_corpus(tmp_path / "corpus", bad=False)
     shard = ["shard", *_inputs(corpus), "--executor", "ray", "--ray-address", two_nodes.address, "--shard-size",
              "10", "shard.progress=false", "--json"]
-    first = _medscale(two_nodes, *shard, "--output", "s3://medscale-test/both")
+    first = _medscale(two_nodes, *shard, "--output", f"s3://{ROOT}/both")
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-3000:]
     assert len(_summary(out)["nodes"]) == 2, _summary(out)  # units ran on both nodes
-    expected = len([r for r in check_exactly_once("s3://medscale-test/both") if r["status"] == "kept"])
+    expected = len([r for r in check_exactly_once(f"s3://{ROOT}/both") if r["status"] == "kept"])
 
     fs = s3fs.S3FileSystem(**s3_server)
-    lost = _medscale(two_nodes, *shard, "--output", "s3://medscale-test/lost")
+    lost = _medscale(two_nodes, *shard, "--output", f"s3://{ROOT}/lost")
     deadline = time.time() + 300
-    while len(fs.glob("medscale-test/lost/manifest.parquet/part-*")) < 2:
+    while len(fs.glob(f"{ROOT}/lost/manifest.parquet/part-*")) < 2:
         assert time.time() < deadline and lost.poll() is None, lost.communicate()[1][-3000:]
         time.sleep(0.2)
         fs.invalidate_cache()
@@ -131,8 +132,8 @@ def test_sharding_spreads_over_two_nodes_and_survives_losing_one(two_nodes, s3_s
     if lost.returncode != 0:  # Ray could not rerun a lost task: one line, and the rerun finishes the work
         errors = [line for line in err.splitlines() if line.startswith("medscale: error:")]
         assert lost.returncode == 2 and len(errors) == 1, err[-3000:]
-        rerun = _medscale(two_nodes, *shard, "--output", "s3://medscale-test/lost")
+        rerun = _medscale(two_nodes, *shard, "--output", f"s3://{ROOT}/lost")
         out, err = rerun.communicate(timeout=300)
         assert rerun.returncode == 0, err[-3000:]
-    kept = [r for r in check_exactly_once("s3://medscale-test/lost") if r["status"] == "kept"]
+    kept = [r for r in check_exactly_once(f"s3://{ROOT}/lost") if r["status"] == "kept"]
     assert len(kept) == expected  # every sample exactly once

@@ -47,7 +47,7 @@ def wait_for(condition, procs, timeout=300):
         for proc, log in procs:
             assert proc.poll() is None, Path(log).read_text()[-3000:]
         assert time.time() < deadline
-        time.sleep(0.2)
+        time.sleep(0.5)  # (each look lists the bucket: the S3 server shares the 2 cores with the nodes)
 
 
 @pytest.mark.slow
@@ -58,13 +58,14 @@ def test_a_spot_job_preempted_twice_by_notices_resumes_from_s3_with_the_losses_o
     options, _ = s3_process
     endpoint, url = options["client_kwargs"]["endpoint_url"], "s3://medscale-test/runs/spot"
     fs = s3fs.S3FileSystem(**options)
-    run = [f"train.data={train_corpus}", *TINY, "train.max_steps=40", "train.checkpoint_every=3",
+    run = [f"train.data={train_corpus}", *TINY, "train.max_steps=24", "train.checkpoint_every=3",
            "launch.procs_per_node=1"]
     done = subprocess.run([sys.executable, "-m", "medscale", "cluster", "spot", "--dry-run", "-c", str(MAE_TINY), *run,
                            f"train.run_dir={url}", "launch.nodes=2", "launch.rdzv_endpoint=127.0.0.1:1",
                            "cluster.spot.infra=aws", f"cluster.spot.port={_free_port()}",
                            f"cluster.spot.install={sys.executable} -c 'import medscale'",
-                           f"cluster.spot.envs.AWS_ENDPOINT_URL={endpoint}", f"cluster.metadata_url={metadata.url}"],
+                           f"cluster.spot.envs.AWS_ENDPOINT_URL={endpoint}", f"cluster.metadata_url={metadata.url}",
+                           "cluster.notice_interval_s=1"],  # (benchmarks/spot.py measures the default 5 s)
                           capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ, HOME=str(tmp_path)))
     assert done.returncode == 0, done.stderr[-3000:]
     task = yaml.safe_load((tmp_path / "medscale.sky.yaml").read_text())
@@ -101,7 +102,7 @@ def test_a_spot_job_preempted_twice_by_notices_resumes_from_s3_with_the_losses_o
     resumes = [e for e in events if e["event"] == "resume"]
     assert [e["step"] for e in resumes] == preempted_at[1:]  # each relaunch resumes at its preemption: none redone
     assert resumes[-1]["world_size"] == 1 and "gradient accumulation 1 -> 2" in resumes[-1]["world_size_change"]
-    assert [e["step"] for e in events if e["event"] == "scalars"] == list(range(1, 41))  # each step logged once
+    assert [e["step"] for e in events if e["event"] == "scalars"] == list(range(1, 25))  # each step logged once
     straight = run_cmd(torchrun_cmd("-m", "medscale", "pretrain", "-c", str(MAE_TINY), *run,
                                     f"train.run_dir={tmp_path / 'straight'}"))
     assert straight.returncode == 0, straight.stderr[-3000:]

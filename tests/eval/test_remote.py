@@ -16,7 +16,7 @@ from medscale.eval.remote import complete_checkpoints, read_events
 from tests.eval.conftest import BREAST, make_export
 from tests.eval.test_pool import REPO
 
-BUCKET = "medscale-test"
+ROOT = "medscale-test/eval-remote"  # this module's prefix in the session's bucket
 
 
 def put_checkpoint(fs, run, step, export, complete=True):
@@ -32,7 +32,7 @@ def test_a_run_directory_and_an_export_in_s3_are_read_by_the_contract(s3_server,
     import s3fs
 
     fs = s3fs.S3FileSystem(**s3_server)
-    run = f"{BUCKET}/runs/contract"
+    run = f"{ROOT}/runs/contract"
     put_checkpoint(fs, run, 3, make_export(tmp_path / "e3", seed=3, step=3))
     put_checkpoint(fs, run, 6, make_export(tmp_path / "e6", seed=6, step=6), complete=False)  # still uploading
     fs.pipe(f"{run}/log.jsonl", b'{"event": "start", "step": 0}\n{"event": "checkpoint", "step": 3}\n')
@@ -52,7 +52,7 @@ def test_watch_on_s3_evaluates_each_checkpoint_once_also_after_a_restart(s3_serv
     import s3fs
 
     fs = s3fs.S3FileSystem(**s3_server)
-    run, out = f"{BUCKET}/runs/spot", tmp_path / "out"
+    run, out = f"{ROOT}/runs/spot", tmp_path / "out"
     env = dict(os.environ, AWS_ENDPOINT_URL=s3_server["client_kwargs"]["endpoint_url"])  # the AWS chain's endpoint
     command = [sys.executable, "-m", "medscale", "eval", "watch", f"s3://{run}", "--out", str(out), "--tasks",
                "retrieval", "--datasets", BREAST, "--interval", "0.5", "eval.bootstrap=50", "eval.progress=false",
@@ -81,10 +81,10 @@ def test_results_written_to_s3_are_pulled_by_the_rerun_which_runs_nothing_again(
     import s3fs
 
     fs = s3fs.S3FileSystem(**s3_server)
-    put_checkpoint(fs, f"{BUCKET}/runs/mae", 3, make_export(tmp_path / "e3", seed=3, step=3))
+    put_checkpoint(fs, f"{ROOT}/runs/mae", 3, make_export(tmp_path / "e3", seed=3, step=3))
     env = dict(os.environ, AWS_ENDPOINT_URL=s3_server["client_kwargs"]["endpoint_url"])
-    command = [sys.executable, "-m", "medscale", "eval", "--checkpoints", f"s3://{BUCKET}/runs/mae", "--tasks",
-               "retrieval", "--datasets", BREAST, "--out", f"s3://{BUCKET}/eval", "--executor", "local",
+    command = [sys.executable, "-m", "medscale", "eval", "--checkpoints", f"s3://{ROOT}/runs/mae", "--tasks",
+               "retrieval", "--datasets", BREAST, "--out", f"s3://{ROOT}/eval", "--executor", "local",
                "eval.bootstrap=50", "eval.progress=false", "--json"]
     runs = []
     for home in ("machine-a", "machine-b"):  # the second on another machine: nothing staged there
@@ -93,7 +93,7 @@ def test_results_written_to_s3_are_pulled_by_the_rerun_which_runs_nothing_again(
         assert done.returncode == 0, done.stderr[-2000:]
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     assert (runs[0]["jobs"], runs[1]["jobs"], runs[1]["skipped"]) == (1, 0, 1)
-    assert runs[0]["out"] == f"s3://{BUCKET}/eval"
-    parts = fs.glob(f"{BUCKET}/eval/results.parquet/part-*.parquet")
-    assert len(parts) == 1 and fs.exists(f"{BUCKET}/eval/results.md") and not fs.exists(f"{BUCKET}/eval/exports")
-    assert fs.glob(f"{BUCKET}/eval/tb/*/events.out.tfevents.*")  # TensorBoard reads it from there too
+    assert runs[0]["out"] == f"s3://{ROOT}/eval"
+    parts = fs.glob(f"{ROOT}/eval/results.parquet/part-*.parquet")
+    assert len(parts) == 1 and fs.exists(f"{ROOT}/eval/results.md") and not fs.exists(f"{ROOT}/eval/exports")
+    assert fs.glob(f"{ROOT}/eval/tb/*/events.out.tfevents.*")  # TensorBoard reads it from there too
