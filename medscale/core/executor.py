@@ -202,6 +202,17 @@ def choose_executor(kind: str, address: Optional[str], work_s: float, num_cpus: 
     return "pool" if wall < 20 * RAY_START_S else "ray"
 
 
+def task_resources(memory_mb: Optional[int] = None, num_gpus: float = 0) -> Dict[str, Any]:
+    """A Ray task's resource request beyond its one CPU: `memory` (bytes; Ray places the task on a node with that
+    much unreserved memory, and runs no more there than fit) and a GPU share."""
+    request: Dict[str, Any] = {}
+    if memory_mb:
+        request["memory"] = int(memory_mb) * 2**20
+    if num_gpus:
+        request["num_gpus"] = num_gpus
+    return request
+
+
 def per_node(tasks_per_node: Dict[str, int]) -> str:
     """"tasks per Ray node: 3f2a1c 40, 9be001 44" (empty when everything ran on one node)."""
     if len(tasks_per_node) < 2:

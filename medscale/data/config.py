@@ -59,6 +59,7 @@ class ShardConfig:
     ray_address: Optional[str] = None  # None starts a local Ray; "auto" or "ray://..." joins a cluster
     num_cpus: Optional[int] = None  # for a local Ray; None = all cores
     max_in_flight: int = 0  # tasks submitted at once; 0 = 2 x CPUs (bounds memory)
+    task_memory_mb: Optional[int] = None  # Ray: memory (MiB) each task reserves: a node runs only as many as fit
     progress: bool = True
     retries: int = 3  # retries of a unit after a transient fault (network, throttling), waiting 1, 2, 4... s
     storage_options: Dict[str, Any] = field(default_factory=dict)  # fsspec options (e.g. S3 endpoint); never logged
@@ -81,6 +82,8 @@ class ShardConfig:
         check_choice(self.executor, EXECUTOR_CHOICES, origin, "shard.executor")
         check(self.retries >= 0, origin, "shard.retries", "an int >= 0", self.retries)
         check(self.max_in_flight >= 0, origin, "shard.max_in_flight", "an int >= 0", self.max_in_flight)
+        check(self.task_memory_mb is None or self.task_memory_mb >= 1, origin, "shard.task_memory_mb",
+              "null or an int >= 1 (MiB)", self.task_memory_mb)
         check("/" not in self.prefix and "." not in self.prefix and self.prefix != "", origin, "shard.prefix",
               "a name without '/' or '.'", self.prefix)
         check_choice(self.reduce_hash, HASH_NAMES, origin, "shard.reduce_hash")

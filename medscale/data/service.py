@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 from medscale.core.errors import ConfigError, FaultError, InputError
-from medscale.core.executor import choose_executor, create_executor, fan_out, per_node
+from medscale.core.executor import choose_executor, create_executor, fan_out, per_node, task_resources
 from medscale.core.faults import describe, fault_kind, stopped, traceback_text
 from medscale.core.lease import Lease
 from medscale.core.storage import check_writable, filesystem, full_url
@@ -96,7 +96,8 @@ def _shard_files(todo: List[InputFile], files: List[InputFile], cfg: ShardConfig
     executor, kind = None, None
     try:
         scan_kind = choose_executor(cfg.executor, cfg.ray_address, len(todo) * SCAN_COST_S, cfg.num_cpus)
-        executor, kind = create_executor(scan_kind, cfg.ray_address, cfg.num_cpus, WORKER_MODULES), scan_kind
+        executor, kind = create_executor(scan_kind, cfg.ray_address, cfg.num_cpus, WORKER_MODULES,
+                                                  task_resources(cfg.task_memory_mb)), scan_kind
         scans = []
         batches = [todo[i:i + SCAN_BATCH] for i in range(0, len(todo), SCAN_BATCH)]
         for batch, result, error in fan_out(executor, scan_batch, batches, cfg.storage_options, cfg.retries,
@@ -120,7 +121,8 @@ def _shard_files(todo: List[InputFile], files: List[InputFile], cfg: ShardConfig
         if units and unit_kind != kind:
             _count_nodes(summary.nodes, executor)
             executor.close()
-            executor, kind = create_executor(unit_kind, cfg.ray_address, cfg.num_cpus, WORKER_MODULES), unit_kind
+            executor, kind = create_executor(unit_kind, cfg.ray_address, cfg.num_cpus, WORKER_MODULES,
+                                                      task_resources(cfg.task_memory_mb)), unit_kind
         _run_units(executor, units, cfg, make_reducer, committer, summary)
     finally:
         if executor is not None:

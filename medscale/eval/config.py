@@ -86,6 +86,7 @@ class EvalConfig:
     ray_address: Optional[str] = None
     num_cpus: Optional[int] = None
     num_gpus: Optional[float] = None  # GPUs per job; None: a quarter on a local Ray with GPUs, none otherwise
+    task_memory_mb: Optional[int] = None  # Ray: memory (MiB) each job reserves: a node runs only as many as fit
     progress: bool = True
     storage_options: Dict[str, Any] = field(default_factory=dict)  # fsspec options; never logged
     retrieval: RetrievalOptions = field(default_factory=RetrievalOptions)
@@ -106,6 +107,10 @@ class EvalConfig:
         check(self.knn.temperature > 0, origin, "eval.knn.temperature", "a number > 0", self.knn.temperature)
         check(self.bootstrap >= 0, origin, "eval.bootstrap", "an int >= 0", self.bootstrap)
         check(self.batch_size >= 1, origin, "eval.batch_size", "an int >= 1", self.batch_size)
+        check(self.task_memory_mb is None or self.task_memory_mb >= 1, origin, "eval.task_memory_mb",
+              "null or an int >= 1 (MiB)", self.task_memory_mb)
+        check(self.num_gpus is None or self.num_gpus >= 0, origin, "eval.num_gpus", "null or a number >= 0",
+              self.num_gpus)
         check(0 <= self.finetune.frozen_epochs <= self.finetune.epochs, origin, "eval.finetune.frozen_epochs",
               "0..eval.finetune.epochs", self.finetune.frozen_epochs)
         for key in ("linear_probe", "finetune", "dann"):

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from medscale.core.errors import ConfigError, MedscaleError
-from medscale.core.executor import executor_for, fan_out, per_node
+from medscale.core.executor import executor_for, fan_out, per_node, task_resources
 from medscale.core.faults import describe
 from medscale.core.summary import Summary
 from medscale.eval.config import EvalConfig
@@ -198,8 +198,8 @@ def _run(jobs: List[Job], datasets: Dict[str, LabelledSet], cfg: EvalConfig, out
     # config says so (`eval.num_gpus`), so that a cluster without GPUs still runs them
     gpus = cfg.num_gpus if cfg.num_gpus is not None else (0.25 if torch.cuda.is_available() and not cfg.ray_address
                                                            else 0)
-    gpu = {"num_gpus": gpus} if gpus else {}
-    executor = executor_for(cfg.executor, work, cfg.ray_address, cfg.num_cpus, preload=PRELOAD, task_options=gpu)
+    executor = executor_for(cfg.executor, work, cfg.ray_address, cfg.num_cpus, preload=PRELOAD,
+                            task_options=task_resources(cfg.task_memory_mb, gpus))
     cache, threads = str(out / FEATURES), _threads(executor)
     try:
         pairs = sorted({(j.source, j.dataset) for j in jobs if j.task not in FEATURE_FREE} |

@@ -97,7 +97,7 @@ def test_the_evaluation_pool_spreads_over_two_nodes_reading_checkpoints_from_s3(
     evaluation = _medscale(two_nodes, "eval", "--checkpoints", f"s3://{ROOT}/runs/mae", "raw", "--tasks",
                            "retrieval", "knn", "--datasets", BREAST, PNEUMONIA, "--out", f"s3://{ROOT}/eval",
                            "--executor", "ray", "--ray-address", two_nodes.address, "eval.bootstrap=50",
-                           "eval.progress=false", "--json")
+                           "eval.task_memory_mb=256", "eval.progress=false", "--json")
     out, err = evaluation.communicate(timeout=600)
     assert evaluation.returncode == 0, err[-3000:]
     summary = _summary(out)
@@ -113,7 +113,7 @@ def test_sharding_spreads_over_two_nodes_and_survives_losing_one(two_nodes, s3_s
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # the checks below read the outputs from S3 too
     corpus = make_corpus(tmp_path / "corpus", bad=False)
     shard = ["shard", *_inputs(corpus), "--executor", "ray", "--ray-address", two_nodes.address, "--shard-size",
-             "10", "shard.progress=false", "--json"]
+             "10", "shard.progress=false", "shard.task_memory_mb=128", "--json"]
     first = _medscale(two_nodes, *shard, "--output", f"s3://{ROOT}/both")
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-3000:]

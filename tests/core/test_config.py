@@ -41,6 +41,9 @@ def test_wrong_type_names_key_and_expected_type(tmp_path):
     ("shard.executor=spark", "shard.executor"),
     ("shard.defaults.window_width=400", "shard.defaults.window_width"),  # width without center
     ("shard.nope=1", "shard.nope"),
+    ("shard.task_memory_mb=0", "shard.task_memory_mb"),
+    ("eval.task_memory_mb=-5", "eval.task_memory_mb"),
+    ("eval.num_gpus=-1", "eval.num_gpus"),
 ])
 def test_bad_overrides_are_named(override, key):
     with pytest.raises(ConfigError) as info:

@@ -97,3 +97,36 @@ def test_a_pool_works_from_a_script_without_a_main_guard(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[(('dhash',), 3), (('ahash',), 1)]"
+
+
+def _overlap(marker_dir: str) -> int:
+    """Write this task's start mark, hold for 1 s, count the tasks that ran meanwhile, then write the end mark."""
+    import pathlib
+    import uuid
+
+    here = pathlib.Path(marker_dir)
+    me = uuid.uuid4().hex
+    (here / f"{me}.start").touch()
+    time.sleep(1.0)
+    others = {p.stem for p in here.glob("*.start")} - {me}
+    (here / f"{me}.end").touch()
+    ended = {p.stem for p in here.glob("*.end")}
+    return len(others - ended)
+
+
+def test_ray_tasks_reserve_the_memory_they_ask_for(ray_local, tmp_path):
+    """Two CPUs run two tasks at once; tasks that each reserve 60% of the node's memory run one at a time."""
+    from ray import cloudpickle
+
+    from medscale.core.executor import task_resources
+
+    cloudpickle.register_pickle_by_value(__import__(__name__))  # this test module is not importable by workers
+    node_mb = int(ray_local.cluster_resources()["memory"]) // 2**20
+    assert task_resources(100, 0.5) == {"memory": 100 * 2**20, "num_gpus": 0.5} and task_resources() == {}
+    overlaps = {}
+    for name, request in (("free", task_resources()), ("reserved", task_resources(int(node_mb * 0.6)))):
+        marks = tmp_path / name
+        marks.mkdir()
+        executor = create_executor("ray", task_options=request)
+        overlaps[name] = [r for _, r, _ in fan_out(executor, _overlap, [str(marks)] * 4, max_in_flight=4)]
+    assert max(overlaps["free"]) >= 1 and max(overlaps["reserved"]) == 0, overlaps
