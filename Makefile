@@ -20,9 +20,10 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check medscale tests benchmarks
+	$(VENV)/bin/mypy medscale/core
 
 test: lint
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=40
 
 test-fast: lint
 	$(PY) -m pytest -ra -m "not slow"

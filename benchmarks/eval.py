@@ -34,12 +34,11 @@ def tiny_export(folder: Path) -> Path:
     """A ViT-Tiny (4-px patches, 28 px) in the card contract: the size of the demo's backbone."""
     import timm
 
-    from medscale.core.card import save_backbone
+    from medscale.core.card import Card, save_backbone
 
     kwargs = {"img_size": 28, "patch_size": 4, "num_classes": 0}
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **kwargs)
-    return save_backbone(model, folder, {"model": "vit_tiny_patch16_224", "kwargs": kwargs, "image_size": 28,
-                                         "in_chans": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "step": 0})
+    return save_backbone(model, folder, Card("vit_tiny_patch16_224", 28, [0.5] * 3, [0.25] * 3, kwargs=kwargs, step=0))
 
 
 def pool_against_sequential() -> None:

@@ -46,10 +46,12 @@ def moto() -> tuple:
     raise RuntimeError("moto did not start")
 
 
-def stop_after_checkpoint(args: list, env: dict, fs, run: str, stop) -> dict:
-    """Launch, call `stop(proc)` two steps after the first checkpoint is complete in S3, and time it to
-    `preempted.json`; returns the seconds, the exit code, the step saved and the last step logged."""
-    proc = subprocess.Popen([sys.executable, "-m", "medscale", "launch", *args, f"train.run_dir=s3://bench/{run}"],
+def stop_after_checkpoint(args: list, env: dict, fs, run: str, stop, local: Path) -> dict:
+    """Launch (the node's copy of the run under `local`), call `stop(proc)` two steps after the first checkpoint is
+    complete in S3, and time it to `preempted.json`; returns the seconds, the exit code, the step saved and the last
+    step logged."""
+    proc = subprocess.Popen([sys.executable, "-m", "medscale", "launch", *args, f"train.run_dir=s3://bench/{run}",
+                             f"train.local_dir={local / run}"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not fs.exists(f"bench/{run}/checkpoints/step-00000004/COMPLETE"):
         if proc.poll() is not None:
@@ -77,9 +79,10 @@ def main() -> None:
             args = ["-c", str(REPO / "configs" / "mae-tiny.yaml"), f"train.data={corpus(Path(tmp))}",
                     "train.progress=false", "train.log_every=1", "loader.batch_size=16", "train.checkpoint_every=4",
                     "train.max_steps=400", "launch.procs_per_node=2"]
-            warned = stop_after_checkpoint(args, env, fs, "signal", lambda proc: os.kill(proc.pid, signal.SIGUSR1))
+            warned = stop_after_checkpoint(args, env, fs, "signal", lambda proc: os.kill(proc.pid, signal.SIGUSR1),
+                                            Path(tmp))
             noticed = stop_after_checkpoint([*args, "cluster.spot_notice=aws", f"cluster.metadata_url={metadata.url}"],
-                                            env, fs, "notice", lambda proc: metadata.notice())
+                                            env, fs, "notice", lambda proc: metadata.notice(), Path(tmp))
     finally:
         metadata.close()
         server.kill()

@@ -131,7 +131,7 @@ def _pretrain(args: argparse.Namespace, extra: List[str]) -> int:
     from medscale.trainer.preemption import PreemptionFlag
 
     flag = PreemptionFlag().install()  # first: a launcher may pass on a preemption while this rank still starts
-    from medscale.trainer.checkpoint import PREEMPTED_EXIT
+    from medscale.core.runs import PREEMPTED_EXIT
     from medscale.trainer.engine import Preempted, pretrain
 
     cfg = load(args.config, _overrides_only(extra))
@@ -259,11 +259,13 @@ class OneLineFormatter(logging.Formatter):
     asyncio's "Task exception was never retrieved" when an S3 endpoint goes away); `-v` shows them whole."""
 
     def formatException(self, ei) -> str:
+        """The exception's one-line cause (the traceback with -v)."""
         if logging.getLogger().isEnabledFor(logging.DEBUG):
             return super().formatException(ei)
         return f"  ({describe(ei[1])})" if ei and ei[1] is not None else ""
 
     def formatStack(self, stack_info: str) -> str:
+        """Nothing (the stack with -v)."""
         return "" if not logging.getLogger().isEnabledFor(logging.DEBUG) else super().formatStack(stack_info)
 
 
@@ -299,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dedup", help="reduce a sharded corpus (duplicates recorded in its manifest) or check "
                                      "evaluation sets for contamination",
-                       epilog="Strategies: " + "; ".join(f"{name}: {cls.__doc__.splitlines()[0]}"
-                                                         for name, cls in STRATEGIES.items())
+                       epilog="Strategies: " + "; ".join(f"{name}: {line}" for name, line in
+                                                         STRATEGIES.summaries().items())
                               + ". Extra dedup.key=value arguments override the config.")
     p.add_argument("url", help="a sharding output (folder or s3://...)")
     p.add_argument("--strategy", "-s", choices=tuple(STRATEGIES))

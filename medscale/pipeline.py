@@ -56,8 +56,8 @@ def write_test_splits(folder: Path) -> List[str]:
 def training_slowdown(run: Path, results: Path):
     """(median images/s while no evaluation ran, median while one did, window counts) from the run's log and the
     watch's record of when it evaluated; None when either side has no window."""
+    from medscale.core.runs import read_log
     from medscale.eval.watch import busy_intervals
-    from medscale.trainer.checkpoint import read_log
 
     busy = busy_intervals(results)
     windows = [w for w in read_log(run) if w.get("event") == "scalars" and w.get("step", 0) > 10]  # past start-up

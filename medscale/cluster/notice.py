@@ -94,6 +94,7 @@ class NoticeWatcher(threading.Thread):
         raise failure if failure is not None else OSError("no metadata server")
 
     def run(self) -> None:
+        """Poll until a notice arrives or `stop()` is called; on a notice, call the callback once."""
         warned = False
         while not self._stop_event.is_set():
             try:

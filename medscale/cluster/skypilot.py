@@ -19,9 +19,9 @@ import yaml
 from medscale.cluster.config import SpotOptions
 from medscale.cluster.notice import SOURCES
 from medscale.core.errors import ConfigError
+from medscale.core.runs import PREEMPTED_EXIT
 from medscale.core.storage import filesystem, is_local
 from medscale.launcher.config import LaunchConfig
-from medscale.trainer.checkpoint import PREEMPTED_EXIT
 from medscale.trainer.config import TrainConfig
 
 CONFIG_FILE = "medscale-run.yaml"  # written by the task's `run` into its (fresh) working directory

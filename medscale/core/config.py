@@ -8,11 +8,12 @@ A dataclass may define `validate(origin)` for checks that types cannot express; 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Optional, Sequence, Type, TypeVar
+from typing import Any, Iterator, Optional, Sequence, Type, TypeVar
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -41,11 +42,47 @@ def expected_type(root: type, full_key: str) -> Optional[str]:
     return cls.__name__ if isinstance(cls, type) else str(cls).replace("typing.", "")
 
 
-def _describe(root: type, error: OmegaConfBaseException, origin: str) -> str:
+def _keys(cls: Any, prefix: str = "") -> Iterator[str]:
+    """Every dotted key of the dataclass `cls` ("*" stands for a free-form dict key such as a source name)."""
+    for name, hint in typing.get_type_hints(cls).items():
+        key = f"{prefix}{name}"
+        yield key
+        if typing.get_origin(hint) is dict and dataclasses.is_dataclass(typing.get_args(hint)[1]):
+            yield from _keys(typing.get_args(hint)[1], f"{key}.*.")
+        elif dataclasses.is_dataclass(hint):
+            yield from _keys(hint, f"{key}.")
+
+
+def _matches(pattern: str, key: str) -> bool:
+    parts, wanted = pattern.split("."), key.split(".")
+    return len(parts) == len(wanted) and all(p in ("*", w) for p, w in zip(parts, wanted))
+
+
+def key_hint(root: type, key: str) -> str:
+    """" (did you mean 'train.max_steps'?)" for an unknown `key`: the key with its section when it was given
+    without one, else the closest spelling among its neighbours; "" when nothing is close."""
+    patterns = list(_keys(root))
+    for depth in range(1, 3):  # `max_steps` -> train.max_steps; `sources.ct.x` -> shard.sources.ct.x
+        for pattern in patterns:
+            head = ".".join(pattern.split(".")[:depth])
+            candidate = f"{head}.{key}"
+            if _matches(pattern, candidate):
+                return f" (did you mean '{candidate}'?)"
+    parent, _, last = key.rpartition(".")
+    siblings = {p.rpartition(".")[2]: p for p in patterns if _matches(p.rpartition(".")[0], parent)
+                and p.count(".") == key.count(".")}
+    close = difflib.get_close_matches(last, list(siblings), n=1, cutoff=0.6)
+    return f" (did you mean '{parent + '.' if parent else ''}{close[0]}'?)" if close else ""
+
+
+def _describe(root: type, error: OmegaConfBaseException, origin: str, given: str = "") -> str:
+    """The one line for OmegaConf's `error`; `given`: the key an override set (the hint completes all of it)."""
     key = getattr(error, "full_key", None) or "?"
     msg = str(getattr(error, "msg", error)).splitlines()[0]
     if "not in struct" in msg or "Key '" in msg and "not in" in msg:
-        return f"{origin}: unknown key '{key}'. Check the spelling against `medscale config` or the README."
+        whole = given if given.startswith(key + ".") else key
+        return (f"{origin}: unknown key '{key}'{key_hint(root, whole)}. Check the spelling against `medscale config` "
+                "or the README.")
     expected = expected_type(root, key)
     return f"{origin}: bad value for key '{key}'" + (f" (expected {expected})" if expected else "") + f": {msg}"
 
@@ -56,11 +93,12 @@ def load_config(root: Type[T], path: Optional[str | Path] = None, overrides: Seq
     cfg = OmegaConf.structured(root)
     if path is not None:
         from_stdin = str(path) == "-"  # a config that must not touch the disk (credentials), piped by its caller
-        path = Path(path) if not from_stdin else "standard input"
-        if not from_stdin and not path.is_file():
+        file = Path(path)
+        path = file if not from_stdin else "standard input"
+        if not from_stdin and not file.is_file():
             raise ConfigError(f"config file {path} does not exist; pass an existing YAML file (see configs/).")
         try:
-            loaded = OmegaConf.create(_colons_as_text(sys.stdin.read() if from_stdin else path.read_text()))
+            loaded = OmegaConf.create(_colons_as_text(sys.stdin.read() if from_stdin else file.read_text()))
         except Exception as exc:  # yaml errors come in several types
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(loaded, DictConfig):
@@ -75,7 +113,7 @@ def load_config(root: Type[T], path: Optional[str | Path] = None, overrides: Seq
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([_colons_as_text(item)]))
         except OmegaConfBaseException as exc:
-            raise ConfigError(_describe(root, exc, f"override '{item}'")) from exc
+            raise ConfigError(_describe(root, exc, f"override '{item}'", item.split("=", 1)[0])) from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"override '{item}': its value is not valid YAML ({str(exc).splitlines()[0]}); quote "
                               "it, and write mappings as {key: value} with a space after each colon") from exc
@@ -86,10 +124,10 @@ def load_config(root: Type[T], path: Optional[str | Path] = None, overrides: Seq
         try:
             validate(origin)
         except ConfigError as exc:  # name the override that set the bad key, not the file
-            item = _override_of(exc.key, overrides)
-            if item is None:
+            set_by = _override_of(exc.key, overrides)
+            if set_by is None:
                 raise
-            raise ConfigError(str(exc).replace(f"{origin}:", f"override '{item}':", 1), exc.key) from None
+            raise ConfigError(str(exc).replace(f"{origin}:", f"override '{set_by}':", 1), exc.key) from None
     return result
 
 
@@ -121,8 +159,11 @@ def check(ok: bool, origin: str, key: str, expected: str, value: Any) -> None:
 
 
 def check_choice(value: Any, choices: Sequence[Any], origin: str, key: str) -> None:
-    """`value` must be one of `choices` (a registry's names)."""
-    check(value in choices, origin, key, " | ".join(str(c) for c in choices), value)
+    """`value` must be one of `choices` (a registry's names); a misspelled name gets the closest one."""
+    if value not in choices:
+        close = difflib.get_close_matches(value, [str(c) for c in choices], n=1) if isinstance(value, str) else []
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        check(False, origin, key, " | ".join(str(c) for c in choices) + hint, value)
 
 
 def _redacted(data: Any) -> Any:

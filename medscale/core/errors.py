@@ -33,6 +33,10 @@ class ShardFormatError(MedscaleError):
     """A shard or manifest does not follow the file contract (bad member name, missing index)."""
 
 
+class FormatError(MedscaleError):
+    """A file another stage wrote has a format version this medscale does not read (`core/formats.py`)."""
+
+
 class FaultError(MedscaleError):
     """A failed attempt stopped the run (full disk, permissions, network after retries, a dead worker); nothing
     committed is lost and rerunning the same command resumes."""

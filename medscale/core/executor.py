@@ -35,6 +35,7 @@ def _bounded(items: Iterable, limit: int, submit: Callable, wait_any: Callable, 
                 pending[submit(item)] = item
             for handle in wait_any(list(pending)):
                 item = pending.pop(handle)
+                outcome: Outcome
                 try:
                     outcome = (item, result(handle), None)
                 except Exception as exc:  # RayTaskError, WorkerCrashedError, BrokenProcessPool...
@@ -133,7 +134,8 @@ def _main_module_hidden() -> Iterator[None]:
     every worker (a script without an `if __name__ == "__main__":` guard would start its work again there). Tasks
     are functions of importable modules, so workers never need it."""
     main = sys.modules.get("__main__")
-    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    saved: Dict[str, Any] = {k: main.__dict__[k] for k in ("__file__", "__spec__")
+                             if main is not None and k in main.__dict__}
     for key in saved:
         setattr(main, key, None) if key == "__spec__" else delattr(main, key)
     try:

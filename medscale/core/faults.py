@@ -20,7 +20,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Iterator, List, Optional, TypeVar
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,7 +48,7 @@ class DeadlineExceeded(TimeoutError):
 def chain(exc: BaseException) -> Iterator[BaseException]:
     """`exc`, then its causes and contexts (and the cause a Ray task error wraps), each once."""
     seen = set()
-    todo = [exc]
+    todo: List[Optional[BaseException]] = [exc]
     while todo:
         e = todo.pop(0)
         if e is None or id(e) in seen:

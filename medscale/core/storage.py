@@ -118,6 +118,14 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/")] + [p.strip("/") for p in parts])
 
 
+def absolute_url(url: Optional[str]) -> Optional[str]:
+    """`url` with a local path made absolute (a URL such as `s3://...` as it is): what a record of where data came
+    from must say, whatever directory it is read from."""
+    if not url or "://" in url:
+        return url
+    return os.path.abspath(os.path.expanduser(url))
+
+
 def full_url(fs: AbstractFileSystem, path: str) -> str:
     """A URL that reopens `path` on `fs` (keeps the protocol for remote stores)."""
     return path if is_local(fs) else fs.unstrip_protocol(path)

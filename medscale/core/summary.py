@@ -17,4 +17,5 @@ class Summary:
 
     def as_dict(self) -> Dict[str, Any]:
         """JSON-ready."""
-        return {**dataclasses.asdict(self), **{name: getattr(self, name) for name in self.DERIVED}}
+        fields = dataclasses.asdict(self)  # type: ignore[call-overload]  # every subclass is a dataclass
+        return {**fields, **{name: getattr(self, name) for name in self.DERIVED}}

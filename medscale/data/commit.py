@@ -22,7 +22,7 @@ from fsspec import AbstractFileSystem
 
 from medscale.core.lease import Lease
 from medscale.core.storage import filesystem, is_local, join, move, put_bytes_atomic, put_file_atomic
-from medscale.data.manifest import CommittedState, committed_state, write_part
+from medscale.data.manifest import CommittedState, committed_state, mark_corpus_format, write_part
 from medscale.data.shards import ShardInfo, ShardWriter, idx_name, shard_name
 
 logger = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ def open_output(fs: AbstractFileSystem, root: str, prefix: str, lock: Lease
     """What is committed under `root`, with orphans of an interrupted run removed, and a committer that goes on
     from there (checking before each commit that this run still holds `lock`, taken first)."""
     state = committed_state(fs, root, prefix)
+    mark_corpus_format(fs, root)
     orphans = clean_orphans(fs, root, prefix, state.shards)
     if orphans:
         logger.info("removed %d uncommitted shard files left by an interrupted run", orphans)

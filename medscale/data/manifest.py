@@ -1,9 +1,11 @@
-"""The Parquet manifest: one row per sample or quarantined input, written as atomic parts under `manifest.parquet/`."""
+"""The Parquet manifest: one row per sample or quarantined input, written as atomic parts under `manifest.parquet/`;
+`corpus.json` beside it holds the corpus's format version (`core/formats.py`; a corpus without it is version 1)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
@@ -14,10 +16,13 @@ import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
 from medscale.core.errors import InputError, ShardFormatError
-from medscale.core.storage import join, put_bytes_atomic
+from medscale.core.formats import FORMAT_KEY, check_format
+from medscale.core.storage import full_url, join, put_bytes_atomic
 from medscale.hashing.hashes import HASH_NAMES
 
 MANIFEST_DIR = "manifest.parquet"
+CORPUS_FILE = "corpus.json"
+CORPUS_FORMAT = 1  # the corpus format (manifest schema, shard layout) this medscale writes and reads up to
 KEPT, DUPLICATE, EXCLUDED, QUARANTINED = "kept", "duplicate", "excluded", "quarantined"
 HASH_COLUMNS = HASH_NAMES  # one uint64 column per registered perceptual hash
 
@@ -79,11 +84,33 @@ def list_parts(fs: AbstractFileSystem, root: str) -> List[str]:
     return sorted(names)
 
 
+def corpus_format(fs: AbstractFileSystem, root: str) -> int:
+    """The format version of the corpus at `root` (1 without `corpus.json`); a FormatError for a newer one."""
+    path = join(root, CORPUS_FILE)
+    try:
+        text = fs.cat_file(path)
+    except FileNotFoundError:
+        return 1
+    try:
+        found = json.loads(text).get(FORMAT_KEY)
+    except (ValueError, AttributeError):
+        found = text[:40]
+    return check_format(found, CORPUS_FORMAT, full_url(fs, path), "corpus")
+
+
+def mark_corpus_format(fs: AbstractFileSystem, root: str) -> None:
+    """Write `corpus.json` with this medscale's corpus format, where there is none yet (a writer opening it)."""
+    corpus_format(fs, root)  # a newer corpus is refused before anything is added to it
+    if not fs.exists(join(root, CORPUS_FILE)):
+        put_bytes_atomic(fs, join(root, CORPUS_FILE), json.dumps({FORMAT_KEY: CORPUS_FORMAT}).encode())
+
+
 def read_manifest(fs: AbstractFileSystem, root: str, columns: Optional[List[str]] = None) -> pa.Table:
     """The whole manifest (all parts) as one table; an empty table in the schema when nothing is committed."""
     parts = list_parts(fs, root)
     if not parts:
         return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
+    corpus_format(fs, root)
     try:
         return pads.dataset(parts, filesystem=fs, format="parquet", schema=SCHEMA).to_table(columns=columns)
     except (pa.ArrowInvalid, OSError) as exc:

@@ -56,6 +56,7 @@ class SeriesItem:
 
 @dataclass
 class NiftiItem:
+    """One volume of a NIfTI file."""
     source: str
     volume: str
     file: InputFile
@@ -63,6 +64,7 @@ class NiftiItem:
 
 @dataclass
 class ImageItem:
+    """One 2D image file, with its folder's label when asked."""
     source: str
     file: InputFile
     label: Optional[int] = None
@@ -71,6 +73,7 @@ class ImageItem:
 
 @dataclass
 class NpzItem:
+    """Rows `start:stop` of one split of a MedMNIST-style npz."""
     source: str
     file: InputFile
     split: str

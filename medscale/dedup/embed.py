@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medscale.core.card import load_backbone
+from medscale.core.card import Card, load_backbone
 from medscale.core.errors import InputError
 from medscale.core.executor import ordered_map
 from medscale.core.storage import filesystem, full_url, join, put_bytes_atomic
@@ -21,11 +21,11 @@ from medscale.dedup.report import REPORT_DIR
 EMBED_COST_S = 2e-2  # CPU-seconds per sample through a small backbone, for `executor: auto`
 
 
-def preprocess(image: np.ndarray, card: Mapping[str, Any]) -> np.ndarray:
+def preprocess(image: np.ndarray, card: Card) -> np.ndarray:
     """One stored slice -> `[C, S, S]` float32, resized to the card's image size and normalised with its mean/std."""
     from PIL import Image
 
-    size, chans = int(card["image_size"]), int(card.get("in_chans", 3))
+    size, chans = card.image_size, card.in_chans
     arr = image.astype(np.float32) / (65535.0 if image.dtype == np.uint16 else 255.0)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3 if chans == 3 else 1, axis=-1)
@@ -33,8 +33,8 @@ def preprocess(image: np.ndarray, card: Mapping[str, Any]) -> np.ndarray:
         arr = arr.mean(axis=-1, keepdims=True)
     planes = [np.asarray(Image.fromarray(arr[..., c]).resize((size, size), Image.BICUBIC)) for c in range(chans)]
     x = np.stack(planes)
-    mean = np.asarray(card["mean"], np.float32).reshape(-1, 1, 1)[:chans]
-    std = np.asarray(card["std"], np.float32).reshape(-1, 1, 1)[:chans]
+    mean = np.asarray(card.mean, np.float32).reshape(-1, 1, 1)[:chans]
+    std = np.asarray(card.std, np.float32).reshape(-1, 1, 1)[:chans]
     return (x - mean) / std
 
 

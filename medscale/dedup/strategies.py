@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import numpy as np
 
 from medscale.core.executor import ordered_map
+from medscale.core.registry import Registry
 from medscale.dedup.groups import GROUPINGS
 from medscale.dedup.lsh import LshPlan, merge_pairs, parse_verify, plan_lsh, table_pairs, verified
 from medscale.dedup.minhash import EMPTY, band_pairs, distinct_rows, jaccard, lean, lsh_params, merge_band_pairs
@@ -92,6 +93,7 @@ class HashVolume:
         return f"hash-volume {self.hash_name}<={self.threshold}"
 
     def reduce(self, corpus: Corpus, executor) -> Decisions:
+        """The decisions for `corpus` (see the class docstring), fanned out on `executor`."""
         exemplar, distance = np.arange(len(corpus)), np.zeros(len(corpus), np.float32)
         groups = corpus.volume_groups()
         batches = [groups[i:i + VOLUMES_PER_TASK] for i in range(0, len(groups), VOLUMES_PER_TASK)]
@@ -128,6 +130,7 @@ class HashGlobal:
         return f"hash-global {self.hash_name}<={self.threshold}{check} {self.groups}"
 
     def reduce(self, corpus: Corpus, executor) -> Decisions:
+        """The decisions for `corpus` (see the class docstring), fanned out on `executor`."""
         extra = corpus.extra if self.verify else np.zeros((len(corpus), 0), np.uint64)
         if extra is None or extra.shape != (len(corpus), len(self.verify_hashes)):
             raise ValueError(f"verify rule {self.verify!r} needs the hashes {self.verify_hashes} in corpus.extra")
@@ -165,6 +168,7 @@ class VolumeOverlap:
         return f"volume-overlap {self.hash_name} containment>={self.containment:g}"
 
     def reduce(self, corpus: Corpus, executor) -> Decisions:
+        """The decisions for `corpus` (see the class docstring), fanned out on `executor`."""
         members = corpus.volume_groups()
         sets = volume_sets(corpus.hashes, members)
         batches = [sets[i:i + self.VOLUMES_PER_TASK] for i in range(0, len(sets), self.VOLUMES_PER_TASK)]
@@ -224,6 +228,7 @@ class MinhashGlobal:
         return merge_band_pairs(list(ordered_map(executor, _band_task, list(range(bands)), sigs, rows)))
 
     def reduce(self, corpus: Corpus, executor) -> Decisions:
+        """The decisions for `corpus` (see the class docstring), fanned out on `executor`."""
         if corpus.signatures is None:
             raise ValueError("the minhash-global strategy needs the images' signatures (corpus.signatures)")
         sigs = corpus.signatures
@@ -262,6 +267,7 @@ class EveryN:
         return f"every-n n={self.n}"
 
     def reduce(self, corpus: Corpus, executor) -> Decisions:
+        """The decisions for `corpus` (see the class docstring), fanned out on `executor`."""
         exemplar = np.arange(len(corpus))
         for members in corpus.volume_groups():
             exemplar[members] = members[every_n(len(members), self.n)]
@@ -286,6 +292,7 @@ class Embedding:
         return f"embedding cos>{1 - self.eps:.4g}"
 
     def reduce(self, corpus: Corpus, executor) -> Decisions:
+        """The decisions for `corpus` (see the class docstring), fanned out on `executor`."""
         if corpus.embeddings is None:
             raise ValueError("the embedding strategy needs embeddings (dedup.embeddings)")
         x = normalize(corpus.embeddings)
@@ -300,17 +307,16 @@ class Embedding:
         return exemplar, distance
 
 
-STRATEGIES: Dict[str, type] = {"hash-volume": HashVolume, "hash-global": HashGlobal, "every-n": EveryN,
-                               "embedding": Embedding, "volume-overlap": VolumeOverlap,
-                               "minhash-global": MinhashGlobal}
+STRATEGIES = Registry("strategy", "medscale.strategies", {
+    "hash-volume": HashVolume, "hash-global": HashGlobal, "every-n": EveryN, "embedding": Embedding,
+    "volume-overlap": VolumeOverlap, "minhash-global": MinhashGlobal})
+register_strategy = STRATEGIES.register
 
 
 def create_strategy(name: str, **params: object):
     """The strategy registered as `name`, built with its own parameters; an unknown name or parameter is a
     ValueError naming the choices."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
-    accepted = list(inspect.signature(STRATEGIES[name]).parameters)
+    accepted = list(inspect.signature(STRATEGIES.load(name)).parameters)
     unknown = [p for p in params if p not in accepted]
     if unknown:
         raise ValueError(f"strategy {name!r} has no option {unknown[0]!r}; its options: {', '.join(accepted)}")
@@ -319,6 +325,4 @@ def create_strategy(name: str, **params: object):
 
 def strategy_from_config(cfg: "DedupConfig"):
     """The strategy `cfg.strategy` names, with its options read off `cfg`."""
-    if cfg.strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    return STRATEGIES[cfg.strategy].from_config(cfg)
+    return STRATEGIES.load(cfg.strategy).from_config(cfg)

@@ -21,13 +21,13 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
-from medscale.core.card import CARD, WEIGHTS, load_backbone
+from medscale.core import runs as ck
+from medscale.core.card import CARD, WEIGHTS, Card, load_backbone, read_card
 from medscale.core.digest import digest
 from medscale.core.errors import InputError
 from medscale.core.storage import join, mkstemp_shared
 from medscale.eval import remote
 from medscale.eval.datasets import LabelledSet
-from medscale.trainer import checkpoint as ck
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,11 @@ def _file_digest(path: Path) -> str:
 
 
 def _export(path: Path, name: Optional[str] = None, url: Optional[str] = None) -> FeatureSource:
-    card = json.loads((path / CARD).read_text())
-    digest_ = digest(_file_digest(path / WEIGHTS), json.dumps(card, sort_keys=True), n=16)
-    step = card.get("step")
-    return FeatureSource(str(path), "export", name or f"{path.parent.name}", str(path), card.get("model"),
+    card = read_card(path)
+    digest_ = digest(_file_digest(path / WEIGHTS), json.dumps(json.loads((path / CARD).read_text()), sort_keys=True),
+                     n=16)  # of the card as written: the same digest (and cached results) across medscale versions
+    step = card.step
+    return FeatureSource(str(path), "export", name or f"{path.parent.name}", str(path), card.model,
                          step, digest_, url)
 
 
@@ -107,9 +108,9 @@ def parse_checkpoints(specs: List[str], seed: int = 0, storage_options: Optional
         if spec.startswith("random:"):
             target = spec.split(":", 1)[1]
             if (Path(target) / CARD).is_file():
-                card = json.loads((Path(target) / CARD).read_text())
-                out.append(FeatureSource(spec, "random", f"random {card['model']}", target, card["model"], None,
-                                         digest("random", card["model"], json.dumps(card.get("kwargs", {}),
+                card = read_card(target)
+                out.append(FeatureSource(spec, "random", f"random {card.model}", target, card.model, None,
+                                         digest("random", card.model, json.dumps(card.kwargs,
                                                                                   sort_keys=True), seed, n=16)))
             elif timm.is_model(target):
                 out.append(FeatureSource(spec, "random", f"random {target}", None, target, None,
@@ -138,7 +139,7 @@ def digest_of_raw() -> str:
     return digest("raw", n=16)
 
 
-def build_model(source: FeatureSource, seed: int = 0) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+def build_model(source: FeatureSource, seed: int = 0) -> Tuple[torch.nn.Module, Card]:
     """(timm model in eval mode without a classifier, its card) for an export or random source."""
     import timm
 
@@ -146,37 +147,37 @@ def build_model(source: FeatureSource, seed: int = 0) -> Tuple[torch.nn.Module, 
         return load_backbone(source.path)
     torch.manual_seed(seed)
     if source.path:  # the export's architecture, freshly initialised
-        card = json.loads((Path(source.path) / CARD).read_text())
-        return timm.create_model(card["model"], pretrained=False, **card.get("kwargs", {})).eval(), card
+        card = read_card(source.path)
+        return timm.create_model(card.model, pretrained=False, **card.kwargs).eval(), card
     model = timm.create_model(source.model, pretrained=False, num_classes=0).eval()
     cfg = model.pretrained_cfg
-    card = {"model": source.model, "image_size": int(cfg.get("input_size", (3, 224, 224))[-1]),
-            "in_chans": int(cfg.get("input_size", (3, 224, 224))[0]), "mean": list(cfg.get("mean", (0.5,) * 3)),
-            "std": list(cfg.get("std", (0.5,) * 3))}
+    size = cfg.get("input_size", (3, 224, 224))
+    card = Card(source.model, int(size[-1]), list(cfg.get("mean", (0.5,) * 3)), list(cfg.get("std", (0.5,) * 3)),
+                in_chans=int(size[0]))
     return model, card
 
 
-def preprocess(images: np.ndarray, card: Dict[str, Any]) -> torch.Tensor:
+def preprocess(images: np.ndarray, card: Card) -> torch.Tensor:
     """uint8 `images: [N, H, W]` or `[N, H, W, 3]` -> float `[N, C, S, S]` at the card's size, channels and
     normalisation (bilinear, antialiased)."""
     x = torch.tensor(images, dtype=torch.float32).div_(255)  # a copy: arrays from Ray are read-only
     x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
-    chans = int(card.get("in_chans", 3))
+    chans = card.in_chans
     if x.shape[1] != chans:
         x = x.mean(dim=1, keepdim=True) if chans == 1 else x.expand(-1, chans, -1, -1)
-    size = int(card["image_size"])
+    size = card.image_size
     if x.shape[-1] != size or x.shape[-2] != size:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
                                             align_corners=False)
-    mean = torch.tensor(card["mean"][:chans]).view(1, -1, 1, 1)
-    std = torch.tensor(card["std"][:chans]).view(1, -1, 1, 1)
+    mean = torch.tensor(card.mean[:chans]).view(1, -1, 1, 1)
+    std = torch.tensor(card.std[:chans]).view(1, -1, 1, 1)
     return (x - mean) / std
 
 
-def _preprocessing_id(card: Optional[Dict[str, Any]]) -> str:
+def _preprocessing_id(card: Optional[Card]) -> str:
     if card is None:
         return "identity"
-    return digest(card["image_size"], card.get("in_chans", 3), card["mean"], card["std"], "bilinear-aa", n=8)
+    return digest(card.image_size, card.in_chans, list(card.mean), list(card.std), "bilinear-aa", n=8)
 
 
 def device() -> torch.device:
@@ -185,7 +186,7 @@ def device() -> torch.device:
 
 
 @torch.no_grad()
-def embed(model: torch.nn.Module, images: np.ndarray, card: Dict[str, Any], batch_size: int) -> np.ndarray:
+def embed(model: torch.nn.Module, images: np.ndarray, card: Card, batch_size: int) -> np.ndarray:
     """Pooled features `[N, D]` of `images` (batches of `batch_size`, on the GPU where there is one)."""
     where = device()
     model = model.to(where)
@@ -198,12 +199,12 @@ def embed(model: torch.nn.Module, images: np.ndarray, card: Dict[str, Any], batc
 FEATURES_VERSION = 1  # part of every cache key: raise it when preprocessing or embedding changes
 
 
-def card_of(source: FeatureSource) -> Optional[Dict[str, Any]]:
+def card_of(source: FeatureSource) -> Optional[Card]:
     """The preprocessing card of `source` without building its model (None for raw pixels)."""
     if source.kind == "raw":
         return None
     if source.path:
-        return json.loads((Path(source.path) / CARD).read_text())
+        return read_card(source.path)
     return build_model(source)[1]
 
 

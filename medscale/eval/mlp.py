@@ -33,11 +33,13 @@ class GradientReversal(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, alpha: float) -> torch.Tensor:
+        """`x` unchanged (alpha kept for the backward pass)."""
         ctx.alpha = alpha
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        """The gradient times -alpha (none for alpha)."""
         return -ctx.alpha * grad, None
 
 

@@ -1,5 +1,5 @@
 """Run directories and exports in object storage (`s3://...`, any fsspec URL), read by the run directory's contract
-(`trainer.checkpoint`): the complete checkpoints (COMPLETE and meta.json present), the log's stop events, and an
+(`core/runs.py`): the complete checkpoints (COMPLETE and meta.json present), the log's stop events, and an
 export copied into a local folder before its backbone is loaded (the copy appears whole: temp name, then rename).
 
     urls = complete_checkpoints("s3://bucket/runs/mae", storage_options)   # oldest first
@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
+from medscale.core import runs as ck
 from medscale.core.card import CARD, WEIGHTS
 from medscale.core.storage import filesystem, full_url, is_local, join
-from medscale.trainer import checkpoint as ck
 
 logger = logging.getLogger(__name__)
 EXPORTS = "exports"  # in an evaluation's output folder: the local copies of the checkpoints it evaluates

@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, List, Mapping, Optional, Set
 
+from medscale.core import runs as ck
 from medscale.core.config import to_yaml
 from medscale.core.errors import ConfigError
 from medscale.core.lifeline import die_with_parent
 from medscale.core.storage import join
 from medscale.eval.config import EvalConfig
 from medscale.eval.remote import EXPORTS, base_name, complete_checkpoints, fetch_export, is_remote, read_events
-from medscale.trainer import checkpoint as ck
 
 logger = logging.getLogger(__name__)
 WATCH_LOG = "watch.jsonl"  # one line per evaluation: run, checkpoint, step, start, end (epoch seconds), exit code

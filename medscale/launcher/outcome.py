@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, Optional
 
+from medscale.core.runs import LOG
+from medscale.core.runs import PREEMPTED as PREEMPTED_FILE
+from medscale.core.runs import PREEMPTED_EXIT as PREEMPTED
 from medscale.core.storage import filesystem, join
-from medscale.trainer.checkpoint import LOG
-from medscale.trainer.checkpoint import PREEMPTED as PREEMPTED_FILE
-from medscale.trainer.checkpoint import PREEMPTED_EXIT as PREEMPTED
 
 DONE = 0
 CLOCK_SKEW_S = 5.0  # rank 0 may write the record on another machine

@@ -52,9 +52,11 @@ class ContrastiveMethod(PretrainMethod):
         self.seed = cfg.seed
 
     def backbone(self) -> nn.Module:
+        """The encoder: what is exported."""
         return self.encoder
 
     def backbone_kwargs(self) -> Dict[str, Any]:
+        """The `timm.create_model` keyword arguments that rebuild the encoder."""
         return dict(self._kwargs)
 
     @torch.no_grad()
@@ -92,8 +94,10 @@ class PredictorMethod(ContrastiveMethod):
         return loss, {"loss": loss.detach(), "momentum": torch.tensor(self.momentum)}
 
     def begin_step(self, step: int, max_steps: int) -> None:
+        """The target's EMA momentum for this step (a cosine rising to 1)."""
         self.momentum = cosine_momentum(step, max_steps, self.base_momentum)
 
     def end_step(self, step: int, max_steps: int) -> None:
+        """The target encoder and projector follow the online ones."""
         ema_update(self.target_encoder, self.encoder, self.momentum)
         ema_update(self.target_projector, self.projector, self.momentum)

@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from medscale.core import runs as ck
 from medscale.core.config import to_yaml
 from medscale.core.errors import ConfigError, MedscaleError, StorageError
 from medscale.core.faults import fault_kind
@@ -22,7 +23,6 @@ from medscale.core.summary import Summary
 from medscale.data.augment import normalize_batch
 from medscale.data.config import LoaderConfig
 from medscale.data.manifest import kept_digest
-from medscale.trainer import checkpoint as ck
 from medscale.trainer.config import TrainConfig
 from medscale.trainer.distributed import (
     Dist,
@@ -143,7 +143,7 @@ def _pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, world: Dist, run: RunD
 
     steps = run.complete_steps()
     resume = run.fetch(steps[-1]) if steps else None
-    meta = ck.read_json(resume / ck.META) if resume is not None else {}
+    meta = ck.read_meta(resume) if resume is not None else {}
     universal, note = None, None
     if resume is not None:
         check_resume(meta, cfg, loader_cfg.image_size, digest, resume)
@@ -185,7 +185,7 @@ def _pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, world: Dist, run: RunD
                                 f"stand in; remove {damaged} and rerun").held_by(max(rank, 0))
         resume = run.fetch(previous[-1])
         logger.warning("skipping damaged checkpoint %s (%s): resuming from %s", damaged, failed, run.where(resume))
-        meta = ck.read_json(resume / ck.META)
+        meta = ck.read_meta(resume)
     run.pull()  # a fresh node continues the remote run's log and TensorBoard events
     log = RunLog(run.local, world.is_main, cfg.progress, start_step, cfg.max_steps)
     if world.is_main:

@@ -103,9 +103,11 @@ class MaeMethod(PretrainMethod):
         return loss, {"loss": loss.detach(), "mask_ratio": mask.mean().detach()}
 
     def backbone(self) -> nn.Module:
+        """The encoder: what is exported."""
         return self.mae.encoder
 
     def backbone_kwargs(self) -> Dict[str, Any]:
+        """The `timm.create_model` keyword arguments that rebuild the encoder."""
         return dict(self._kwargs)
 
     @torch.no_grad()

@@ -80,10 +80,12 @@ class MocoMethod(ContrastiveMethod):
         return loss, {"loss": loss.detach()}
 
     def begin_step(self, step: int, max_steps: int) -> None:
+        """Start counting this step's forward passes (their keys are enqueued at its end)."""
         self._step, self._pass = step, 0
 
     @torch.no_grad()
     def end_step(self, step: int, max_steps: int) -> None:
+        """The key encoder follows the online one; this step's keys from every rank enter the queue."""
         ema_update(self.key_encoder, self.encoder, self.options.momentum)
         ema_update(self.key_projector, self.projector, self.options.momentum)
         for keys in self._pending:  # every rank's keys, in rank order: the queues stay identical

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
+from medscale.core import runs as ck
 from medscale.core.errors import ConfigError, MedscaleError
-from medscale.trainer import checkpoint as ck
 from medscale.trainer.config import TrainConfig
 from medscale.trainer.distributed import Dist, first_failure
 

@@ -1,4 +1,4 @@
-"""A run directory and this node's working copy of it (the layout is `checkpoint.py`'s contract).
+"""A run directory and this node's working copy of it (the layout is `core/runs.py`'s contract).
 
 A local run directory is the folder itself, shared by every node (a multi-node run on it needs a shared
 filesystem). A remote one (`s3://...`, any fsspec URL) needs none: every node writes into its own staging folder
@@ -20,11 +20,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch.distributed as dist
 
 from medscale.core import errors
+from medscale.core import runs as ck
 from medscale.core.errors import MedscaleError, StorageError
 from medscale.core.faults import describe, retrying
 from medscale.core.lease import Lease
 from medscale.core.storage import filesystem, full_url, is_local, join
-from medscale.trainer import checkpoint as ck
 from medscale.trainer.distributed import Dist, all_reduce_step, first_failure
 
 logger = logging.getLogger(__name__)

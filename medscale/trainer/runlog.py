@@ -10,7 +10,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from medscale.trainer import checkpoint as ck
+from medscale.core import runs as ck
 
 STEP_EVENTS = ("scalars", "checkpoint")  # log lines that describe a step's results (forgotten when it is redone)
 

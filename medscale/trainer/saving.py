@@ -1,5 +1,5 @@
 """What a checkpoint holds, saved and loaded: DeepSpeed's states (sharded under ZeRO), the loader's position,
-every rank's RNG, the exported backbone and the method's picture (the layout is `checkpoint.py`'s contract)."""
+every rank's RNG, the exported backbone and the method's picture (the layout is `core/runs.py`'s contract)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ from typing import List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from medscale.core.card import save_backbone
+from medscale.core import runs as ck
+from medscale.core.card import Card, save_backbone
 from medscale.core.errors import StorageError
 from medscale.core.faults import describe_write
-from medscale.trainer import checkpoint as ck
+from medscale.core.storage import absolute_url
 from medscale.trainer.config import TrainConfig
 from medscale.trainer.distributed import Dist, first_failure
 from medscale.trainer.dsio import replay_cpu_adam_steps, weights_only_loads
 from medscale.trainer.resume import SCHEDULE_KEYS, TrainingError, model_keys
+from medscale.trainer.rng import load_rng, save_rng
 from medscale.trainer.rundir import RunDir
 from medscale.trainer.runlog import RunLog
 
@@ -38,7 +40,7 @@ def load_state(engine, method, loader, generator: torch.Generator, resume: Path,
     loader.load_state_dict(ck.read_json(resume / ck.LOADER))
     rng = resume / f"rng-rank{world.rank}.pt"
     if rng.exists():
-        method.load_rank_state(ck.load_rng(rng, generator))
+        method.load_rank_state(load_rng(rng, generator))
     elif same_world:
         raise TrainingError(f"{rng.name} is missing")
     else:  # a rank the checkpoint did not have: its own fresh stream
@@ -56,10 +58,9 @@ def export_backbone(method, cfg: TrainConfig, image_size: int, step: int, manife
         if is_main:
             from medscale.data.augment import IMAGENET_MEAN, IMAGENET_STD
 
-            card = {"model": cfg.model, "kwargs": method.backbone_kwargs(), "image_size": image_size,
-                    "in_chans": cfg.in_chans, "mean": list(IMAGENET_MEAN[:cfg.in_chans]),
-                    "std": list(IMAGENET_STD[:cfg.in_chans]), "step": step, "method": cfg.method,
-                    "data": cfg.data, "manifest_digest": manifest_digest}
+            card = Card(cfg.model, image_size, list(IMAGENET_MEAN[:cfg.in_chans]), list(IMAGENET_STD[:cfg.in_chans]),
+                        kwargs=method.backbone_kwargs(), in_chans=cfg.in_chans, step=step, method=cfg.method,
+                        data=absolute_url(cfg.data), manifest_digest=manifest_digest)
             save_backbone(backbone, directory, card)
 
 
@@ -74,7 +75,7 @@ def save_checkpoint(engine, method, loader, generator: torch.Generator, cfg: Tra
     engine.save_checkpoint(str(path), tag=ck.DS_TAG)  # every rank reaches its barriers: failures are recorded
     failure = engine.checkpoint_engine.take_failure()
     try:
-        ck.save_rng(path / f"rng-rank{world.rank}.pt", generator, method.rank_state())
+        save_rng(path / f"rng-rank{world.rank}.pt", generator, method.rank_state())
     except Exception as exc:
         failure = failure or describe_write(exc, path / f"rng-rank{world.rank}.pt")
     try:  # collective under ZeRO-3 (every rank gathers), written by rank 0
@@ -85,15 +86,15 @@ def save_checkpoint(engine, method, loader, generator: torch.Generator, cfg: Tra
     if world.is_main:
         try:
             ck.write_json(path / ck.LOADER, loader.state_dict())
-            ck.write_json(path / ck.META, {"step": step, "world_size": world.world_size, "method": cfg.method,
-                                           "model": cfg.model, "data": cfg.data, "max_steps": cfg.max_steps,
-                                           "batch_size": loader.batch_size, "grad_accum": cfg.grad_accum,
-                                           "effective_batch": loader.batch_size * cfg.grad_accum * world.world_size,
-                                           "manifest_digest": digest[0], "kept_samples": digest[1],
-                                           "model_keys": model_keys(cfg, image_size),
-                                           "schedule": {k: (list(v) if isinstance(v, (list, tuple)) else v)
-                                                        for k, v in ((k, getattr(cfg, k)) for k in SCHEDULE_KEYS)},
-                                           "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            ck.write_meta(path, {"step": step, "world_size": world.world_size, "method": cfg.method,
+                                 "model": cfg.model, "data": cfg.data, "max_steps": cfg.max_steps,
+                                 "batch_size": loader.batch_size, "grad_accum": cfg.grad_accum,
+                                 "effective_batch": loader.batch_size * cfg.grad_accum * world.world_size,
+                                 "manifest_digest": digest[0], "kept_samples": digest[1],
+                                 "model_keys": model_keys(cfg, image_size),
+                                 "schedule": {k: (list(v) if isinstance(v, (list, tuple)) else v)
+                                              for k, v in ((k, getattr(cfg, k)) for k in SCHEDULE_KEYS)},
+                                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
         except OSError as exc:
             failure = failure or describe_write(exc, path / ck.META)
     rank, cause = first_failure(failure)  # also the barrier before the commit

@@ -37,6 +37,7 @@ class SwavMethod(ContrastiveMethod):
         self._frozen, self._use_queue = True, False
 
     def begin_step(self, step: int, max_steps: int) -> None:
+        """Normalise the prototypes; freeze them, and use the queue, as the step says."""
         self.prototypes.normalize_()
         self._frozen = step < self.options.freeze_prototypes_steps
         self._use_queue = self.options.queue_size > 0 and step >= self.options.queue_start_step
@@ -65,9 +66,11 @@ class SwavMethod(ContrastiveMethod):
         self.queue_filled.add_(n)
 
     def rank_state(self) -> Dict[str, torch.Tensor]:
+        """This rank's feature queue (SwAV's queue is per rank)."""
         return {"queue": self.queue.cpu(), "queue_filled": self.queue_filled.cpu()} if self.options.queue_size else {}
 
     def load_rank_state(self, state: Dict[str, torch.Tensor]) -> None:
+        """Restore the queue `rank_state` returned (a queue of another size is started afresh)."""
         if "queue" in state and state["queue"].shape == self.queue.shape:
             self.queue.copy_(state["queue"])
             self.queue_filled.copy_(state["queue_filled"])

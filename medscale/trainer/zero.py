@@ -14,6 +14,8 @@ import torch.distributed as dist
 from medscale.core.errors import ConfigError
 from medscale.trainer.config import TrainConfig
 
+# DeepSpeed versions the shared fp32 master was tested with (it reaches into ZeRO's optimizer attributes): [from, to)
+SHARED_MASTER_TESTED = ((0, 19), (0, 20))
 # timm optimizers whose update reads each tensor whole (a per-layer trust ratio, factored or orthogonalised moments):
 # ZeRO-1/2/3 hand the optimizer flat partitions of many tensors, which would silently change what they compute
 PER_TENSOR = ("lars", "lamb", "adafactor", "adafactor_bv", "muon", "kron", "adahessian")
@@ -106,7 +108,16 @@ def _pairs(optimizer):
         yield from zip(optimizer.fp32_partitioned_groups_flat, optimizer.fp16_partitioned_groups_flat)
 
 
-def share_fp32_master(optimizer) -> int:
+def shared_master_tested(version: str) -> bool:
+    """True when DeepSpeed `version` ("0.19.8") is one `share_fp32_master` was tested with."""
+    try:
+        major_minor = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return False
+    return SHARED_MASTER_TESTED[0] <= major_minor < SHARED_MASTER_TESTED[1]
+
+
+def share_fp32_master(optimizer, deepspeed_version: Optional[str] = None) -> int:
     """In fp32, make ZeRO's master weights partition the model's own flat partition instead of a copy; returns the
     bytes freed.
 
@@ -115,7 +126,18 @@ def share_fp32_master(optimizer) -> int:
     the model is fp32 the clone holds the same numbers, costs a third of this rank's optimizer memory (master + 2
     Adam moments) and a copy back into the model after every step. Sharing the storage keeps every DeepSpeed path
     as it is: the copy back becomes a copy onto itself, checkpoints save the same values, and loading one writes
-    into the model."""
+    into the model. On a DeepSpeed version it was not tested with, DeepSpeed's own copy stays (one log line).
+
+    `deepspeed_version`: the version to check (default: the one installed)."""
+    if deepspeed_version is None:
+        import deepspeed
+
+        deepspeed_version = deepspeed.__version__
+    if not shared_master_tested(deepspeed_version):
+        low, high = (".".join(map(str, v)) for v in SHARED_MASTER_TESTED)
+        logger.info("fp32 ZeRO: DeepSpeed %s is not a version the shared master weights were tested with (%s to "
+                    "before %s): keeping DeepSpeed's own copy", deepspeed_version, low, high)
+        return 0
     freed = 0
     for master, part in _pairs(optimizer):
         if part.dtype == master.dtype == torch.float32 and part.shape == master.shape and \

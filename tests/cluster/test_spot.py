@@ -19,6 +19,15 @@ from tests.trainer.conftest import ENV, MAE_TINY, REPO, logged_losses, run_cmd, 
 TASK_ID = "sky-managed-2026-12-07-05-00-00-000000_medscale_1-0"  # SkyPilot's: the same in every recovery
 
 
+def _extensions_dir() -> str:
+    """Where torch builds DeepSpeed's ops under this HOME (torch's own naming): every attempt reuses that build."""
+    import torch
+    from torch.utils.cpp_extension import get_default_build_root
+
+    accelerator = f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu"
+    return str(Path(get_default_build_root()) / f"py{sys.version_info.major}{sys.version_info.minor}_{accelerator}")
+
+
 def run_attempt(task, nodes, where, s3_env):
     """Start the task's run on `nodes` fresh nodes (after each one's setup), as SkyPilot does after (re)provisioning;
     the node processes and their logs."""
@@ -29,7 +38,7 @@ def run_attempt(task, nodes, where, s3_env):
         (node / "work").mkdir()
         env = dict(os.environ, **ENV, **s3_env, **task.get("envs", {}), HOME=str(node / "home"),
                    PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", PYTHONPATH=str(REPO),
-                   TORCH_EXTENSIONS_DIR=str(Path.home() / ".cache" / "torch_extensions"),  # the image's build cache
+                   TORCH_EXTENSIONS_DIR=_extensions_dir(),  # the image's build cache: the suite's own DeepSpeed ops
                    SKYPILOT_NODE_IPS="\n".join(["127.0.0.1"] * nodes), SKYPILOT_NODE_RANK=str(rank),
                    SKYPILOT_NUM_NODES=str(nodes), SKYPILOT_NUM_GPUS_PER_NODE="0", SKYPILOT_TASK_ID=TASK_ID)
         setup = subprocess.run(["bash", "-c", task["setup"]], cwd=node / "work", env=env, capture_output=True,

@@ -1,4 +1,4 @@
-"""The exported-backbone contract: saved by medscale, loaded back by plain timm + safetensors."""
+"""The exported-backbone contract: saved by medscale, loaded back by plain timm + safetensors; one typed reader."""
 
 import json
 
@@ -7,18 +7,18 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from medscale.core.card import load_backbone, save_backbone
-from medscale.core.errors import InputError
+from medscale.core.card import Card, load_backbone, read_card, save_backbone, write_card
+from medscale.core.errors import FormatError, InputError
 
-CARD = {"model": "resnet10t", "kwargs": {"num_classes": 0}, "image_size": 32, "in_chans": 3,
-        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+CARD = Card("resnet10t", 32, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], kwargs={"num_classes": 0}, in_chans=3)
 
 
 def test_round_trip_in_plain_timm(tmp_path):
     torch.manual_seed(0)
-    model = timm.create_model(CARD["model"], pretrained=False, **CARD["kwargs"]).eval()
+    model = timm.create_model(CARD.model, pretrained=False, **CARD.kwargs).eval()
     save_backbone(model, tmp_path, CARD)
     card = json.loads((tmp_path / "card.json").read_text())  # what a user without medscale does
+    assert card["format_version"] == 1 and "step" not in card  # None fields are left out
     plain = timm.create_model(card["model"], pretrained=False, **card["kwargs"]).eval()
     plain.load_state_dict(load_file(str(tmp_path / "backbone.safetensors")))
     x = torch.randn(2, 3, 32, 32)
@@ -31,13 +31,41 @@ def test_round_trip_in_plain_timm(tmp_path):
 def test_wrong_folder_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="not an exported backbone"):
         load_backbone(tmp_path)
+    write_card(tmp_path, CARD)
+    with pytest.raises(InputError, match="no backbone.safetensors beside card.json"):
+        load_backbone(tmp_path)
+
+
+def test_a_card_without_a_version_is_version_1_and_unknown_keys_round_trip(tmp_path):
+    (tmp_path / "card.json").write_text(json.dumps({"model": "m", "image_size": 8, "mean": [0.5], "std": [0.5],
+                                                    "in_chans": 1, "later_key": {"a": 1}}))
+    card = read_card(tmp_path)
+    assert (card.format_version, card.in_chans, card.kwargs, card.extra) == (1, 1, {}, {"later_key": {"a": 1}})
+    write_card(tmp_path / ".", card)
+    assert read_card(tmp_path) == card
+
+
+@pytest.mark.parametrize("change, error, words", [
+    ({"format_version": 2}, FormatError, "card format 2 was written by a newer medscale (this one reads up to 1)"),
+    ({"format_version": "1"}, FormatError, "is not a valid export card format version"),
+    ({"mean": None, "std": None, "model": None}, None, ""),
+])
+def test_a_newer_or_damaged_card_is_one_line_naming_the_file(tmp_path, change, error, words):
+    data = {**CARD.to_json(), **change}
+    data = {k: v for k, v in data.items() if v is not None}
+    (tmp_path / "card.json").write_text(json.dumps(data))
+    with pytest.raises(error or InputError) as info:
+        read_card(tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "card.json") in message and "\n" not in message
+    assert words in message if words else "missing key(s) ['model', 'mean', 'std']" in message
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_the_export_files_are_readable_as_the_umask_says(tmp_path, umask, mode):
     import os
 
-    model = timm.create_model(CARD["model"], pretrained=False, **CARD["kwargs"])
+    model = timm.create_model(CARD.model, pretrained=False, **CARD.kwargs)
     before = os.umask(umask)
     try:
         save_backbone(model, tmp_path, CARD)

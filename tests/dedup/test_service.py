@@ -249,7 +249,7 @@ def test_embedding_strategy_with_an_exported_backbone(corpus, tmp_path):
     from tests.core.test_card import CARD
 
     torch.manual_seed(0)
-    save_backbone(timm.create_model(CARD["model"], pretrained=False, **CARD["kwargs"]), tmp_path / "export", CARD)
+    save_backbone(timm.create_model(CARD.model, pretrained=False, **CARD.kwargs), tmp_path / "export", CARD)
     out = _fresh(corpus, tmp_path)
     summary = run_dedup(str(out), DedupConfig(strategy="embedding", backbone=str(tmp_path / "export"), eps=0.002,
                                               executor="local", progress=False))

@@ -14,13 +14,12 @@ def make_export(folder, seed=0, step=7):
     import timm
     import torch
 
-    from medscale.core.card import save_backbone
+    from medscale.core.card import Card, save_backbone
 
     torch.manual_seed(seed)
     kwargs = {"img_size": 28, "patch_size": 4, "embed_dim": 64, "depth": 1, "num_heads": 2, "num_classes": 0}
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **kwargs)
-    save_backbone(model, folder, {"model": "vit_tiny_patch16_224", "kwargs": kwargs, "image_size": 28,
-                                  "in_chans": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "step": step})
+    save_backbone(model, folder, Card("vit_tiny_patch16_224", 28, [0.5] * 3, [0.25] * 3, kwargs=kwargs, step=step))
     return folder
 
 

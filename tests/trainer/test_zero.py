@@ -35,6 +35,10 @@ def _losses(stage: int, share: bool) -> list:
         config = zero.deepspeed_config(cfg, 4, 2, "fp32", 1e-3, sum(p.numel() for p in method.parameters()))
         engine, _, _, _ = deepspeed.initialize(model=method, model_parameters=method.parameter_groups(0.05),
                                                config=config)
+        pairs = list(zero._pairs(engine.optimizer))
+        if zero.share_fp32_master(engine.optimizer, "0.18.5") or any(  # an untested DeepSpeed: its own copy stays
+                m.untyped_storage().data_ptr() == p.untyped_storage().data_ptr() for m, p in pairs):
+            raise RuntimeError(f"stage {stage}: the master weights were shared on an untested DeepSpeed")
     rank = torch.distributed.get_rank()
     images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))[rank * 4:(rank + 1) * 4]
     generator = torch.Generator().manual_seed(rank)
@@ -45,6 +49,17 @@ def _losses(stage: int, share: bool) -> list:
         engine.step()
         losses.append(float(loss).hex())
     return losses
+
+
+def test_the_shared_master_is_gated_on_the_deepspeed_versions_it_was_tested_with(caplog):
+    from medscale.trainer.zero import share_fp32_master, shared_master_tested
+
+    assert shared_master_tested("0.19.8") and shared_master_tested("0.19.0+cpu")
+    assert not any(shared_master_tested(v) for v in ("0.18.9", "0.20.0", "1.0", "dev"))
+    with caplog.at_level("INFO"):
+        assert share_fp32_master(optimizer=None, deepspeed_version="0.20.1") == 0  # nothing of the optimizer touched
+    assert "DeepSpeed 0.20.1 is not a version the shared master weights were tested with (0.19 to before 0.20): " \
+           "keeping DeepSpeed's own copy" in caplog.text
 
 
 @pytest.mark.slow

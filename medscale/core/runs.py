@@ -1,4 +1,5 @@
-"""The run directory contract (a file contract in one place, like `core/card.py`).
+"""The run directory contract (a file contract in one place, like `core/card.py`), torch-free: the trainer writes
+it; launchers, evaluation and watchers read it.
 
 ```
 RUN_DIR/
@@ -14,11 +15,12 @@ RUN_DIR/
     rng-rank{R}.pt            each rank's RNG states and the method's per-rank state, e.g. SwAV's queue (tensors
                               only: loaded with weights_only=True)
     loader.json               the loader's position (global samples consumed: valid for any world size)
-    meta.json                 step, world size, method, model, manifest digest, time
+    meta.json                 step, world size, method, model, manifest digest, time, format_version
     export/                   the backbone at this step
     COMPLETE                  written last, by rank 0, after every rank has written its part
 ```
-A checkpoint without COMPLETE is never used; the newest complete one is resumed.
+A checkpoint without COMPLETE is never used; the newest complete one is resumed. `meta.json` carries the run
+directory's format version (`core/formats.py`): `read_meta` refuses a newer one in one line.
 """
 
 from __future__ import annotations
@@ -28,10 +30,9 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
-if TYPE_CHECKING:  # torch is imported where it is used: launchers read this contract without it
-    import torch
+from medscale.core.formats import FORMAT_KEY, check_format
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ CHECKPOINTS, EXPORT, COMPLETE, META, LOADER, DS_TAG = "checkpoints", "export", "
 PREEMPTED, LOG, TB, IMAGES, CONFIG = "preempted.json", "log.jsonl", "tb", "images", "config.yaml"
 LOSS_CURVE = "loss.png"
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: saved after a preemption signal; the same command resumes
+RUN_FORMAT = 1  # the run-directory format this medscale writes and reads up to
 
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
@@ -84,31 +86,22 @@ def read_json(path: Path) -> Dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def write_meta(path: Path, meta: Dict[str, Any]) -> None:
+    """Write a checkpoint's `meta.json` (with this medscale's run-directory format version)."""
+    write_json(path / META, {**meta, FORMAT_KEY: RUN_FORMAT})
+
+
+def read_meta(path: Path) -> Dict[str, Any]:
+    """The `meta.json` of the checkpoint folder `path` (a FormatError when a newer medscale wrote it)."""
+    meta = read_json(path / META)
+    check_format(meta.get(FORMAT_KEY), RUN_FORMAT, str(path / META), "run directory")
+    return meta
+
+
 def read_log(run_dir: str | Path) -> List[Dict[str, Any]]:
     """The events of `log.jsonl` (none when it does not exist yet)."""
     log = Path(run_dir) / LOG
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
-
-
-def save_rng(path: Path, mask_generator: torch.Generator, method_state: Optional[Dict[str, torch.Tensor]] = None
-             ) -> None:
-    """This rank's RNG states (the method's own generator and torch's default one) and the method's per-rank state
-    (tensors only)."""
-    import torch
-
-    torch.save({"mask_generator": mask_generator.get_state(), "torch": torch.get_rng_state(),
-                "method": dict(method_state or {})}, path)
-
-
-def load_rng(path: Path, mask_generator: torch.Generator) -> Dict[str, torch.Tensor]:
-    """Restore the RNG states `save_rng` wrote and return the method's per-rank state (weights_only: nothing but
-    tensors is unpickled)."""
-    import torch
-
-    state = torch.load(path, weights_only=True)
-    mask_generator.set_state(state["mask_generator"])
-    torch.set_rng_state(state["torch"])
-    return state.get("method", {})
 
 
 def mark_complete(path: Path, step: int) -> None:
