@@ -4,7 +4,6 @@ trainable shared feature layer before the gradient reversal, beside the same net
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -12,7 +11,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from medscale.eval.metrics import bootstrap_interval, f1_score, mean_interval
+from medscale.eval.heads import BestWeights, fit, threshold_metrics
+from medscale.eval.metrics import f1_score
 from medscale.eval.task import EvalTask, Metric, TaskInput, TaskOutput
 
 THRESHOLDS = np.linspace(0.05, 0.95, 19)
@@ -92,15 +92,6 @@ def best_threshold(probabilities: np.ndarray, labels: np.ndarray) -> Tuple[float
     return float(THRESHOLDS[i]), float(scores[i])
 
 
-def _scored(prefix: str, probabilities: np.ndarray, labels: np.ndarray, threshold: float,
-            job: TaskInput) -> List[Metric]:
-    predicted = (probabilities >= threshold).astype(np.int64)
-    correct = (predicted == labels).astype(np.float64)
-    low, high = bootstrap_interval({"predicted": predicted, "labels": labels}, f1_score, job.bootstrap, job.seed)
-    return [Metric(f"{prefix}accuracy", *mean_interval(correct, job.bootstrap, job.seed)),
-            Metric(f"{prefix}f1", f1_score(predicted, labels), low, high)]
-
-
 class MlpTask(EvalTask):
     """MLP D -> 128 -> 64 -> 1 (Adam, BCE), early stopping on validation F1 (patience), threshold from validation."""
 
@@ -114,28 +105,19 @@ class MlpTask(EvalTask):
         torch.manual_seed(job.seed)
         net = mlp([x.shape[1], *opts.hidden, 1])
         optimizer = torch.optim.Adam(net.parameters(), lr=opts.lr, fused=True)
-        generator = torch.Generator().manual_seed(job.seed)
-        best, waited = (-1.0, 0.5, {}), 0
-        for _ in range(opts.max_epochs):
-            net.train()
-            order = torch.randperm(len(x), generator=generator)
-            for start in range(0, len(x), opts.batch_size):
-                rows = order[start:start + opts.batch_size]
-                loss = nn.functional.binary_cross_entropy_with_logits(net(x[rows]).squeeze(1), y[rows].float())
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+        best = BestWeights(opts.patience)
+
+        def validate(_: int) -> bool:
             threshold, f1 = best_threshold(_probabilities(net, data["val"][0]), data["val"][1])
-            if f1 > best[0]:
-                best, waited = (f1, threshold, copy.deepcopy(net.state_dict())), 0
-            else:
-                waited += 1
-                if waited >= opts.patience:
-                    break
-        net.load_state_dict(best[2])
+            return best.update(net, f1, threshold)
+
+        fit(net, optimizer, len(x), opts.batch_size, opts.max_epochs, torch.Generator().manual_seed(job.seed),
+            lambda rows, _: nn.functional.binary_cross_entropy_with_logits(net(x[rows]).squeeze(1), y[rows].float()),
+            after_epoch=validate)
+        best.restore(net)
         probabilities = _probabilities(net, data["test"][0])
-        metrics = _scored("", probabilities, data["test"][1], best[1], job)
-        return TaskOutput(metrics + [Metric("val_f1", best[0]), Metric("threshold", best[1])])
+        metrics = threshold_metrics("", probabilities, data["test"][1], best.extra, job)
+        return TaskOutput(metrics + [Metric("val_f1", best.score), Metric("threshold", best.extra)])
 
 
 class DannTask(EvalTask):
@@ -158,8 +140,8 @@ class DannTask(EvalTask):
         for prefix, adapt in (("", True), ("plain_", False)):
             net, threshold = self._train(source, target["train"][0], adapt, job)
             for domain, data in (("source", source), ("target", target)):
-                metrics += _scored(f"{prefix}{domain}_", _probabilities(net, data["test"][0]), data["test"][1],
-                                   threshold, job)
+                probabilities = _probabilities(net, data["test"][0])
+                metrics += threshold_metrics(f"{prefix}{domain}_", probabilities, data["test"][1], threshold, job)
         return TaskOutput(metrics)
 
     def _train(self, source, target_x: np.ndarray, adapt: bool, job: TaskInput):
@@ -170,25 +152,20 @@ class DannTask(EvalTask):
         net = DannNet(x.shape[1], opts.shared, self.cfg.mlp.hidden)
         optimizer = torch.optim.Adam(net.parameters(), lr=opts.lr, fused=True)
         generator = torch.Generator().manual_seed(job.seed)
-        steps_per_epoch = math.ceil(len(x) / opts.batch_size)
-        total, step = opts.epochs * steps_per_epoch, 0
-        for _ in range(opts.epochs):
-            net.train()
-            order = torch.randperm(len(x), generator=generator)
-            for start in range(0, len(x), opts.batch_size):
-                rows = order[start:start + opts.batch_size]
-                alpha = dann_alpha(step / total) if adapt else 0.0
-                label_logits, domain_logits = net(x[rows], alpha)
-                loss = nn.functional.binary_cross_entropy_with_logits(label_logits, y[rows].float())
-                if adapt:
-                    other = torch.randint(0, len(xt), (len(rows),), generator=generator)
-                    _, target_domain = net(xt[other], alpha)
-                    domains = torch.cat([domain_logits, target_domain])
-                    truth = torch.cat([torch.zeros(len(rows)), torch.ones(len(rows))])
-                    loss = loss + nn.functional.binary_cross_entropy_with_logits(domains, truth)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                step += 1
+        total = opts.epochs * math.ceil(len(x) / opts.batch_size)
+
+        def batch_loss(rows: torch.Tensor, step: int) -> torch.Tensor:
+            alpha = dann_alpha(step / total) if adapt else 0.0
+            label_logits, domain_logits = net(x[rows], alpha)
+            loss = nn.functional.binary_cross_entropy_with_logits(label_logits, y[rows].float())
+            if adapt:  # as many target rows, drawn from the same generator, labelled domain 1
+                other = torch.randint(0, len(xt), (len(rows),), generator=generator)
+                _, target_domain = net(xt[other], alpha)
+                domains = torch.cat([domain_logits, target_domain])
+                truth = torch.cat([torch.zeros(len(rows)), torch.ones(len(rows))])
+                loss = loss + nn.functional.binary_cross_entropy_with_logits(domains, truth)
+            return loss
+
+        fit(net, optimizer, len(x), opts.batch_size, opts.epochs, generator, batch_loss)
         threshold, _ = best_threshold(_probabilities(net, source["val"][0]), source["val"][1])
         return net, threshold

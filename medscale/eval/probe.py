@@ -3,17 +3,16 @@ fine-tuning (backbone frozen for the first epochs, then trained; the best valida
 
 from __future__ import annotations
 
-import copy
 import math
-from typing import List, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from medscale.eval.features import build_model, device, preprocess
-from medscale.eval.metrics import auc, bootstrap_interval, mean_interval
+from medscale.eval.heads import BestWeights, classification_metrics, fit
 from medscale.eval.task import EvalTask, Metric, TaskInput, TaskOutput
+from medscale.trainer.schedule import learning_rate
 
 
 class LinearProbeHead(nn.Module):
@@ -43,14 +42,6 @@ def lars(head: nn.Module, lr: float):
                                momentum=0.9)
 
 
-def classification_metrics(scores: np.ndarray, labels: np.ndarray, job: TaskInput) -> List[Metric]:
-    """Accuracy (argmax) and AUC (binary, or macro one-vs-rest) with bootstrap intervals."""
-    correct = (scores.argmax(axis=1) == labels).astype(np.float64)
-    low, high = bootstrap_interval({"scores": scores, "labels": labels}, auc, job.bootstrap, job.seed)
-    return [Metric("accuracy", *mean_interval(correct, job.bootstrap, job.seed)),
-            Metric("auc", auc(scores, labels), low, high)]
-
-
 class LinearProbeTask(EvalTask):
     """Frozen features -> BatchNorm + Linear, LARS with per-step warmup then cosine; test accuracy and AUC."""
 
@@ -70,23 +61,10 @@ class LinearProbeTask(EvalTask):
         optimizer = lars(head, base_lr)
         steps_per_epoch = math.ceil(len(x) / batch)
         total, warmup = opts.epochs * steps_per_epoch, opts.warmup_epochs * steps_per_epoch
-        generator = torch.Generator().manual_seed(job.seed)
-        step = 0
-        for _ in range(opts.epochs):
-            order = torch.randperm(len(x), generator=generator)
-            for start in range(0, len(x), batch):
-                rows = order[start:start + batch]
-                if len(rows) < 2:  # BatchNorm needs two samples
-                    continue
-                lr = base_lr * (step / warmup if step < warmup else
-                                0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss = nn.functional.cross_entropy(head(x[rows]), y[rows])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                step += 1
+        fit(head, optimizer, len(x), batch, opts.epochs, torch.Generator().manual_seed(job.seed),
+            lambda rows, _: nn.functional.cross_entropy(head(x[rows]), y[rows]),
+            lr_at=lambda step: learning_rate(step, base_lr, warmup, total),
+            min_rows=2)  # BatchNorm needs two samples
         head.eval()
         with torch.no_grad():
             scores = torch.softmax(head(torch.tensor(feats["test"])), dim=1).numpy()
@@ -111,28 +89,25 @@ class FinetuneTask(EvalTask):
         where = device()
         model = nn.Sequential(backbone, nn.Linear(backbone.num_features, job.n_classes)).to(where)
         optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay, fused=True)
-        generator = torch.Generator().manual_seed(job.seed)
-        best: Tuple[float, dict] = (-1.0, {})
+        best = BestWeights()
         x, y = tensors["train"]
-        for epoch in range(opts.epochs):
+
+        def freeze(epoch: int) -> None:  # the backbone (weights and BatchNorm statistics) frozen at first
             frozen = epoch < opts.frozen_epochs
             for p in backbone.parameters():
                 p.requires_grad_(not frozen)
-            model.train()
             backbone.train(not frozen)
-            order = torch.randperm(len(x), generator=generator)
-            for start in range(0, len(x), opts.batch_size):
-                rows = order[start:start + opts.batch_size]
-                loss = nn.functional.cross_entropy(model(x[rows].to(where)), y[rows].to(where))
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            accuracy = float((self._scores(model, tensors["val"][0], job).argmax(1) == splits["val"][1]).mean())
-            if accuracy > best[0]:
-                best = (accuracy, copy.deepcopy(model.state_dict()))  # a copy: later epochs must not change it
-        model.load_state_dict(best[1])
+
+        def validate(_: int) -> bool:
+            val = self._scores(model, tensors["val"][0], job)
+            return best.update(model, float((val.argmax(1) == splits["val"][1]).mean()))
+
+        fit(model, optimizer, len(x), opts.batch_size, opts.epochs, torch.Generator().manual_seed(job.seed),
+            lambda rows, _: nn.functional.cross_entropy(model(x[rows].to(where)), y[rows].to(where)),
+            before_epoch=freeze, after_epoch=validate)
+        best.restore(model)
         scores = self._scores(model, tensors["test"][0], job)
-        return TaskOutput(classification_metrics(scores, splits["test"][1], job) + [Metric("val_accuracy", best[0])])
+        return TaskOutput(classification_metrics(scores, splits["test"][1], job) + [Metric("val_accuracy", best.score)])
 
     @staticmethod
     @torch.no_grad()
