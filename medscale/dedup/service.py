@@ -112,22 +112,23 @@ def _run_dedup(fs, root: str, url: str, cfg: DedupConfig) -> DedupSummary:
         raise InputError(f"{url}: no manifest with samples (looked for {url}/manifest.parquet); "
                          "run `medscale shard` into this URL first")
     strategy = strategy_from_config(cfg)
+    needs = getattr(strategy, "NEEDS", ())
     table = full.filter(pa.array(eligible_mask(full)))
     corpus = _corpus(table, cfg, url)
-    if cfg.strategy == "embedding" and not (cfg.embeddings or cfg.backbone):
-        raise InputError("strategy 'embedding' needs dedup.embeddings=PATH (Parquet with key, embedding) or "
+    if "embeddings" in needs and not (cfg.embeddings or cfg.backbone):
+        raise InputError(f"strategy {cfg.strategy!r} needs dedup.embeddings=PATH (Parquet with key, embedding) or "
                          "dedup.backbone=DIR (an exported backbone: card.json + backbone.safetensors)")
-    if cfg.strategy == "embedding" and cfg.embeddings:
+    if "embeddings" in needs and cfg.embeddings:
         corpus.embeddings = load_embeddings(cfg.embeddings, corpus.keys, cfg.storage_options)
-    work = len(corpus) * (strategy.COST_S + (EMBED_COST_S if corpus.embeddings is None and cfg.backbone else 0)
-                          + (SIGNATURE_COST_S if cfg.strategy == "minhash-global" else 0))
+    work = len(corpus) * (strategy.COST_S + (EMBED_COST_S if "embeddings" in needs and corpus.embeddings is None
+                                             else 0) + (SIGNATURE_COST_S if "signatures" in needs else 0))
     executor = executor_for(cfg.executor, work, cfg.ray_address, cfg.num_cpus)
     try:
-        if cfg.strategy == "embedding" and corpus.embeddings is None:
+        if "embeddings" in needs and corpus.embeddings is None:
             load_backbone(cfg.backbone)  # fail early, in the driver, on a wrong folder
             path = embed_corpus(fs, root, sorted(set(table["shard"].to_pylist())), cfg, executor)
             corpus.embeddings = load_embeddings(path, corpus.keys, cfg.storage_options)
-        if cfg.strategy == "minhash-global":
+        if "signatures" in needs:
             corpus.signatures = image_signatures(fs, root, np.array(table["shard"].to_pylist(), object),
                                                  corpus.keys, cfg.num_perm, executor, cfg.storage_options,
                                                  cfg.progress)

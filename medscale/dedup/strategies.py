@@ -3,6 +3,8 @@
 A strategy maps the eligible samples of a corpus to (exemplar index, distance) per sample; a sample whose
 exemplar is itself is kept. Work is fanned out through an executor (Ray tasks or in-process). Each strategy
 takes only its own options (a misspelled one is an error) and reads them off the `dedup` section in `from_config`.
+A strategy class has `describe()`, `reduce(corpus, executor)`, `from_config(cfg)`, `COST_S` (CPU-seconds per sample,
+for `executor: auto`) and `NEEDS`: what the service must put into the `Corpus` first ("embeddings", "signatures").
 """
 
 from __future__ import annotations
@@ -193,6 +195,7 @@ class MinhashGlobal:
     candidates."""
 
     COST_S = 2e-5  # CPU-seconds per sample for the search (the signatures are counted apart), for `executor: auto`
+    NEEDS = ("signatures",)  # the service computes `corpus.signatures` before `reduce`
     IN_MEMORY = 200_000
     INDEXES = ("auto", "datasketch", "bands")
 
@@ -278,6 +281,7 @@ class Embedding:
     """SemDeDup: spherical k-means on embeddings, then cosine similarity > 1 - eps inside a cluster."""
 
     COST_S = 2e-4  # CPU-seconds per sample (measured order of magnitude), for `executor: auto`
+    NEEDS = ("embeddings",)  # the service reads or computes `corpus.embeddings` before `reduce`
 
     def __init__(self, eps: float = 0.05, clusters: int = 0, seed: int = 0) -> None:
         self.eps, self.clusters, self.seed = eps, clusters, seed
