@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check medscale tests benchmarks
-	$(VENV)/bin/mypy medscale/core
+	$(VENV)/bin/mypy medscale/core medscale/trainer
 
 test: lint
 	$(PY) -m pytest -ra --durations=40

@@ -77,9 +77,10 @@ class PretrainSummary(Summary):
                 f"  checkpoint: {self.checkpoint}")
 
 
-def check_run_config(cfg: TrainConfig, loader_cfg: LoaderConfig) -> None:
+def check_run_config(cfg: TrainConfig, loader_cfg: LoaderConfig) -> Tuple[str, str]:
     """What the trainer rejects in a valid config, before anything starts (a launcher's preflight asks too): the
-    corpus and the run directory set, a loader that gives the method the input it trains on."""
+    corpus and the run directory set, a loader that gives the method the input it trains on. Returns (corpus,
+    run directory)."""
     if not cfg.data:
         raise ConfigError("train.data is not set: pass the corpus (a `medscale shard` output), train.data=PATH")
     if not cfg.run_dir:
@@ -92,6 +93,7 @@ def check_run_config(cfg: TrainConfig, loader_cfg: LoaderConfig) -> None:
     if loader_cfg.channels is not None and loader_cfg.channels != cfg.in_chans:
         raise ConfigError(f"loader.channels {loader_cfg.channels} differs from train.in_chans {cfg.in_chans}: leave "
                           "loader.channels unset")
+    return cfg.data, cfg.run_dir
 
 
 def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, force: bool = False,
@@ -111,11 +113,11 @@ def pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, force: bool = False,
 
 def _leased(cfg: TrainConfig, loader_cfg: LoaderConfig, force: bool, flag: PreemptionFlag,
             create_loader) -> PretrainSummary:
-    check_run_config(cfg, loader_cfg)
-    fs, root = filesystem(cfg.data, loader_cfg.storage_options)
-    digest = kept_digest(fs, root, cfg.data)  # a missing or empty corpus is one line before DeepSpeed starts
+    data, run_dir = check_run_config(cfg, loader_cfg)
+    fs, root = filesystem(data, loader_cfg.storage_options)
+    digest = kept_digest(fs, root, data)  # a missing or empty corpus is one line before DeepSpeed starts
     world = init_distributed()
-    run = RunDir(cfg.run_dir, cfg.storage_options, cfg.local_dir, world)
+    run = RunDir(run_dir, cfg.storage_options, cfg.local_dir, world)
     run.take_lease(force)
     failure: Optional[BaseException] = None
     try:
@@ -193,7 +195,7 @@ def _pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, world: Dist, run: RunD
         log.event("start" if resume is None else "resume", step=start_step, world_size=world.world_size,
                   precision=precision, lr=base_lr, effective_batch=effective, grad_accum=cfg.grad_accum,
                   checkpoint=run.where(resume) if resume else None, world_size_change=note, batch_norm=batch_norm)
-    summary = PretrainSummary(cfg.run_dir, cfg.method, cfg.model, start_step, start_step, cfg.max_steps,
+    summary = PretrainSummary(str(cfg.run_dir), cfg.method, cfg.model, start_step, start_step, cfg.max_steps,
                               world.world_size)
     failure: Optional[BaseException] = None
     batches = _batches(loader)

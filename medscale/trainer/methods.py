@@ -50,7 +50,8 @@ class PretrainMethod(nn.Module):
     def parameter_groups(self, weight_decay: float) -> list:
         """Optimizer groups: weight decay on weight matrices only (not on biases, norms, position embeddings or
         cls/mask tokens); frozen parameters are left out."""
-        decay, no_decay = [], []
+        decay: List[nn.Parameter] = []
+        no_decay: List[nn.Parameter] = []
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue

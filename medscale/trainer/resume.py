@@ -30,9 +30,10 @@ SCHEDULE_KEYS = ("max_steps", "blr", "min_lr", "warmup_steps", "weight_decay", "
 
 def model_keys(cfg: TrainConfig, image_size: int) -> Dict[str, Any]:
     """What defines the model: a checkpoint cannot be resumed with any of it changed."""
+    options = getattr(cfg, cfg.method, None)  # a method of another package has no section of its own
     return {"method": cfg.method, "model": cfg.model, "patch_size": cfg.patch_size, "in_chans": cfg.in_chans,
-            "image_size": image_size, "method_options": dataclasses.asdict(getattr(cfg, cfg.method, None))
-            if dataclasses.is_dataclass(getattr(cfg, cfg.method, None)) else {}}
+            "image_size": image_size, "method_options": dataclasses.asdict(options)
+            if dataclasses.is_dataclass(options) and not isinstance(options, type) else {}}
 
 
 def check_resume(meta: Dict[str, Any], cfg: TrainConfig, image_size: int, digest: Tuple[str, int],

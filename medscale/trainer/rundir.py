@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch.distributed as dist
+from fsspec import AbstractFileSystem
 
 from medscale.core import errors
 from medscale.core import runs as ck
@@ -54,7 +55,7 @@ class RunDir:
     def __init__(self, url: str, storage_options: Dict, local_dir: Optional[str], world: Dist) -> None:
         fs, root = filesystem(url, storage_options)
         self.world = world
-        self.remote: Optional[Tuple] = None if is_local(fs) else (fs, root)
+        self.remote: Optional[Tuple[AbstractFileSystem, str]] = None if is_local(fs) else (fs, root)
         if self.remote is None:
             self.local = Path(root)
             self.writer = world.is_main  # one writer of shared files on a shared filesystem
@@ -70,8 +71,14 @@ class RunDir:
         """The run-directory URL of a path in the local copy (what logs and markers name)."""
         return path.as_posix() if self.remote is None else join(self.url, path.relative_to(self.local).as_posix())
 
+    def _store(self) -> Tuple[AbstractFileSystem, str]:
+        """(filesystem, root) of the remote run directory (only called where there is one)."""
+        if self.remote is None:
+            raise RuntimeError(f"{self.url} is a local run directory: it has no remote store")
+        return self.remote
+
     def _remote(self, relative: str) -> str:
-        return join(self.remote[1], relative)
+        return join(self._store()[1], relative)
 
     def _agree(self, failure: str, what: str) -> None:
         """Every rank learns of a failure on any rank and raises it (none waits forever in the next collective);
@@ -128,7 +135,7 @@ class RunDir:
         return self._on_rank0(lambda: self._list_complete(warn), f"listing {join(self.url, ck.CHECKPOINTS)}")
 
     def _list_complete(self, warn: bool) -> List[int]:
-        fs, _ = self.remote
+        fs, _ = self._store()
         base = self._remote(ck.CHECKPOINTS)
         files = fs.find(base, maxdepth=2) if fs.exists(base) else []
         names: Dict[str, set] = {}
@@ -152,7 +159,7 @@ class RunDir:
         return self._on_rank0(lambda: self._remote_meta(step), f"reading step {step}'s {ck.META}")
 
     def _remote_meta(self, step: int) -> Dict:
-        fs, _ = self.remote
+        fs, _ = self._store()
         with fs.open(self._remote(f"{ck.CHECKPOINTS}/step-{step:08d}/{ck.META}")) as fh:
             return json.load(fh)
 
@@ -190,7 +197,7 @@ class RunDir:
             shutil.rmtree(path)
         failure = ""
         if self.remote is not None and self.world.is_main:
-            fs, _ = self.remote
+            fs, _ = self._store()
             target = self._remote(f"{ck.CHECKPOINTS}/{path.name}")
             try:
                 if fs.exists(target):
@@ -215,7 +222,7 @@ class RunDir:
         self._agree(failure, f"uploading {self.where(path)}")
         if self.remote is not None:
             def mark() -> None:
-                fs, _ = self.remote
+                fs, _ = self._store()
                 retrying(fs.pipe_file, self._remote(f"{ck.CHECKPOINTS}/{path.name}/{ck.COMPLETE}"),
                          f"{step}\n".encode(), retries=RETRIES, what="marking the checkpoint complete")
             self._on_rank0(mark, f"marking {self.where(path)} complete")
@@ -241,7 +248,7 @@ class RunDir:
                 shutil.rmtree(path, ignore_errors=True)
 
     def _prune_remote(self, keep_last: int) -> None:
-        fs, _ = self.remote
+        fs, _ = self._store()
         done = self._list_complete(warn=False)
         keep, newest = set(done[-keep_last:]), (done[-1] if done else -1)
         for name in fs.ls(self._remote(ck.CHECKPOINTS), detail=False):
@@ -278,7 +285,7 @@ class RunDir:
             self._on_rank0(self._pull_run_files, f"downloading the run's log from {self.url}")
 
     def _pull_run_files(self) -> None:
-        fs, _ = self.remote
+        fs, _ = self._store()
         for name in PULLED:
             if fs.exists(self._remote(name)):
                 target = self.local / name
@@ -289,7 +296,7 @@ class RunDir:
                     retrying(fs.get_file, self._remote(name), str(target), retries=RETRIES, what=f"downloading {name}")
 
     def _put(self, path: Path, relative: str) -> None:
-        fs, _ = self.remote
+        fs, _ = self._store()
         retrying(fs.put_file, str(path), self._remote(relative), retries=RETRIES,
                  what=f"uploading {join(self.url, relative)}")
 
@@ -300,7 +307,7 @@ class RunDir:
                 self._put(path, f"{relative}/{inner.as_posix()}")
 
     def _download(self, relative: str, target: Path) -> None:
-        fs, _ = self.remote
+        fs, _ = self._store()
         base = self._remote(relative)
         for name in fs.find(base):
             local = target / name[len(base):].strip("/")

@@ -124,7 +124,7 @@ def picture(method, inputs, seed: int) -> Optional[List[torch.Tensor]]:
     if not hasattr(method, "picture"):
         return None
     few = inputs[:8] if torch.is_tensor(inputs) else [view[:8] for view in inputs]
-    generator = torch.Generator(device=(few if torch.is_tensor(few) else few[0]).device)
+    generator = torch.Generator(device=few.device if isinstance(few, torch.Tensor) else few[0].device)
     generator.manual_seed(seed + 12345)
     was_training = method.training
     method.eval()
