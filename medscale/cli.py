@@ -12,6 +12,7 @@ import signal
 import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from medscale import __version__
 from medscale.config import SECTIONS, MedscaleConfig, load
 from medscale.core.config import to_yaml
 from medscale.core.errors import ConfigError, MedscaleError
@@ -19,7 +20,7 @@ from medscale.core.executor import EXECUTOR_CHOICES
 from medscale.core.faults import describe, fault_kind, stopped, traceback_text
 from medscale.data.config import AUGMENTS
 from medscale.dedup.strategies import STRATEGIES
-from medscale.eval.registry import TASKS
+from medscale.eval import command as eval_command
 from medscale.hashing.hashes import HASH_NAMES
 from medscale.launcher.config import BACKENDS
 
@@ -185,51 +186,19 @@ def _stop_on_sigterm(signum, frame) -> None:
     raise KeyboardInterrupt  # unwinds like Ctrl-C: helpers are stopped, nothing half-written is committed
 
 
-def _eval(args: argparse.Namespace, extra: List[str]) -> int:
-    from medscale.core.lifeline import reap_when_gone
+def _eval(mode: str) -> Callable[[argparse.Namespace, List[str]], int]:
+    """The handler of `medscale eval` in `mode` (run, watch, on-commit)."""
+    def run(args: argparse.Namespace, extra: List[str]) -> int:
+        from medscale.core.lifeline import reap_when_gone
 
-    reap_when_gone()  # even a SIGKILLed evaluation leaves no pool workers, forkserver or local Ray behind
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    rest, overrides = split_overrides(extra)
-    for key, value in (("checkpoints", args.checkpoints), ("tasks", args.tasks), ("datasets", args.datasets)):
-        if value:
-            overrides.append(f"eval.{key}=[{','.join(json.dumps(v) for v in value)}]")
-    for key in ("out", "executor", "ray_address"):
-        if getattr(args, key) is not None:
-            overrides.append(f"eval.{key}={getattr(args, key)}")
-    mode = rest[0] if rest else "run"
-    if mode not in ("run", "watch", "on-commit") or (mode != "watch" and len(rest) > 1) or len(rest) > 2:
-        raise ConfigError(f"unexpected argument(s) {' '.join(rest)}: medscale eval [watch RUN_DIR | on-commit] "
-                          "[options] [eval.key=value ...]")
-    cfg = load(args.config, overrides).eval
-    from medscale.eval.remote import working_out
+        reap_when_gone()  # even a SIGKILLed evaluation leaves no pool workers, forkserver or local Ray behind
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        rest, overrides = split_overrides(extra)
+        eval_command.check_arguments(mode, rest)
+        cfg = load(args.config, eval_command.option_overrides(args) + overrides).eval
+        return eval_command.run_mode(mode, rest, cfg, args)
 
-    with working_out(cfg.out, cfg.storage_options) as (folder, publish):  # s3://: worked on here, uploaded
-        shown_out, cfg.out = cfg.out, folder
-        return _eval_mode(mode, rest, cfg, args, publish, shown_out)
-
-
-def _eval_mode(mode: str, rest: List[str], cfg, args: argparse.Namespace, publish: Optional[Callable],
-               shown_out: str) -> int:
-    """One `medscale eval` mode into `cfg.out` (a local folder; `publish` uploads it where `shown_out` says)."""
-    if mode == "watch":
-        from medscale.eval.watch import watch
-
-        if len(rest) < 2:
-            raise ConfigError("medscale eval watch needs the run directory: medscale eval watch RUN_DIR --out DIR")
-        return watch(rest[1], cfg, once=args.once, interval=args.interval, after_each=publish)
-    if mode == "on-commit":
-        from medscale.eval.oncommit import on_commit
-
-        report = on_commit(cfg)
-        print(report.format())
-        return 1 if report.regressions else 0
-    from medscale.eval.pool import evaluate
-
-    summary = evaluate(cfg)
-    summary.out = shown_out
-    print(json.dumps(summary.as_dict()) if args.json else summary.format())
-    return 1 if summary.failed else 0
+    return run
 
 
 def _preview(args: argparse.Namespace, extra: List[str]) -> int:
@@ -273,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(prog="medscale", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"medscale {__version__}")
     parser.add_argument("--local_rank", "--local-rank", type=int, dest="launcher_local_rank",
                         help="set by the deepspeed launcher before the command (also read from LOCAL_RANK)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -366,23 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="write and print the file, check it, submit nothing")
     p.set_defaults(func=_cluster)
 
-    p = sub.add_parser("eval", help="evaluate backbones on downstream tasks (the Ray evaluation pool); "
-                                    "`eval watch RUN_DIR` follows a training run, `eval on-commit` gates a commit",
-                       epilog="Tasks: " + ", ".join(TASKS) + ". A checkpoint is an export folder, a run directory "
-                              "(each complete checkpoint), raw (pixels) or random:TIMM_NAME|EXPORT (random "
-                              "initialisation). Extra eval.key=value arguments override the config. Exit code 1: "
-                              "a job failed (or, on-commit, a regression).")
-    p.add_argument("--checkpoints", nargs="+", metavar="CKPT")
-    p.add_argument("--tasks", nargs="+", choices=tuple(TASKS), metavar="TASK")
-    p.add_argument("--datasets", nargs="+", metavar="[NAME=]PATH")
-    p.add_argument("--out", "-o", help="results folder (results.parquet, results.md, tb/, pictures/)")
-    p.add_argument("--config", "-c", help="YAML config file")
-    p.add_argument("--executor", choices=EXECUTOR_CHOICES)
-    p.add_argument("--ray-address", help="an existing Ray cluster (e.g. auto)")
-    p.add_argument("--once", action="store_true", help="watch: evaluate what is there and stop")
-    p.add_argument("--interval", type=float, default=30.0, help="watch: seconds between looks at the run")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(func=_eval)
+    eval_command.add_parsers(sub, _eval)
 
     p = sub.add_parser("preview", help="write a PNG of one augmented batch, as a trainer would see it",
                        epilog="Extra loader.key=value arguments override the config, e.g. loader.image_size=128.")
@@ -396,13 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved config")
     p.add_argument("--config", "-c", default=None)
     p.set_defaults(func=_config)
+    sub.metavar = "{" + ",".join(name for name in sub.choices if not name.startswith("eval-")) + "}"  # eval's modes
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `medscale` console script."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(eval_command.route(sys.argv[1:] if argv is None else argv))
     handler = logging.StreamHandler()
     handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])

@@ -30,3 +30,33 @@ def test_preview_writes_a_grid_of_augmented_views(tmp_path, capsys):
     assert main(["preview", str(tmp_path / "out"), "--augment", "contrastive", "-n", "4", "-o", str(png),
                  "loader.image_size=32", "loader.small_crops=1", "loader.small_size=16"]) == 0
     assert Image.open(png).size == (3 * 128, 4 * (128 + 14))  # 3 views per sample, 4 samples
+
+
+def test_version_and_each_eval_mode_has_its_own_help(capsys):
+    import pytest
+
+    from medscale import __version__
+
+    def shown(*argv):
+        with pytest.raises(SystemExit) as done:
+            main(list(argv))
+        assert done.value.code == 0
+        return " ".join(capsys.readouterr().out.split())
+
+    assert shown("--version") == f"medscale {__version__}"
+    watch = shown("eval", "watch", "--help")
+    assert watch.startswith("usage: medscale eval watch RUN_DIR") and "--interval" in watch and "--once" in watch
+    gate = shown("-v", "eval", "on-commit", "--help")
+    assert "--tolerance" in gate and "--baseline" in gate and "$MEDSCALE_COMMIT" in gate and "--interval" not in gate
+    top = shown("--help")
+    assert "eval-watch" not in top and "{shard,demo,dedup,pretrain,launch,cluster,eval,preview,config}" in top
+    assert "medscale eval watch --help" in shown("eval", "--help")
+
+
+def test_eval_modes_take_their_arguments_and_options(capsys):
+    assert main(["eval", "watch"]) == 2
+    assert "the run directory is missing: medscale eval watch RUN_DIR" in capsys.readouterr().err
+    assert main(["eval", "watch", "a", "b"]) == 2
+    assert "unexpected argument(s) b:" in capsys.readouterr().err
+    assert main(["eval", "on-commit", "--tolerance", "-1", "--checkpoints", "raw"]) == 2  # the option is the key
+    assert "eval.tolerance" in capsys.readouterr().err

@@ -106,6 +106,7 @@ class EvalConfig:
         check(self.knn.k >= 1, origin, "eval.knn.k", "an int >= 1", self.knn.k)
         check(self.knn.temperature > 0, origin, "eval.knn.temperature", "a number > 0", self.knn.temperature)
         check(self.bootstrap >= 0, origin, "eval.bootstrap", "an int >= 0", self.bootstrap)
+        check(self.tolerance >= 0, origin, "eval.tolerance", "a number >= 0", self.tolerance)
         check(self.batch_size >= 1, origin, "eval.batch_size", "an int >= 1", self.batch_size)
         check(self.task_memory_mb is None or self.task_memory_mb >= 1, origin, "eval.task_memory_mb",
               "null or an int >= 1 (MiB)", self.task_memory_mb)
