@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 from medscale.cluster.config import ClusterConfig
 from medscale.core.config import check, load_config
+from medscale.core.errors import ConfigError
 from medscale.data.config import LoaderConfig, ShardConfig
 from medscale.dedup.config import DedupConfig
 from medscale.dedup.volume import SLICE_REDUCERS
@@ -46,6 +47,27 @@ class MedscaleConfig:
 SECTIONS = tuple(MedscaleConfig.__dataclass_fields__)
 
 
+PRESETS = Path(__file__).parent / "presets"  # the bundled configs (`configs/` in a checkout), loadable by name
+
+
+def preset_names() -> Tuple[str, ...]:
+    """The bundled presets' names (`mae-tiny`, ...)."""
+    return tuple(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+
+
+def resolve_config(path: Optional[str | Path]) -> Optional[str | Path]:
+    """`path` when it is a file (or `-`, standard input); a bundled preset's file for its name (`mae-tiny`,
+    `mae-tiny.yaml`, `configs/mae-tiny.yaml` from anywhere); else a ConfigError naming the presets."""
+    if path is None or str(path) == "-" or Path(path).is_file():
+        return path
+    name = Path(path).name.removesuffix(".yaml")
+    if (PRESETS / f"{name}.yaml").is_file():
+        return PRESETS / f"{name}.yaml"
+    raise ConfigError(f"config file {path} does not exist; pass a YAML file, or a bundled preset by name: "
+                      f"{', '.join(preset_names())}")
+
+
 def load(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> MedscaleConfig:
-    """Defaults <- YAML file at `path` <- `section.key=value` overrides; validated, or ConfigError naming the key."""
-    return load_config(MedscaleConfig, path, overrides)
+    """Defaults <- YAML file at `path` (or a bundled preset's name) <- `section.key=value` overrides; validated, or
+    ConfigError naming the key."""
+    return load_config(MedscaleConfig, resolve_config(path), overrides)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -45,15 +46,32 @@ class LabelledSet:
         return self.images[split], self.labels[split]
 
 
+BUNDLED = Path(__file__).resolve().parents[1] / "demo_data" / "medmnist"  # shipped in the package
+
+
 def parse_dataset(spec: str) -> Tuple[str, str]:
-    """`NAME=PATH` or `PATH` -> (name, url); the name defaults to the file or folder name without extension."""
+    """`NAME=PATH` or `PATH` -> (name, url); the name defaults to the file or folder name without extension. PATH
+    may be `bundled:SET`, a MedMNIST set shipped with medscale (breastmnist, pneumoniamnist)."""
     name, sep, url = spec.partition("=")
     if sep and "/" not in name and ":" not in name:
-        return name, url
+        return name, _bundled(url)
+    if spec.startswith("bundled:"):
+        return spec.split(":", 1)[1], _bundled(spec)
     stem = spec.rstrip("/").rsplit("/", 1)[-1]
     for ext in (".npz", ".nii.gz", ".nii", ".dcm"):
         stem = stem[: -len(ext)] if stem.endswith(ext) else stem
     return stem, spec
+
+
+def _bundled(url: str) -> str:
+    """The file of a `bundled:SET` url (any other url as it is)."""
+    if not url.startswith("bundled:"):
+        return url
+    found = sorted(BUNDLED.glob(f"{url.split(':', 1)[1]}_*.npz"))
+    if not found:
+        raise InputError(f"{url}: no bundled dataset of that name; bundled: "
+                         f"{', '.join(sorted(p.stem.split('_')[0] for p in BUNDLED.glob('*.npz')))}")
+    return str(found[0])
 
 
 def _split_of(key: str) -> str:

@@ -10,6 +10,7 @@ from medscale.core.config import check, check_choice
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 ENGINE_OWNED = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "scheduler"}
 ZERO_STAGES = (0, 1, 2, 3)
+RESUME_MODES = ("auto", "never")  # or a checkpoint folder
 
 
 @dataclass
@@ -108,6 +109,8 @@ class TrainConfig:
     run_dir: Optional[str] = None  # config, checkpoints, export, TensorBoard run, JSON log (a folder or s3://)
     storage_options: Dict[str, Any] = field(default_factory=dict)  # fsspec options for run_dir; never logged
     local_dir: Optional[str] = None  # this node's copy of a remote run_dir (default ~/.cache/medscale/runs/...)
+    resume: str = "auto"  # auto: from run_dir's newest checkpoint | never: refuse a run_dir with checkpoints |
+    # a checkpoint folder (RUN/checkpoints/step-N): start from it (weights, optimizer, position) in a fresh run_dir
     method: str = "mae"  # a registered method (medscale.trainer.methods.METHODS)
     model: str = "vit_tiny_patch16_224"  # a timm model name
     patch_size: int = 16
@@ -143,6 +146,8 @@ class TrainConfig:
         """Value checks; `methods` are the registered method names (the root passes them)."""
         if methods:
             check_choice(self.method, methods, origin, "train.method")
+        check(self.resume in RESUME_MODES or "/" in self.resume, origin, "train.resume",
+              "auto, never, or a checkpoint folder (RUN/checkpoints/step-N)", self.resume)
         check_choice(self.zero_stage, ZERO_STAGES, origin, "train.zero_stage")
         check_choice(self.precision, PRECISIONS, origin, "train.precision")
         check(self.max_steps >= 1, origin, "train.max_steps", "an int >= 1", self.max_steps)

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
@@ -23,7 +24,7 @@ from medscale.core.summary import Summary
 from medscale.data.augment import normalize_batch
 from medscale.data.config import LoaderConfig
 from medscale.data.manifest import kept_digest
-from medscale.trainer.config import TrainConfig
+from medscale.trainer.config import RESUME_MODES, TrainConfig
 from medscale.trainer.distributed import (
     Dist,
     all_reduce_step,
@@ -144,7 +145,12 @@ def _pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, world: Dist, run: RunD
     loader = create_loader(cfg.data, loader_cfg, rank=world.rank, world_size=world.world_size)
 
     steps = run.complete_steps()
+    if steps and cfg.resume == "never":
+        raise ConfigError(f"train.resume=never: {run.url} holds checkpoints (the newest at step {steps[-1]}); use "
+                          "another train.run_dir, or train.resume=auto to continue that run")
     resume = run.fetch(steps[-1]) if steps else None
+    if resume is None and cfg.resume not in RESUME_MODES:  # a fresh run started from another run's checkpoint
+        resume = run.adopt(Path(cfg.resume))
     meta = ck.read_meta(resume) if resume is not None else {}
     universal, note = None, None
     if resume is not None:

@@ -48,6 +48,14 @@ def default_local_dir(url: str) -> Path:
     return Path.home() / ".cache" / "medscale" / "runs" / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link where source and target share a filesystem (a checkpoint costs no space twice), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 class RunDir:
     """`local` is where this process reads and writes; `sync_*`, `fetch` and `commit` make the run directory
     whole. Every rank calls `fetch`, `commit` and `complete_steps` together (they agree through all-reduces)."""
@@ -181,6 +189,26 @@ class RunDir:
             except Exception as exc:
                 failure = describe(exc)
         self._agree(failure, f"downloading {self.where(path)}")
+        return path
+
+    def adopt(self, checkpoint: Path) -> Path:
+        """Start this run from another run's complete `checkpoint` folder (`train.resume=PATH`): it is linked (or
+        copied) into the local copy as this run's own, so that a conversion or a relaunch never writes into it."""
+        meta = checkpoint / ck.META
+        if not ((checkpoint / ck.COMPLETE).is_file() and meta.is_file()):
+            raise errors.ConfigError(f"train.resume: {checkpoint} is not a complete checkpoint (no {ck.COMPLETE} "
+                                     f"or {ck.META}); pass a RUN/{ck.CHECKPOINTS}/step-N folder of a local run")
+        step = int(ck.read_meta(checkpoint)["step"])
+        path = ck.checkpoint_dir(self.local, step)
+        failure = ""
+        if self.writer and not (path / ck.COMPLETE).exists():
+            try:
+                shutil.rmtree(path, ignore_errors=True)
+                shutil.copytree(checkpoint, path, ignore=shutil.ignore_patterns("universal"),
+                                copy_function=_link_or_copy)
+            except OSError as exc:
+                failure = describe(exc)
+        self._agree(failure, f"copying {checkpoint} into {self.where(path)}")
         return path
 
     def forget(self, path: Path) -> None:

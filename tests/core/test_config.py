@@ -77,6 +77,21 @@ def test_every_bundled_preset_loads():
     assert load_config(presets[0].parent / "dedup-2d.yaml").dedup.verify == "dhash+ahash<=16"
 
 
+def test_presets_load_by_name_from_anywhere_and_an_unknown_name_lists_them(tmp_path, monkeypatch):
+    from medscale.config import load, preset_names
+    from medscale.eval.datasets import load_dataset, parse_dataset
+
+    monkeypatch.chdir(tmp_path)  # outside the checkout: the presets ship in the package
+    assert {"mae-tiny", "demo", "eval-gate"} <= set(preset_names())
+    assert load("mae-tiny") == load("mae-tiny.yaml") == load("configs/mae-tiny.yaml")
+    assert load("mae-tiny").train.patch_size == 4
+    with pytest.raises(ConfigError, match="config file mea-tiny does not exist; .* bundled preset by name: .*mae-tiny"):
+        load("mea-tiny")
+    gate = load("eval-gate").eval  # its datasets are the ones shipped with medscale, found from anywhere
+    assert [parse_dataset(spec)[0] for spec in gate.datasets] == ["breast", "pneumonia"]
+    assert len(load_dataset(gate.datasets[0]).labels["test"]) == 156  # BreastMNIST's test split
+
+
 def test_choices_come_from_the_registries_and_name_them():
     from medscale.dedup.strategies import STRATEGIES
 

@@ -56,6 +56,25 @@ def test_exact_resume_gives_bit_identical_losses(straight_run, train_corpus, tmp
 
 
 @pytest.mark.slow
+def test_resume_never_refuses_a_run_with_checkpoints_and_a_path_starts_a_fresh_run_from_it(straight_run, train_corpus,
+                                                                                         tmp_path):
+    never = _run([sys.executable, *_args(train_corpus, straight_run, "train.max_steps=6", "train.resume=never")])
+    assert never.returncode == 2 and "train.resume=never: " in never.stderr and "newest at step 6" in never.stderr
+    source = straight_run / "checkpoints" / "step-00000003"
+    before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
+    run_dir = tmp_path / "branch"
+    branch = _run(_torchrun(*_args(train_corpus, run_dir, "train.max_steps=6", "train.checkpoint_every=3",
+                                   f"train.resume={source}")))
+    assert branch.returncode == 0, branch.stderr[-3000:]
+    branched, straight = _losses(run_dir), _losses(straight_run)
+    assert sorted(branched) == [4, 5, 6]  # it went on from step 3, with the weights, optimizer and data position
+    assert [float(branched[s]).hex() for s in (4, 5, 6)] == [float(straight[s]).hex() for s in (4, 5, 6)]
+    assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before  # the source is untouched
+    bad = _run([sys.executable, *_args(train_corpus, tmp_path / "other", f"train.resume={tmp_path}")])
+    assert bad.returncode == 2 and f"train.resume: {tmp_path} is not a complete checkpoint" in bad.stderr
+
+
+@pytest.mark.slow
 def test_sigterm_saves_at_a_step_boundary_and_the_rerun_resumes(train_corpus, tmp_path):
     run_dir = tmp_path / "run"
     cmd = _torchrun(*_args(train_corpus, run_dir, "train.max_steps=200", "train.checkpoint_every=1000"))
