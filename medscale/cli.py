@@ -169,9 +169,11 @@ def _watch_notices(cluster) -> Optional[Callable]:
         return None
     from medscale.cluster.notice import NoticeWatcher
 
-    def start(running) -> None:
-        NoticeWatcher(cluster.spot_notice, cluster.notice_interval_s, lambda what: running.forward(signal.SIGUSR1),
-                      cluster.metadata_url).start()
+    def start(running) -> Callable[[], None]:
+        watcher = NoticeWatcher(cluster.spot_notice, cluster.notice_interval_s,
+                                lambda what: running.forward(signal.SIGUSR1), cluster.metadata_url)
+        watcher.start()
+        return watcher.stop  # no polling on after the launch ended
     return start
 
 

@@ -65,7 +65,11 @@ class LocalExecutor:
     """Runs every call in this process, one after another (debugging, tiny corpora, tests)."""
 
     num_cpus = 1
-    tasks_per_node: Dict[str, int] = {}  # (Ray's executor counts where its tasks ran)
+
+    @property
+    def tasks_per_node(self) -> Dict[str, int]:
+        """Nothing to count: every call ran here (Ray's executor counts where its tasks ran)."""
+        return {}
 
     def imap_unordered(self, fn: Callable, items: Iterable, *args: Any, max_in_flight: int = 0) -> Iterator[Outcome]:
         """(item, fn(item, *args), None), or (item, None, error) when fn raised."""
@@ -149,7 +153,10 @@ class PoolExecutor:
     """Runs calls in a pool of local processes (forkserver, with the task modules imported once in the server, so
     that workers start in milliseconds): no cluster to start, for one machine and work too small to pay Ray's."""
 
-    tasks_per_node: Dict[str, int] = {}
+    @property
+    def tasks_per_node(self) -> Dict[str, int]:
+        """Nothing to count: every call ran on this machine."""
+        return {}
 
     def __init__(self, num_cpus: Optional[int] = None, preload: Sequence[str] = ()) -> None:
         import multiprocessing

@@ -99,9 +99,10 @@ class Launch:
 
 def launch(lc: LaunchConfig, train: TrainConfig, loader: LoaderConfig, config_file: Optional[str],
            overrides: Sequence[str], dry_run: bool = False,
-           on_start: Optional[Callable[[Launch], None]] = None) -> int:
+           on_start: Optional[Callable[[Launch], Optional[Callable[[], None]]]] = None) -> int:
     """Run (or with `dry_run` print) the configured launch on this node; the exit-code contract's code. `on_start`
-    gets the running launch (a spot-notice watcher calls its `forward(SIGUSR1)`)."""
+    gets the running launch (a spot-notice watcher calls its `forward(SIGUSR1)`) and may return what stops it
+    (called once the launch ended)."""
     if os.environ.get("RANK"):
         raise ConfigError("medscale launch was started by a launcher (RANK is set): run `medscale pretrain` under "
                           "a launcher, or `medscale launch` alone")
@@ -131,9 +132,12 @@ def launch(lc: LaunchConfig, train: TrainConfig, loader: LoaderConfig, config_fi
     print(f"medscale launch: {shlex.join(command)}", file=sys.stderr, flush=True)
     since = time.time()
     running = Launch(command, lc.backend, lc.grace_s)
-    if on_start is not None:
-        on_start(running)
-    code = running.wait()
+    stop = on_start(running) if on_start is not None else None
+    try:
+        code = running.wait()
+    finally:
+        if stop is not None:
+            stop()
     return verdict(train.run_dir, train.storage_options, code, since)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
+import torch.distributed as dist
 
 from medscale.core import runs as ck
 from medscale.core.config import to_yaml
@@ -145,6 +146,8 @@ def _pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, world: Dist, run: RunD
     loader = create_loader(cfg.data, loader_cfg, rank=world.rank, world_size=world.world_size)
 
     steps = run.complete_steps()
+    if cfg.resume not in RESUME_MODES and dist.is_initialized():
+        dist.barrier()  # every rank has listed the run before one adopts a checkpoint into it
     if steps and cfg.resume == "never":
         raise ConfigError(f"train.resume=never: {run.url} holds checkpoints (the newest at step {steps[-1]}); use "
                           "another train.run_dir, or train.resume=auto to continue that run")

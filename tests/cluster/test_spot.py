@@ -37,7 +37,9 @@ def run_attempt(task, nodes, where, s3_env):
         (node / "home").mkdir(parents=True)
         (node / "work").mkdir()
         env = dict(os.environ, **ENV, **s3_env, **task.get("envs", {}), HOME=str(node / "home"),
-                   PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", PYTHONPATH=str(REPO),
+                   # medscale found on the PATH as on a node; the venv last, so that torch builds DeepSpeed's ops
+                   # with the same ninja as the rest of the suite (another ninja's log rebuilds them: minutes)
+                   PATH=f"{os.environ['PATH']}:{Path(sys.executable).parent}", PYTHONPATH=str(REPO),
                    TORCH_EXTENSIONS_DIR=_extensions_dir(),  # the image's build cache: the suite's own DeepSpeed ops
                    SKYPILOT_NODE_IPS="\n".join(["127.0.0.1"] * nodes), SKYPILOT_NODE_RANK=str(rank),
                    SKYPILOT_NUM_NODES=str(nodes), SKYPILOT_NUM_GPUS_PER_NODE="0", SKYPILOT_TASK_ID=TASK_ID)

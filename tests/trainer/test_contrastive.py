@@ -36,7 +36,9 @@ def straight_runs(train_corpus, tmp_path_factory):
             assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
             done[method] = run_dir
         return done[method]
-    return get
+    yield get
+    for run_dir in done.values():  # ~600 MB each: gone when the module ends, not kept to the session's end
+        shutil.rmtree(run_dir.parent, ignore_errors=True)
 
 
 @pytest.mark.slow
