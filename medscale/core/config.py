@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from medscale.core.errors import ConfigError
+from medscale.core.registry import did_you_mean
 
 T = TypeVar("T")
 SECRET_KEYS = ("storage_options",)  # dicts of credentials: redacted whenever a config is printed or saved
@@ -161,8 +162,7 @@ def check(ok: bool, origin: str, key: str, expected: str, value: Any) -> None:
 def check_choice(value: Any, choices: Sequence[Any], origin: str, key: str) -> None:
     """`value` must be one of `choices` (a registry's names); a misspelled name gets the closest one."""
     if value not in choices:
-        close = difflib.get_close_matches(value, [str(c) for c in choices], n=1) if isinstance(value, str) else []
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(value, tuple(str(c) for c in choices)) if isinstance(value, str) else ""
         check(False, origin, key, " | ".join(str(c) for c in choices) + hint, value)
 
 
