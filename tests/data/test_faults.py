@@ -212,7 +212,7 @@ def test_files_are_readable_as_the_umask_says(corpus, tmp_path, umask, mode):
     finally:
         os.umask(old)
     written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
-    assert {p.suffix for p in written} == {".tar", ".idx", ".parquet"}
+    assert {p.suffix for p in written} == {".tar", ".idx", ".parquet", ".json"}  # shards, manifest, corpus.json
     assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(mode)}
 
 

@@ -43,7 +43,7 @@ def test_torchrun_elastic_line_parses_with_torchruns_own_parser():
     assert set(args.signals_to_handle.split(",")) == {"SIGTERM", "SIGINT", "SIGUSR1"}
     assert args.module and args.training_script == "medscale" and not args.standalone
     trainer = _trainer_part(args.training_script_args)
-    assert trainer[1:3] == ["-c", str(MAE_TINY)] and trainer[3:] == RUN  # the launch.* overrides stay here
+    assert trainer[1:3] == ["-c", str(MAE_TINY.resolve())] and trainer[3:] == RUN  # the launch.* overrides stay here
 
 
 def test_one_node_without_an_endpoint_is_standalone():
