@@ -3,17 +3,27 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# the exact set the tests passed with (`make lock` refreshes it); setup.cfg keeps ranges for library users
+LOCK := requirements.lock
 
-.PHONY: demo test test-fast lint bench install clean
+.PHONY: demo test test-fast lint bench install lock clean
 
-$(STAMP): setup.cfg setup.py pyproject.toml medscale/hashing/_lanczos.c medscale/hashing/_lanczos_kernel.h medscale/hashing/_lanczos_transpose.h
+$(STAMP): setup.cfg setup.py pyproject.toml $(LOCK) medscale/hashing/_lanczos.c medscale/hashing/_lanczos_kernel.h medscale/hashing/_lanczos_transpose.h
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[test,cloud]"
+	$(PY) -m pip install -q -c $(LOCK) -e ".[test,cloud,gpu]"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# refresh the lock: the newest versions setup.cfg allows, resolved in a scratch venv, then frozen
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q --upgrade pip
+	.lock-venv/bin/pip install -q -e ".[test,cloud,gpu]"
+	.lock-venv/bin/pip freeze --exclude-editable > $(LOCK)
+	rm -rf .lock-venv
 
 demo: $(STAMP)
 	$(VENV)/bin/medscale demo

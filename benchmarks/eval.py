@@ -20,10 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from medscale.core.executor import create_executor, fan_out  # noqa: E402
-from medscale.eval.config import EvalConfig  # noqa: E402
 from medscale.eval.datasets import load_dataset  # noqa: E402
 from medscale.eval.features import features, parse_checkpoints  # noqa: E402
 from medscale.eval.pool import PRELOAD, Job, longest_first, run_job  # noqa: E402
+from medscale.eval.registry import eval_config  # noqa: E402
 from medscale.eval.retrieval import BLOCK, nearest  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "medscale" / "demo_data" / "medmnist"
@@ -44,7 +44,7 @@ def tiny_export(folder: Path) -> Path:
 def pool_against_sequential() -> None:
     """Part 1."""
     work = Path(tempfile.mkdtemp(prefix="bench-eval-"))
-    cfg = EvalConfig(bootstrap=1000, progress=False)
+    cfg = eval_config(bootstrap=1000, progress=False)
     cfg.linear_probe.epochs = 90
     source = parse_checkpoints([str(tiny_export(work / "tiny"))])[0]
     datasets = {name: load_dataset(f"{name}={DATA / f'{name}mnist_28.npz'}") for name in ("breast", "pneumonia")}

@@ -25,9 +25,9 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from medscale.eval.config import EvalConfig  # noqa: E402
 from medscale.eval.corruptions import corrupt_npz  # noqa: E402
 from medscale.eval.pool import evaluate  # noqa: E402
+from medscale.eval.registry import eval_config  # noqa: E402
 from medscale.pipeline import DEMO_CONFIG, eval_datasets  # noqa: E402
 
 PNEUMONIA = dict(s.split("=", 1) for s in eval_datasets())["pneumonia"]
@@ -109,8 +109,8 @@ def less_is_more(volumes: Path, out: Path, epochs: int) -> None:
         n = kept(corpus)
         steps = max(1, epochs * n // 32)
         summary = _pretrain(corpus, base / f"run-{variant}", steps)
-        cfg = EvalConfig(checkpoints=[str(base / f"run-{variant}" / "export")], tasks=["linear_probe"],
-                         datasets=eval_datasets(), out=str(base / f"eval-{variant}"), progress=False)
+        cfg = eval_config(checkpoints=[str(base / f"run-{variant}" / "export")], tasks=["linear_probe"],
+                          datasets=eval_datasets(), out=str(base / f"eval-{variant}"), progress=False)
         result = evaluate(cfg)
         rows = pq.read_table(base / f"eval-{variant}" / "results.parquet").to_pylist()
         name = "every-n (n=%d)" % every if variant == "every-n" else variant
@@ -130,8 +130,8 @@ def dann_against_mlp(demo: Path | None, out: Path) -> None:
         target = out / "corrupted" / f"pneumonia-{family}.npz"
         target.parent.mkdir(parents=True, exist_ok=True)
         corrupt_npz(PNEUMONIA, str(target), family, 5)
-        cfg = EvalConfig(checkpoints=[checkpoint], tasks=["dann"], datasets=[f"pneumonia={PNEUMONIA}"],
-                         out=str(out / f"dann-{family}"), progress=False)
+        cfg = eval_config(checkpoints=[checkpoint], tasks=["dann"], datasets=[f"pneumonia={PNEUMONIA}"],
+                          out=str(out / f"dann-{family}"), progress=False)
         cfg.dann.target = f"{family}={target}"
         evaluate(cfg)
         rows = pq.read_table(out / f"dann-{family}" / "results.parquet").to_pylist()

@@ -21,8 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
-from medscale.trainer.config import MaeOptions, TrainConfig  # noqa: E402
+from medscale.trainer.config import TrainConfig  # noqa: E402
 from medscale.trainer.methods import MaeMethod  # noqa: E402
+from medscale.trainer.options import MaeOptions  # noqa: E402
+from medscale.trainer.registry import train_config  # noqa: E402
 from medscale.trainer.zero import initialize  # noqa: E402
 
 
@@ -73,9 +75,9 @@ def time_alternating(steps_fns, warmup: int, steps: int) -> list:
 def method_for(decoder, image_size: int, patch: int) -> MaeMethod:
     dim, depth, heads = decoder
     torch.manual_seed(0)
-    cfg = TrainConfig(model="vit_tiny_patch16_224", patch_size=patch,
-                      mae=MaeOptions(decoder_dim=dim, decoder_depth=depth, decoder_heads=heads))
-    return MaeMethod(cfg, image_size)
+    cfg = train_config(model="vit_tiny_patch16_224", patch_size=patch,
+                       mae=MaeOptions(decoder_dim=dim, decoder_depth=depth, decoder_heads=heads))
+    return MaeMethod(cfg.mae, cfg.model_spec(), image_size)
 
 
 def plain_step(method, inputs):
@@ -190,7 +192,7 @@ def contrastive_for(name: str, model: str, size: int, small_crops: int = 0):
     from medscale.trainer.registry import create_method
 
     torch.manual_seed(0)
-    cfg = TrainConfig(method=name, model=model, in_chans=3)
+    cfg = train_config(method=name, model=model, in_chans=3)
     cfg.moco.queue_size = 4096
     cfg.swav.small_crops, cfg.swav.prototypes, cfg.swav.freeze_prototypes_steps = small_crops, 500, 0
     return create_method(name, cfg, size)

@@ -10,11 +10,12 @@ import os
 import re
 import signal
 import sys
+from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from medscale import __version__
-from medscale.config import SECTIONS, MedscaleConfig, load
-from medscale.core.config import to_yaml
+from medscale.config import SECTIONS, MedscaleConfig, load, root_config
+from medscale.core.config import reference, to_yaml
 from medscale.core.errors import ConfigError, MedscaleError
 from medscale.core.executor import EXECUTOR_CHOICES
 from medscale.core.faults import describe, fault_kind, stopped, traceback_text
@@ -85,8 +86,6 @@ def _shard(args: argparse.Namespace, extra: List[str]) -> int:
 
 
 def _demo(args: argparse.Namespace, extra: List[str]) -> int:
-    from pathlib import Path
-
     from medscale.demo import default_output
     from medscale.pipeline import DEMO_CONFIG, run_demo
 
@@ -204,8 +203,6 @@ def _eval(mode: str) -> Callable[[argparse.Namespace, List[str]], int]:
 
 
 def _preview(args: argparse.Namespace, extra: List[str]) -> int:
-    from pathlib import Path
-
     from medscale.data.loaders import create_loader
     from medscale.data.preview import batch_grid
 
@@ -220,7 +217,19 @@ def _preview(args: argparse.Namespace, extra: List[str]) -> int:
     return 0
 
 
+def _hf_export(args: argparse.Namespace, extra: List[str]) -> int:
+    from medscale.core.card import save_for_timm_hub
+
+    source = Path(args.export) / "export" if (Path(args.export) / "export").is_dir() else Path(args.export)
+    out = save_for_timm_hub(source, args.out)
+    print(f"{source} -> {out}: timm.create_model('local-dir:{out.resolve()}', pretrained=True)")
+    return 0
+
+
 def _config(args: argparse.Namespace, extra: List[str]) -> int:
+    if args.reference:
+        print(reference(root_config()), end="")
+        return 0
     print(to_yaml(load(args.config, _overrides_only(extra))), end="")
     return 0
 
@@ -349,8 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="YAML config file")
     p.set_defaults(func=_preview)
 
-    p = sub.add_parser("config", help="print the resolved config")
+    p = sub.add_parser("hf-export", help="write an export as a Hugging Face hub folder that timm loads")
+    p.add_argument("export", help="an export folder (card.json + backbone.safetensors) or a run directory")
+    p.add_argument("out", help="the folder to write (config.json, model.safetensors, card.json)")
+    p.set_defaults(func=_hf_export)
+    p = sub.add_parser("config", help="print the resolved config (--reference: every key, Markdown)")
     p.add_argument("--config", "-c", default=None)
+    p.add_argument("--reference", action="store_true",
+                   help="print the configuration reference instead: every key, its type, default and meaning")
     p.set_defaults(func=_config)
     sub.metavar = "{" + ",".join(name for name in sub.choices if not name.startswith("eval-")) + "}"  # eval's modes
     return parser
@@ -363,6 +378,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
+    if not args.verbose:  # third parties' chatter (torch's CUDA probe, deprecation notices): -v shows it
+        logging.captureWarnings(True)
+        for name in ("py.warnings", "torch.utils.cpp_extension"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     bad = [e for e in extra if e.startswith("-")]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")

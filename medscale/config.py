@@ -7,16 +7,17 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 from medscale.cluster.config import ClusterConfig
-from medscale.core.config import check, load_config
+from medscale.core.config import check, extended, load_config, with_sections
 from medscale.core.errors import ConfigError
 from medscale.data.config import LoaderConfig, ShardConfig
 from medscale.dedup.config import DedupConfig
+from medscale.dedup.strategies import STRATEGIES
 from medscale.dedup.volume import SLICE_REDUCERS
 from medscale.eval.config import EvalConfig
-from medscale.eval.registry import TASKS
+from medscale.eval.registry import TASKS, eval_config_class
 from medscale.launcher.config import LaunchConfig
 from medscale.trainer.config import TrainConfig
-from medscale.trainer.registry import METHODS
+from medscale.trainer.registry import METHODS, train_config_class
 
 
 @dataclass
@@ -47,6 +48,14 @@ class MedscaleConfig:
 SECTIONS = tuple(MedscaleConfig.__dataclass_fields__)
 
 
+def root_config() -> type:
+    """`MedscaleConfig` whose `train`, `eval` and `dedup` sections hold the own section of every registered method,
+    task and strategy that has options (`train.mae`, `eval.knn`, a plugin's `train.mymethod`): what configs are
+    loaded, checked and listed against."""
+    return extended(MedscaleConfig, (("dedup", with_sections(DedupConfig, STRATEGIES, "dedup")),
+                                     ("train", train_config_class()), ("eval", eval_config_class())))
+
+
 PRESETS = Path(__file__).parent / "presets"  # the bundled configs (`configs/` in a checkout), loadable by name
 
 
@@ -70,4 +79,4 @@ def resolve_config(path: Optional[str | Path]) -> Optional[str | Path]:
 def load(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> MedscaleConfig:
     """Defaults <- YAML file at `path` (or a bundled preset's name) <- `section.key=value` overrides; validated, or
     ConfigError naming the key."""
-    return load_config(MedscaleConfig, resolve_config(path), overrides)
+    return load_config(root_config(), resolve_config(path), overrides)

@@ -29,7 +29,8 @@ def test_preview_writes_a_grid_of_augmented_views(tmp_path, capsys):
     png = tmp_path / "preview.png"
     assert main(["preview", str(tmp_path / "out"), "--augment", "contrastive", "-n", "4", "-o", str(png),
                  "loader.image_size=32", "loader.small_crops=1", "loader.small_size=16"]) == 0
-    assert Image.open(png).size == (3 * 128, 4 * (128 + 14))  # 3 views per sample, 4 samples
+    # 3 views of 128 px per sample, one sample a row (about 4 tiles), each with 2 lines of text, 6-px gaps
+    assert Image.open(png).size == (6 + 3 * 128 + 6, 4 * (128 + 30 + 6) + 6)
 
 
 def test_version_and_each_eval_mode_has_its_own_help(capsys):
@@ -49,7 +50,7 @@ def test_version_and_each_eval_mode_has_its_own_help(capsys):
     gate = shown("-v", "eval", "on-commit", "--help")
     assert "--tolerance" in gate and "--baseline" in gate and "$MEDSCALE_COMMIT" in gate and "--interval" not in gate
     top = shown("--help")
-    assert "eval-watch" not in top and "{shard,demo,dedup,pretrain,launch,cluster,eval,preview,config}" in top
+    assert "eval-watch" not in top and "{shard,demo,dedup,pretrain,launch,cluster,eval,preview,hf-export,config}" in top
     assert "medscale eval watch --help" in shown("eval", "--help")
 
 

@@ -22,7 +22,7 @@ class SpotOptions:
     accelerators: Optional[str] = None  # per node, e.g. H100:8 (null: CPU nodes)
     cpus: Optional[str] = None  # per node, e.g. 8+ (SkyPilot's syntax)
     memory: Optional[str] = None  # per node, e.g. 32+
-    use_spot: bool = True
+    use_spot: bool = True  # spot (preemptible) instances; false: on-demand
     strategy: str = "FAILOVER"  # job_recovery strategy, a name in SkyPilot's registry
     max_restarts_on_errors: int = 2  # relaunches after a failure; preemptions (exit 75, a lost node) are not counted
     install: str = "pip install 'medscale[cloud]'"  # the setup step on every fresh node (pin a version or a git URL)
@@ -36,10 +36,10 @@ class WorkerType:
     """One kind of Ray worker node."""
 
     node_config: Dict[str, Any] = field(default_factory=dict)  # passed to the cloud, e.g. {InstanceType: c5.4xlarge}
-    min_workers: int = 0
-    max_workers: int = 4
+    min_workers: int = 0  # nodes kept up
+    max_workers: int = 4  # nodes at most (the autoscaler adds them as work waits)
     resources: Dict[str, int] = field(default_factory=dict)  # Ray resources when the cloud cannot say (CPU, GPU)
-    spot: bool = True
+    spot: bool = True  # spot instances for this node type
 
 
 @dataclass
@@ -47,12 +47,13 @@ class RayOptions:
     """The Ray cluster file `medscale cluster ray` writes: an on-demand head, spot workers for sharding and eval."""
 
     name: str = "medscale"  # Ray's cluster_name
-    provider: Dict[str, Any] = field(default_factory=lambda: {"type": "aws", "region": "us-east-1"})
-    ssh_user: str = "ubuntu"
+    provider: Dict[str, Any] = field(  # Ray's provider section (type, region, ...)
+        default_factory=lambda: {"type": "aws", "region": "us-east-1"})
+    ssh_user: str = "ubuntu"  # the nodes' login user
     head: Dict[str, Any] = field(default_factory=lambda: {"InstanceType": "m5.2xlarge"})  # the head's node_config
     shard_workers: WorkerType = field(default_factory=lambda: WorkerType({"InstanceType": "c5.4xlarge"}, 0, 8))
     eval_workers: WorkerType = field(default_factory=lambda: WorkerType({"InstanceType": "g5.2xlarge"}, 0, 2))
-    idle_timeout_minutes: int = 5
+    idle_timeout_minutes: int = 5  # an idle worker node is released after this
     install: str = "pip install 'medscale[cloud]'"  # each node's setup command
     file: Optional[str] = None  # where the cluster file goes (default ./<name>.ray.yaml)
 

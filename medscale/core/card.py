@@ -105,3 +105,27 @@ def load_backbone(directory: str | Path) -> Tuple[Any, Card]:
     model = timm.create_model(card.model, pretrained=False, **card.kwargs)
     model.load_state_dict(load_file(str(weights)))
     return model.eval(), card
+
+
+def save_for_timm_hub(directory: str | Path, out: str | Path) -> Path:
+    """The export at `directory` as a Hugging Face hub folder that timm reads: `config.json` (the architecture, its
+    arguments and a `pretrained_cfg` with the export's input size, mean and std), `model.safetensors`, and the
+    medscale card beside them. `timm.create_model("local-dir:OUT", pretrained=True)` loads it; uploaded as a hub
+    repository, so does `timm.create_model("hf-hub:USER/NAME", pretrained=True)`."""
+    from timm.models import save_for_hf
+
+    model, card = load_backbone(directory)
+    chans = card.in_chans
+    out = Path(out)
+    save_for_hf(model, str(out), model_args=dict(card.kwargs), safe_serialization=True, data_config={
+        "input_size": (chans, card.image_size, card.image_size), "mean": tuple(card.mean)[:chans],
+        "std": tuple(card.std)[:chans], "crop_pct": 1.0})
+    config = json.loads((out / "config.json").read_text())
+    pretrained = config.setdefault("pretrained_cfg", {})
+    pretrained.pop("license", None)  # inherited from timm's own weights of the architecture, not these
+    pretrained["tag"] = f"medscale-{card.method or 'export'}-step{card.step}"
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_card(out, card)
+    for name in ("config.json", "model.safetensors"):
+        os.chmod(out / name, file_mode())
+    return out

@@ -9,21 +9,78 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import inspect
 import re
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Type, TypeVar
+from typing import Any, Iterator, Optional, Sequence, Tuple, Type, TypeVar
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from medscale.core.errors import ConfigError
-from medscale.core.registry import did_you_mean
+from medscale.core.registry import Registry, did_you_mean
 
 T = TypeVar("T")
 SECRET_KEYS = ("storage_options",)  # dicts of credentials: redacted whenever a config is printed or saved
+
+
+def with_sections(base: type, registry: Registry, section: str) -> type:
+    """The dataclass `base` with one field per entry of `registry` that has options: the entry's own section
+    (`train.mae` for method `mae`), its options dataclass with its defaults. The same class for the same entries."""
+    taken = {f.name for f in dataclasses.fields(base)}
+    entries = []
+    for name in registry:
+        options = registry.options(name)
+        if options is None:
+            continue
+        if name in taken or not name.isidentifier():
+            raise ConfigError(f"{section}.{name}: a registered entry may not be named {name!r} (a key of {section} "
+                              "or not a Python identifier); register it under another name")
+        entries.append((name, options))
+    return extended(base, tuple(entries))
+
+
+@functools.lru_cache(maxsize=None)
+def extended(base: type, sections: Tuple[Tuple[str, type], ...]) -> type:
+    """The dataclass `base` with the fields `sections` ((name, dataclass), each defaulting to that dataclass's
+    defaults) added, or replacing fields of the same name. Cached: the same class for the same arguments, which
+    is how its instances are unpickled in another process (by the arguments that made their class)."""
+    fields = [(name, cls, dataclasses.field(default_factory=cls)) for name, cls in sections]
+    recipe = (base, tuple((name, _recipe(cls)) for name, cls in sections))
+    return dataclasses.make_dataclass(base.__name__, fields, bases=(base,), namespace={
+        "__doc__": base.__doc__, "__module__": base.__module__, "_recipe": recipe,
+        "__reduce__": lambda self: (_unpickle, (recipe, self.__dict__))})
+
+
+def _recipe(cls: type) -> Any:
+    """What pickles in place of an extended class (base and sections, down to importable classes)."""
+    return cls.__dict__.get("_recipe", cls)
+
+
+def _from_recipe(recipe: Any) -> type:
+    if isinstance(recipe, type):
+        return recipe
+    base, sections = recipe
+    return extended(base, tuple((name, _from_recipe(part)) for name, part in sections))
+
+
+def _unpickle(recipe: Any, state: dict) -> Any:
+    cls: Any = _from_recipe(recipe)
+    obj = object.__new__(cls)
+    obj.__dict__.update(state)
+    return obj
+
+
+def validate_sections(cfg: Any, names: Sequence[str], origin: str, section: str) -> None:
+    """Each entry's own checks (`options.validate(origin, "train.mae")`) on the sections `cfg` holds."""
+    for name in names:
+        validate = getattr(getattr(cfg, name, None), "validate", None)
+        if validate is not None:
+            validate(origin, f"{section}.{name}")
 
 
 def expected_type(root: type, full_key: str) -> Optional[str]:
@@ -178,3 +235,68 @@ def to_yaml(cfg: Any, redact: bool = True) -> str:
     redacted unless asked."""
     data = ({k: dataclasses.asdict(v) for k, v in cfg.items()} if isinstance(cfg, dict) else dataclasses.asdict(cfg))
     return OmegaConf.to_yaml(OmegaConf.create(_redacted(data) if redact else data))
+
+
+def _field_notes(cls: type) -> dict:
+    """{field: its one-line comment} of a dataclass, read off its source (`name: type = default  # note`)."""
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):  # a class made at run time (the assembled sections) has none of its own
+        return {}
+    notes = {}
+    for line in lines:
+        found = re.match(r"\s+(\w+): [^#]+?#\s*(.+)$", line)
+        if found:
+            notes[found.group(1)] = found.group(2).strip()
+    return notes
+
+
+def _default_text(value: Any) -> str:
+    text = "null" if value is None else yaml.safe_dump(value, default_flow_style=True).strip()
+    return text.removesuffix("\n...").replace("|", "\\|")
+
+
+def reference_rows(cls: Any, prefix: str = "") -> Iterator[Tuple[str, str, str, str]]:
+    """(key, type, default, note) of every leaf key of the dataclass `cls` (a free-form name such as a source's
+    is written NAME); a section of its own is described by its class's docstring."""
+    hints = typing.get_type_hints(cls)
+    notes: dict = {}
+    for klass in reversed(cls.__mro__):
+        if isinstance(klass, type) and dataclasses.is_dataclass(klass):
+            notes.update(_field_notes(klass))
+    for item in dataclasses.fields(cls):
+        key, hint = f"{prefix}{item.name}", hints[item.name]
+        if dataclasses.is_dataclass(hint):
+            doc = (hint.__doc__ or "").strip().splitlines()[0] if hint.__doc__ else ""
+            yield key, "section", "", doc
+            yield from reference_rows(hint, f"{key}.")
+            continue
+        if typing.get_origin(hint) is dict and dataclasses.is_dataclass(typing.get_args(hint)[1]):
+            yield key, "mapping", "{}", notes.get(item.name, "")
+            yield from reference_rows(typing.get_args(hint)[1], f"{key}.NAME.")
+            continue
+        default = item.default if item.default is not dataclasses.MISSING else (
+            item.default_factory() if item.default_factory is not dataclasses.MISSING else None)
+        kind = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+        yield key, kind, _default_text(default), notes.get(item.name, "")
+
+
+def reference(root: type) -> str:
+    """The configuration reference as Markdown: one table per section, every key with its type, default and
+    one line (generated from the dataclasses, so that it cannot drift from them)."""
+    out = ["# Configuration reference", "",
+           "Every key of a medscale config, generated from the config dataclasses by `medscale config --reference` "
+           "(do not edit by hand). A YAML file sets them by section; `section.key=value` on the command line "
+           "overrides the file.", ""]
+    for section in dataclasses.fields(root):
+        cls = typing.get_type_hints(root)[section.name]
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        out += [f"## `{section.name}`", "", doc, "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for key, kind, default, note in reference_rows(cls, f"{section.name}."):
+            note = note.replace("|", "\\|")
+            if kind == "section":
+                out.append(f"| **`{key}`** | | | {note} |")
+            else:
+                out.append(f"| `{key}` | {kind} | `{default}` | {note} |")
+        out.append("")
+    return "\n".join(out)

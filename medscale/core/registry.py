@@ -7,15 +7,19 @@ through its Python entry-point group (`medscale.methods`, `medscale.tasks`, `med
     mymethod = "mypackage.method:MyMethod"
 
 or in code, with the registry's `register` (`register_method("mymethod", MyMethod)`, or as a decorator).
+
+An entry owns its options: a dataclass (its class's `Options`, or one named at registration) that becomes the
+config section of its name (`train.mymethod.*`); built-in entries name theirs as a torch-free "module:attr".
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import logging
 from importlib.metadata import entry_points
-from typing import Any, Dict, Iterator, Mapping, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +34,11 @@ class Registry(Mapping[str, Any]):
     """name -> the object it names (a class, usually), loaded on first access. Iterating lists the names: built-in
     ones first, then those of installed packages' entry points in `group`."""
 
-    def __init__(self, kind: str, group: str, builtins: Mapping[str, Any]) -> None:
+    def __init__(self, kind: str, group: str, builtins: Mapping[str, Any],
+                 options: Optional[Mapping[str, Any]] = None) -> None:
         self.kind, self.group = kind, group
         self._targets: Dict[str, Any] = dict(builtins)  # an object, or "module:attr" to import
+        self._options: Dict[str, Any] = dict(options or {})  # name -> its options dataclass, or "module:attr"
         self._discovered = False
 
     def _discover(self) -> None:
@@ -47,14 +53,17 @@ class Registry(Mapping[str, Any]):
                 continue
             self._targets[point.name] = point
 
-    def register(self, name: str, target: Any = None) -> Any:
-        """Add `target` as `name` (an object or "module:attr"); without `target`, a decorator that adds what it
-        decorates. A name taken already is a ValueError."""
+    def register(self, name: str, target: Any = None, options: Any = None) -> Any:
+        """Add `target` as `name` (an object or "module:attr"), with its options dataclass (default: the target's
+        `Options`); without `target`, a decorator that adds what it decorates. A name taken already is a
+        ValueError."""
         def add(obj: Any) -> Any:
             self._discover()
             if name in self._targets:
                 raise ValueError(f"a {self.kind} named {name!r} is registered already")
             self._targets[name] = obj
+            if options is not None:
+                self._options[name] = options
             return obj
 
         return add if target is None else add(target)
@@ -83,6 +92,19 @@ class Registry(Mapping[str, Any]):
             target = target.load()
         self._targets[name] = target
         return target
+
+    def options(self, name: str) -> Optional[type]:
+        """The options dataclass of entry `name` (None: it has none); a built-in's loads without its entry."""
+        if name not in self._options:
+            self._options[name] = getattr(self.load(name), "Options", None)
+        found = self._options[name]
+        if isinstance(found, str):
+            module, _, attr = found.partition(":")
+            found = getattr(importlib.import_module(module), attr)
+        if found is not None and not (isinstance(found, type) and dataclasses.is_dataclass(found)):
+            raise TypeError(f"{self.kind} {name!r}: its Options must be a dataclass, not {found!r}")
+        self._options[name] = found
+        return found
 
     def summaries(self) -> Dict[str, str]:
         """{name: the first line of its docstring}, importing nothing: an entry not loaded yet says where it is."""

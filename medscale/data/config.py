@@ -26,7 +26,7 @@ class SourceOptions:
 
     modality: Optional[str] = None  # overrides the detected modality (npz/png/NIfTI carry none)
     window_center: Optional[float] = None  # CT window in HU; both center and width, or neither
-    window_width: Optional[float] = None
+    window_width: Optional[float] = None  # CT window width in HU
     nifti_axis: int = 2  # slicing axis after canonical (RAS) reorientation; 2 = axial
     nifti_volume: int = 0  # which volume of a 4D NIfTI
     labels_from_folders: bool = False  # PNG/JPEG: label = index of the sorted sub-folder name
@@ -46,9 +46,9 @@ class SourceOptions:
 class ShardConfig:
     """The sharding service (`medscale shard`)."""
 
-    inputs: List[str] = field(default_factory=list)
-    output: Optional[str] = None
-    prefix: str = "shard"
+    inputs: List[str] = field(default_factory=list)  # paths or URLs (local, s3://), optionally NAME=PATH
+    output: Optional[str] = None  # the corpus folder (or s3://): shards, .idx files, manifest.parquet/, corpus.json
+    prefix: str = "shard"  # shard file names: PREFIX-000000.tar
     shard_size: int = 1000  # samples per shard
     shard_bytes: int = 256 * 1024 * 1024  # a shard is cut at whichever limit comes first
     bit_depth: int = 8  # 8 or 16-bit PNG for grey images (colour stays 8-bit)
@@ -60,14 +60,14 @@ class ShardConfig:
     num_cpus: Optional[int] = None  # for a local Ray; None = all cores
     max_in_flight: int = 0  # tasks submitted at once; 0 = 2 x CPUs (bounds memory)
     task_memory_mb: Optional[int] = None  # Ray: memory (MiB) each task reserves: a node runs only as many as fit
-    progress: bool = True
+    progress: bool = True  # progress bars on standard error
     retries: int = 3  # retries of a unit after a transient fault (network, throttling), waiting 1, 2, 4... s
     storage_options: Dict[str, Any] = field(default_factory=dict)  # fsspec options (e.g. S3 endpoint); never logged
     reduce: Optional[str] = None  # hash-volume: drop Less-is-More duplicates while sharding (recorded, not written)
     reduce_hash: str = "dhash"  # ahash | dhash | phash
     reduce_threshold: int = 6  # Hamming distance (bits of 64) at or under which slices are duplicates
     defaults: SourceOptions = field(default_factory=SourceOptions)
-    sources: Dict[str, SourceOptions] = field(default_factory=dict)
+    sources: Dict[str, SourceOptions] = field(default_factory=dict)  # one source's own options, by its NAME
 
     def validate(self, origin: str) -> None:
         """Value checks that types alone cannot express (`shard.reduce` is checked by the root, which knows the
@@ -102,16 +102,16 @@ class LoaderConfig:
     """How trainers read shards (`medscale.data.create_loader`)."""
 
     loader: str = "auto"  # auto (DALI when a GPU and kept-only shards are there) | torch | dali
-    batch_size: int = 64
+    batch_size: int = 64  # samples per batch per rank
     num_workers: int = 2  # torch loader processes
-    seed: int = 0
-    shuffle: bool = True
+    seed: int = 0  # the epoch order's and the augmentations' seed
+    shuffle: bool = True  # shuffle shards and samples each epoch (reproducibly, from the seed)
     shuffle_window: int = 4096  # torch: samples shuffled together after the shard permutation
     remainder: str = "pad"  # pad | drop | uneven: when samples do not divide by the world size
     augment: Optional[str] = None  # mae | contrastive | resize; null: what the trainer's method needs (else mae)
-    image_size: int = 224
+    image_size: int = 224  # the side of the (square) crops the trainer sees
     small_crops: Optional[int] = None  # contrastive: extra small views (SwAV multi-crop); null: the method's (else 0)
-    small_size: int = 96
+    small_size: int = 96  # the side of the small views (SwAV's multi-crop)
     channels: Optional[int] = None  # 1 or 3 channels per image; null: the trainer's train.in_chans (else 3)
     crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # contrastive views: area range of the crop
     small_crop_scale: List[float] = field(default_factory=lambda: [0.05, 0.14])  # small views' area range

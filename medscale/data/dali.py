@@ -22,7 +22,7 @@ from medscale.core.storage import filesystem, is_local, join
 from medscale.data.augment import CROP_SCALE, IMAGENET_MEAN, IMAGENET_STD, SMALL_CROP_SCALE, view_specs
 from medscale.data.config import AUGMENTS
 from medscale.data.dataset import rank_and_world
-from medscale.data.manifest import KEPT, read_manifest
+from medscale.data.manifest import KEPT, keys_digest, read_manifest
 from medscale.data.order import REMAINDERS
 from medscale.data.shards import check_shard_name, idx_name
 
@@ -34,11 +34,11 @@ def gpu_available() -> bool:
     return torch.cuda.is_available()
 
 
-def kept_only_shards(url: str, storage_options: Mapping[str, Any]) -> Tuple[List[str], bool]:
-    """(committed shard names, whether any slice is 16-bit); a clear error when the shards hold samples that
-    dedup dropped, which DALI's whole-shard reader cannot skip."""
+def kept_only_shards(url: str, storage_options: Mapping[str, Any]) -> Tuple[List[str], bool, Tuple[str, int]]:
+    """(committed shard names, whether any slice is 16-bit, `keys_digest` of their samples); a clear error when
+    the shards hold samples that dedup dropped, which DALI's whole-shard reader cannot skip."""
     fs, root = filesystem(url, dict(storage_options))
-    table = read_manifest(fs, root, columns=["shard", "status", "bits"])
+    table = read_manifest(fs, root, columns=["key", "shard", "status", "bits"])
     in_shards = table.filter(pc.is_valid(table["shard"]))
     if not len(in_shards):
         raise InputError(f"{url}: no samples in shards; is this a `medscale shard` output?")
@@ -48,7 +48,8 @@ def kept_only_shards(url: str, storage_options: Mapping[str, Any]) -> Tuple[List
                           f"whole shards; write kept-only shards with `medscale dedup {url} --write-kept OUT` and "
                           "load OUT, or use loader=torch (which skips them)")
     sixteen_bit = (pc.max(in_shards["bits"]).as_py() or 8) > 8
-    return sorted(set(map(check_shard_name, in_shards["shard"].to_pylist()))), sixteen_bit
+    shards = sorted(set(map(check_shard_name, in_shards["shard"].to_pylist())))
+    return shards, sixteen_bit, keys_digest(in_shards["key"].to_pylist())
 
 
 def local_paths(url: str, shards: List[str], storage_options: Mapping[str, Any],
@@ -124,7 +125,7 @@ class DaliLoader:
         self.mean, self.std = list(mean)[:channels], list(std)[:channels]
         self.channels, self.num_threads, self.shuffle_buffer = channels, num_threads, shuffle_buffer
         self.storage_options = dict(storage_options or {})
-        shards, self.sixteen_bit = kept_only_shards(url, self.storage_options)
+        shards, self.sixteen_bit, self.corpus_digest = kept_only_shards(url, self.storage_options)
         self.paths = local_paths(url, shards, self.storage_options, cache_dir)
         self._checkpoint: Optional[str] = None
         self._pipe = None

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import tempfile
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from medscale.core.faults import TRANSIENT, fault_kind
 from medscale.core.storage import filesystem, is_local
 from medscale.data.augment import to_tensor
 from medscale.data.index import SampleIndex, ShardReader, load_index
+from medscale.data.manifest import keys_digest
 from medscale.data.order import (
     REMAINDERS,
     epoch_order,
@@ -221,6 +222,11 @@ class ShardLoader(DataLoader):
             dataset._count(len(batch["key"]))
             yield batch
         dataset._completed = True
+
+    @property
+    def corpus_digest(self) -> Tuple[str, int]:
+        """(digest, count) of the samples this loader reads, from its index (`keys_digest`)."""
+        return keys_digest(self.dataset.index.keys)  # type: ignore[union-attr]
 
     def state_dict(self) -> Dict[str, Any]:
         """The dataset's position (global samples consumed in the epoch)."""

@@ -23,7 +23,7 @@ def _dali_usable(url: str, cfg: LoaderConfig) -> Optional[str]:
     try:
         import nvidia.dali  # noqa: F401
     except ImportError:
-        return "nvidia-dali is not installed"
+        return "nvidia-dali is not installed: pip install 'medscale[gpu]'"
     from medscale.data.dali import gpu_available, kept_only_shards
 
     if not gpu_available():
@@ -48,6 +48,11 @@ def create_loader(url: str, cfg: LoaderConfig, rank: Optional[int] = None, world
             raise ConfigError("loader.source_weights needs loader=torch: DALI reads whole shards in order")
         kind = "torch"
     if kind == "dali":
+        try:
+            import nvidia.dali  # noqa: F401
+        except ImportError:
+            raise ConfigError("loader.loader=dali needs NVIDIA DALI: pip install 'medscale[gpu]' (or use "
+                              "loader.loader=torch)") from None
         from medscale.data.dali import DaliLoader
 
         return DaliLoader(url, batch_size=cfg.batch_size, seed=cfg.seed, shuffle=cfg.shuffle, rank=rank,

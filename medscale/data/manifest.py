@@ -7,7 +7,7 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -195,8 +195,20 @@ def kept_rows(fs: AbstractFileSystem, root: str, url: str, columns: List[str]) -
     return table
 
 
+def keys_digest(keys: Iterable[str]) -> Tuple[str, int]:
+    """(digest, count) of the sample keys a trainer reads, in any order: a dedup or contamination rerun that
+    changes the kept set changes the digest. Recorded in checkpoints and exported cards; the loaders take it from
+    their own index."""
+    ordered = sorted(keys)
+    return hashlib.sha1("\n".join(ordered).encode()).hexdigest()[:16], len(ordered)
+
+
 def kept_digest(fs: AbstractFileSystem, root: str, url: str) -> Tuple[str, int]:
-    """(digest, count) of the samples a trainer reads: a dedup or contamination rerun that changes the kept set
-    changes the digest. Recorded in checkpoints and exported cards; an InputError as `kept_rows` says."""
-    keys = sorted(kept_rows(fs, root, url, ["key", "shard", "status"])["key"].to_pylist())
-    return hashlib.sha1("\n".join(keys).encode()).hexdigest()[:16], len(keys)
+    """`keys_digest` of the manifest's kept rows (a pre-flight check); an InputError as `kept_rows` says."""
+    return keys_digest(kept_rows(fs, root, url, ["key", "shard", "status"])["key"].to_pylist())
+
+
+def check_corpus(fs: AbstractFileSystem, root: str, url: str) -> None:
+    """A cheap check that `url` is a corpus with samples to train on (its status column only): an InputError
+    naming it otherwise, before a trainer starts anything. What it holds is read by the loader, once."""
+    kept_rows(fs, root, url, ["shard", "status"])

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
+from tqdm import tqdm
+
 from medscale.core.errors import ConfigError, FaultError, InputError
 from medscale.core.executor import choose_executor, create_executor, fan_out, per_node, task_resources
 from medscale.core.faults import describe, fault_kind, stopped, traceback_text
@@ -142,19 +144,24 @@ def _describe_unit(unit: WorkUnit) -> str:
 
 def _run_units(executor, units: List[WorkUnit], cfg: ShardConfig, make_reducer: Optional[Callable],
                committer: ShardCommitter, summary: ShardSummary) -> None:
-    for unit, result, error in fan_out(executor, run_unit, units, cfg, summary.output, make_reducer,
-                                       desc="shard", unit="img", weight=lambda u: u.est_samples,
-                                       progress=cfg.progress, max_in_flight=cfg.max_in_flight):
-        if error is not None:  # the worker itself died (after Ray's retries) or the pool broke
-            raise FaultError(stopped(_describe_unit(unit), fault_kind(error) or "fatal", describe(error),
-                                     traceback_text(error))) from None
-        if isinstance(result, UnitFailure):  # a storage fault after its retries, or an unexpected error
-            raise FaultError(stopped(_describe_unit(unit), result.kind, result.message, result.details,
-                                     result.attempts))
-        names = committer.commit(result.rows, result.staged)
-        committer.drop_staging(unit.unit_id)
-        summary.volumes += result.volumes
-        summary.slices += result.samples
-        summary.quarantined += result.quarantined
-        summary.bytes += result.bytes
-        summary.shards += len(names)
+    # the bar counts the slices written (a volume's slice count is an estimate until it is read): its total is
+    # what is written so far plus the estimate of the units still running
+    with tqdm(total=sum(u.est_samples for u in units), desc="shard", unit="slice",
+              disable=not cfg.progress or not units) as bar:
+        for unit, result, error in fan_out(executor, run_unit, units, cfg, summary.output, make_reducer,
+                                           progress=False, max_in_flight=cfg.max_in_flight):
+            if error is not None:  # the worker itself died (after Ray's retries) or the pool broke
+                raise FaultError(stopped(_describe_unit(unit), fault_kind(error) or "fatal", describe(error),
+                                         traceback_text(error))) from None
+            if isinstance(result, UnitFailure):  # a storage fault after its retries, or an unexpected error
+                raise FaultError(stopped(_describe_unit(unit), result.kind, result.message, result.details,
+                                         result.attempts))
+            names = committer.commit(result.rows, result.staged)
+            committer.drop_staging(unit.unit_id)
+            summary.volumes += result.volumes
+            summary.slices += result.samples
+            summary.quarantined += result.quarantined
+            summary.bytes += result.bytes
+            summary.shards += len(names)
+            bar.total += result.samples - unit.est_samples
+            bar.update(result.samples)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from medscale.core.config import check, check_choice
+from medscale.core.config import check, check_choice, validate_sections
 from medscale.core.errors import ConfigError
 from medscale.core.executor import EXECUTOR_CHOICES
 from medscale.dedup.groups import GROUPINGS
@@ -23,7 +23,7 @@ class DedupConfig:
     threshold: int = 6  # Hamming distance at or under which two slices are near-duplicates (Hash-6)
     every_n: int = 2  # every-n: keep slices 0, n, 2n... of each volume
     lsh_recall: float = 0.995  # hash-global / contamination: expected recall of pairs at `threshold`
-    lsh_seed: int = 0
+    lsh_seed: int = 0  # the LSH tables' seed (and the embedding strategy's k-means)
     verify: Optional[str] = None  # hash-global / contamination: also require e.g. "dhash+ahash<=16"
     groups: str = "star"  # hash-global: star (each duplicate within threshold of its exemplar) | connected
     embeddings: Optional[str] = None  # embedding: Parquet with `key` and `embedding` (list of floats)
@@ -44,9 +44,9 @@ class DedupConfig:
     dry_run: bool = False  # report only; leave the manifest as it is
     examples: int = 6  # duplicate groups drawn in the report's PNG grid
     executor: str = "auto"  # auto (in-process or a local pool for small work, else Ray) | ray | pool | local
-    ray_address: Optional[str] = None
-    num_cpus: Optional[int] = None
-    progress: bool = True
+    ray_address: Optional[str] = None  # None starts a local Ray; "auto" or "ray://..." joins a cluster
+    num_cpus: Optional[int] = None  # for a local Ray or pool; None = all cores
+    progress: bool = True  # progress bars on standard error
     storage_options: Dict[str, Any] = field(default_factory=dict)  # fsspec options; never logged
 
     def validate(self, origin: str) -> None:
@@ -73,3 +73,4 @@ class DedupConfig:
         check_choice(self.minhash_index, STRATEGIES["minhash-global"].INDEXES, origin, "dedup.minhash_index")
         check(self.examples >= 0, origin, "dedup.examples", "an int >= 0", self.examples)
         check_choice(self.executor, EXECUTOR_CHOICES, origin, "dedup.executor")
+        validate_sections(self, tuple(STRATEGIES), origin, "dedup")  # a plugin strategy's own section

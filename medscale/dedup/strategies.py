@@ -5,6 +5,8 @@ exemplar is itself is kept. Work is fanned out through an executor (Ray tasks or
 takes only its own options (a misspelled one is an error) and reads them off the `dedup` section in `from_config`.
 A strategy class has `describe()`, `reduce(corpus, executor)`, `from_config(cfg)`, `COST_S` (CPU-seconds per sample,
 for `executor: auto`) and `NEEDS`: what the service must put into the `Corpus` first ("embeddings", "signatures").
+The built-ins share the flat `dedup` keys (`hash`, `threshold`, `num_perm`, `groups` serve several strategies and
+the contamination check); another package's strategy may bring an `Options` dataclass: its section `dedup.NAME`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ trainable shared feature layer before the gradient reversal, beside the same net
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from medscale.eval.heads import BestWeights, fit, threshold_metrics
 from medscale.eval.metrics import f1_score
+from medscale.eval.options import DannOptions, MlpOptions
 from medscale.eval.task import EvalTask, Metric, TaskInput, TaskOutput
 
 THRESHOLDS = np.linspace(0.05, 0.95, 19)
@@ -95,7 +96,7 @@ def best_threshold(probabilities: np.ndarray, labels: np.ndarray) -> Tuple[float
 class MlpTask(EvalTask):
     """MLP D -> 128 -> 64 -> 1 (Adam, BCE), early stopping on validation F1 (patience), threshold from validation."""
 
-    name, options_key = "mlp", "mlp"
+    name, Options, cost_seconds = "mlp", MlpOptions, 5.0
 
     def run(self, job: TaskInput) -> TaskOutput:
         """Test accuracy and F1 at the validation threshold, of the best validation epoch's weights (copied)."""
@@ -124,11 +125,7 @@ class DannTask(EvalTask):
     """Source (this dataset, labelled) -> target (`eval.dann.target`, its train split used without labels);
     scores on both test splits, for DANN and for the same network trained without the domain head."""
 
-    name, options_key = "dann", "dann"
-
-    def parameters(self) -> Dict[str, Any]:
-        """Its options, and the label head it shares with `mlp` (the target's digest is added by the pool)."""
-        return {**super().parameters(), "hidden": list(self.cfg.mlp.hidden)}
+    name, Options, cost_seconds = "dann", DannOptions, 10.0
 
     def run(self, job: TaskInput) -> TaskOutput:
         """Accuracy and F1 on source-test and target-test, adapted and plain (`plain_` rows)."""
@@ -149,7 +146,7 @@ class DannTask(EvalTask):
         x, y = (torch.tensor(a) for a in source["train"])
         xt = torch.tensor(target_x)
         torch.manual_seed(job.seed)
-        net = DannNet(x.shape[1], opts.shared, self.cfg.mlp.hidden)
+        net = DannNet(x.shape[1], opts.shared, opts.hidden)
         optimizer = torch.optim.Adam(net.parameters(), lr=opts.lr, fused=True)
         generator = torch.Generator().manual_seed(job.seed)
         total = opts.epochs * math.ceil(len(x) / opts.batch_size)

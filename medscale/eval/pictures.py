@@ -25,7 +25,7 @@ def metric_against_step(rows: Sequence[Dict[str, Any]], folder: Path) -> List[Pa
         if not stepped:
             continue
         datasets = sorted({r["dataset"] for r in task_rows})
-        fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), squeeze=False)
+        fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 3.6), squeeze=False)
         for ax, dataset in zip(axes[0], datasets):
             mine = [r for r in stepped if r["dataset"] == dataset]
             for i, metric in enumerate(sorted({r["metric"] for r in mine})):
@@ -41,11 +41,11 @@ def metric_against_step(rows: Sequence[Dict[str, Any]], folder: Path) -> List[Pa
             ax.set_title(f"{task} on {dataset}")
             ax.set_xlabel("training step")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=6)
+            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)  # beside
         fig.tight_layout()
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{task}-vs-step.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")  # the legends beside the panels included
         plt.close(fig)
         written.append(path)
     return written

@@ -24,16 +24,13 @@ from medscale.core.summary import Summary
 from medscale.eval.config import EvalConfig
 from medscale.eval.datasets import LabelledSet, load_dataset, parse_dataset
 from medscale.eval.features import FeatureSource, features, on_this_node, parse_checkpoints
-from medscale.eval.registry import create_task
+from medscale.eval.registry import TASKS, create_task, target_of
 from medscale.eval.remote import EXPORTS, FEATURES
 from medscale.eval.results import ResultStore, job_key, markdown_table, parameters_json, read_results, slug
 from medscale.eval.task import TaskInput
 
 logger = logging.getLogger(__name__)
 PICTURES = "pictures"
-# rough CPU-seconds of one job on a small (MedMNIST-sized) set, for `executor: auto`
-JOB_SECONDS = {"retrieval": 1.0, "knn": 1.0, "linear_probe": 3.0, "mlp": 5.0, "dann": 10.0, "finetune": 60.0}
-FEATURE_FREE = {"finetune"}  # tasks that train the backbone itself and need no cached features
 PRELOAD = ("torch", "timm", "medscale.eval.pool", "medscale.eval.retrieval", "medscale.eval.probe",
            "medscale.eval.mlp")  # what a job imports: loaded once per worker, before the first job
 
@@ -103,7 +100,8 @@ def run_job(job: Job, datasets: Dict[str, LabelledSet], cfg: EvalConfig, cache: 
 
     torch.set_num_threads(threads)
     task = create_task(job.task, cfg)
-    target = datasets.get(parse_dataset(cfg.dann.target)[0]) if job.task == "dann" and cfg.dann.target else None
+    target_spec = target_of(job.task, cfg)
+    target = datasets.get(parse_dataset(target_spec)[0]) if target_spec else None
     start = time.perf_counter()
     source = on_this_node(job.source, cfg.storage_options)
     with torch.random.fork_rng(devices=[]):  # tasks seed torch for their heads; the caller's state stays as it was
@@ -116,10 +114,11 @@ def run_job(job: Job, datasets: Dict[str, LabelledSet], cfg: EvalConfig, cache: 
 
 
 def job_parameters(task: str, cfg: EvalConfig, datasets: Dict[str, LabelledSet]) -> str:
-    """A task's parameters as the rerun key stores them (dann: with its target's content digest)."""
+    """A task's parameters as the rerun key stores them (with its target domain's content digest, if it has one)."""
     parameters = create_task(task, cfg).parameters()
-    if task == "dann" and cfg.dann.target:
-        target = datasets.get(parse_dataset(cfg.dann.target)[0])
+    target_spec = target_of(task, cfg)
+    if target_spec:
+        target = datasets.get(parse_dataset(target_spec)[0])
         parameters["target_digest"] = target.digest if target is not None else None
     return parameters_json(parameters)
 
@@ -136,7 +135,7 @@ def _sources(cfg: EvalConfig, failed: List[str]) -> List[FeatureSource]:
 
 
 def _datasets(cfg: EvalConfig, failed: List[str]) -> Dict[str, LabelledSet]:
-    specs = list(cfg.datasets) + ([cfg.dann.target] if "dann" in cfg.tasks and cfg.dann.target else [])
+    specs = list(cfg.datasets) + [spec for spec in (target_of(task, cfg) for task in cfg.tasks) if spec]
     out: Dict[str, LabelledSet] = {}
     for spec in specs:
         name, url = parse_dataset(spec)
@@ -193,7 +192,7 @@ def _run(jobs: List[Job], datasets: Dict[str, LabelledSet], cfg: EvalConfig, out
          commit: str, summary: EvalSummary) -> None:
     import torch
 
-    work = sum(JOB_SECONDS.get(j.task, 5.0) for j in jobs)
+    work = sum(TASKS.load(j.task).cost_seconds for j in jobs)
     # a local Ray on a GPU machine: jobs share the GPUs (4 a GPU); a cluster's tasks ask for none unless the
     # config says so (`eval.num_gpus`), so that a cluster without GPUs still runs them
     gpus = cfg.num_gpus if cfg.num_gpus is not None else (0.25 if torch.cuda.is_available() and not cfg.ray_address
@@ -202,9 +201,9 @@ def _run(jobs: List[Job], datasets: Dict[str, LabelledSet], cfg: EvalConfig, out
                             task_options=task_resources(cfg.task_memory_mb, gpus))
     cache, threads = str(out / FEATURES), _threads(executor)
     try:
-        pairs = sorted({(j.source, j.dataset) for j in jobs if j.task not in FEATURE_FREE} |
-                       {(j.source, parse_dataset(cfg.dann.target)[0]) for j in jobs
-                        if j.task == "dann" and cfg.dann.target and parse_dataset(cfg.dann.target)[0] in datasets},
+        targets = {j.task: parse_dataset(spec)[0] for j in jobs if (spec := target_of(j.task, cfg))}
+        pairs = sorted({(j.source, j.dataset) for j in jobs if TASKS.load(j.task).needs_features} |
+                       {(j.source, targets[j.task]) for j in jobs if targets.get(j.task) in datasets},
                        key=lambda p: (p[0].spec, p[1]))
         broken: Dict[Tuple[str, str], str] = {}
         for pair, _, error in fan_out(executor, extract_job, pairs, datasets, cfg, cache, threads,
@@ -214,7 +213,7 @@ def _run(jobs: List[Job], datasets: Dict[str, LabelledSet], cfg: EvalConfig, out
         runnable = []
         for job in longest_first(jobs, datasets):
             reason = broken.get((job.source.digest, job.dataset))
-            if reason and job.task not in FEATURE_FREE:
+            if reason and TASKS.load(job.task).needs_features:
                 summary.failed.append(f"{job.source.name} / {job.task} / {job.dataset}: features: {reason}")
             else:
                 runnable.append(job)
@@ -242,7 +241,7 @@ def longest_first(jobs: List[Job], datasets: Dict[str, LabelledSet]) -> List[Job
     job does not start last and leave the other workers idle at the end."""
     def cost(job: Job) -> float:
         train = datasets[job.dataset].labels.get("train", ())
-        return JOB_SECONDS.get(job.task, 5.0) * max(1, len(train))
+        return TASKS.load(job.task).cost_seconds * max(1, len(train))
     return sorted(jobs, key=cost, reverse=True)
 
 

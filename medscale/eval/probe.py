@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from medscale.eval.features import build_model, device, preprocess
 from medscale.eval.heads import BestWeights, classification_metrics, fit
+from medscale.eval.options import FinetuneOptions, LinearProbeOptions
 from medscale.eval.task import EvalTask, Metric, TaskInput, TaskOutput
 from medscale.trainer.schedule import learning_rate
 
@@ -45,7 +46,7 @@ def lars(head: nn.Module, lr: float):
 class LinearProbeTask(EvalTask):
     """Frozen features -> BatchNorm + Linear, LARS with per-step warmup then cosine; test accuracy and AUC."""
 
-    name, options_key = "linear_probe", "linear_probe"
+    name, Options, cost_seconds = "linear_probe", LinearProbeOptions, 3.0
 
     def run(self, job: TaskInput) -> TaskOutput:
         """Train the head on the train split's features for the fixed budget; score the test split."""
@@ -75,7 +76,8 @@ class FinetuneTask(EvalTask):
     """The backbone and a linear head trained together (Adam), the backbone frozen for the first epochs; the
     weights of the best validation accuracy are copied (not referenced) and scored on the test split."""
 
-    name, options_key = "finetune", "finetune"
+    name, Options, cost_seconds = "finetune", FinetuneOptions, 60.0
+    needs_features = False  # it trains the backbone itself
 
     def run(self, job: TaskInput) -> TaskOutput:
         """Fine-tune for the budget; test accuracy and AUC of the best validation epoch."""

@@ -16,6 +16,7 @@ from medscale.eval.metrics import (
     majority_vote_at_k,
     mean_interval,
 )
+from medscale.eval.options import KnnOptions, RetrievalOptions
 from medscale.eval.task import EvalTask, Metric, TaskInput, TaskOutput
 
 BLOCK = 4096  # queries per matrix product (bounds memory at BLOCK x database floats)
@@ -70,7 +71,7 @@ def retrieval_grid(dataset, query_rows: np.ndarray, neighbours: np.ndarray, n: i
 class RetrievalTask(EvalTask):
     """mAP@k, MMV@k, ACC@1/3/k of test queries against the train database (cosine by default)."""
 
-    name, options_key = "retrieval", "retrieval"
+    name, Options, cost_seconds = "retrieval", RetrievalOptions, 1.0
 
     def run(self, job: TaskInput) -> TaskOutput:
         """The seed's five figures with bootstrap intervals over queries, and a picture of a few queries."""
@@ -93,7 +94,7 @@ class RetrievalTask(EvalTask):
 class KnnTask(EvalTask):
     """DINO's weighted kNN: the k nearest train features vote with weight exp(cosine / T); accuracy and AUC."""
 
-    name, options_key = "knn", "knn"
+    name, Options, cost_seconds = "knn", KnnOptions, 1.0
 
     def run(self, job: TaskInput) -> TaskOutput:
         """Accuracy and AUC (class votes as scores) on the test split."""

@@ -56,20 +56,22 @@ class TaskOutput:
 
 
 class EvalTask:
-    """A registered evaluation task; `options` is its section of the eval config (or None)."""
+    """A registered evaluation task, built as `Task(options, seed, bootstrap)`: its own options (an instance of its
+    `Options` dataclass, the `eval.NAME` section; None without one), the seed, the bootstrap's resamples."""
 
     name = ""
-    options_key: Optional[str] = None  # the eval config section holding its options
+    Options: Optional[type] = None  # its options dataclass: the config section of its name
+    needs_features = True  # it works on the cached features (False: it trains the backbone itself)
+    cost_seconds = 5.0  # rough CPU-seconds of one job on a small (MedMNIST-sized) set: scheduling, `executor: auto`
 
-    def __init__(self, cfg: Any) -> None:
-        self.cfg = cfg
-        self.options = getattr(cfg, self.options_key) if self.options_key else None
+    def __init__(self, options: Any = None, seed: int = 0, bootstrap: int = 1000) -> None:
+        self.options, self.seed, self.bootstrap = options, seed, bootstrap
 
     def parameters(self) -> Dict[str, Any]:
         """What defines a result besides checkpoint and dataset (recorded with it; a change re-runs it): the
         task's options, the seed and the bootstrap's resamples."""
         options = dataclasses.asdict(self.options) if self.options is not None else {}
-        return {**options, "seed": self.cfg.seed, "bootstrap": self.cfg.bootstrap}
+        return {**options, "seed": self.seed, "bootstrap": self.bootstrap}
 
     def run(self, job: TaskInput) -> TaskOutput:
         """The task's metrics on `job`."""

@@ -3,17 +3,19 @@ other view; the target's momentum rises from `byol.momentum` to 1 along a cosine
 
 from __future__ import annotations
 
-from medscale.trainer.config import TrainConfig
+from medscale.trainer.config import ModelSpec
 from medscale.trainer.contrastive import PredictorMethod
 from medscale.trainer.losses import NormalizedMSELoss
+from medscale.trainer.options import ByolOptions
 
 
 class ByolMethod(PredictorMethod):
     """BYOL on a timm backbone: online `backbone -> projector -> predictor`, target `backbone -> projector` (EMA),
     `2 - 2 cos` both ways."""
 
-    def __init__(self, cfg: TrainConfig, image_size: int) -> None:
-        options = cfg.byol
-        super().__init__(cfg, image_size, options.projector, options.predictor, options.momentum,
+    Options = ByolOptions
+
+    def __init__(self, options: ByolOptions, spec: ModelSpec, image_size: int) -> None:
+        super().__init__(spec, image_size, options.projector, options.predictor, options.momentum,
                          NormalizedMSELoss())
         self.make_targets()

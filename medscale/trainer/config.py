@@ -1,11 +1,12 @@
-"""The trainer's config section (`train.*`): the run, the schedule, the engine, and each method's own options."""
+"""The trainer's config section (`train.*`): the run, the schedule and the engine. Each method's own options are
+its section (`train.mae`), added from the method registry (`medscale.trainer.registry.train_config_class`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from medscale.core.config import check, check_choice
+from medscale.core.config import check, check_choice, validate_sections
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 ENGINE_OWNED = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "scheduler"}
@@ -13,92 +14,15 @@ ZERO_STAGES = (0, 1, 2, 3)
 RESUME_MODES = ("auto", "never")  # or a checkpoint folder
 
 
-@dataclass
-class MaeOptions:
-    """MAE (the MedMAE recipe): masking, decoder, loss."""
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a method builds its timm backbone from (`train.model`, `train.in_chans`, `train.patch_size`) and the
+    seed of its own random state (a queue's start)."""
 
-    mask_ratio: float = 0.75
-    decoder_dim: int = 512  # MedMAE: 512 wide, 8 deep, 16 heads for every encoder size
-    decoder_depth: int = 8
-    decoder_heads: int = 16
-    norm_pix_loss: bool = True  # per-patch normalised targets (the recommended recipe)
-
-
-@dataclass
-class HeadOptions:
-    """An MLP head (projector or predictor): `layers` Linear layers, `hidden_dim` wide, BatchNorm + ReLU between."""
-
-    hidden_dim: int = 2048
-    out_dim: int = 128
-    layers: int = 2
-    batch_norm: bool = True  # BatchNorm1d after each hidden Linear (off: a head without batch statistics)
-
-    def validate(self, origin: str, key: str) -> None:
-        """Value checks; `key` is where the head sits (`train.simclr.projector`)."""
-        check(self.hidden_dim >= 1, origin, f"{key}.hidden_dim", "an int >= 1", self.hidden_dim)
-        check(self.out_dim >= 1, origin, f"{key}.out_dim", "an int >= 1", self.out_dim)
-        check(self.layers >= 1, origin, f"{key}.layers", "an int >= 1", self.layers)
-
-
-def _head(hidden: int, out: int, layers: int = 2, batch_norm: bool = True):
-    return field(default_factory=lambda: HeadOptions(hidden, out, layers, batch_norm))
-
-
-@dataclass
-class SimclrOptions:
-    """SimCLR (Chen et al. 2020): NT-Xent over both views, negatives from every rank."""
-
-    temperature: float = 0.1
-    projector: HeadOptions = _head(2048, 128)
-
-
-@dataclass
-class MocoOptions:
-    """MoCo v2 (Chen et al. 2020): momentum key encoder, a queue of negatives, InfoNCE."""
-
-    temperature: float = 0.07
-    momentum: float = 0.999  # key encoder EMA, constant
-    queue_size: int = 65536
-    symmetric: bool = False  # MoCo v2 is asymmetric (queries of view 1, keys of view 2); true: both ways
-    shuffle_bn: bool = True  # shuffle the key batch across ranks (per-rank BatchNorm only; no-op on 1 rank)
-    projector: HeadOptions = _head(2048, 128, 2, False)
-
-
-@dataclass
-class Mocov3Options:
-    """MoCo v3 (Chen et al. 2021): momentum encoder + predictor, in-batch negatives from every rank (the ViT
-    recipe)."""
-
-    temperature: float = 0.2
-    momentum: float = 0.99  # rises to 1 along a cosine over the run
-    freeze_patch_embed: bool = True  # a random fixed patch projection: MoCo v3's fix for ViT instability
-    projector: HeadOptions = _head(4096, 256, 3)
-    predictor: HeadOptions = _head(4096, 256, 2)
-
-
-@dataclass
-class ByolOptions:
-    """BYOL (Grill et al. 2020): online network + predictor regress an EMA target; no negatives."""
-
-    momentum: float = 0.996  # the target's EMA momentum, rising to 1 along a cosine over the run
-    projector: HeadOptions = _head(4096, 256)
-    predictor: HeadOptions = _head(4096, 256)
-
-
-@dataclass
-class SwavOptions:
-    """SwAV (Caron et al. 2020): online clustering onto prototypes, Sinkhorn-Knopp codes, swapped prediction over
-    multi-crop views."""
-
-    prototypes: int = 3000  # the Less-is-More study: 500
-    temperature: float = 0.1
-    sinkhorn_eps: float = 0.05
-    sinkhorn_iters: int = 3
-    small_crops: int = 6  # small views asked of the loader unless loader.small_crops is set (0: two views only)
-    freeze_prototypes_steps: int = 313  # no gradient into the prototypes during the first steps
-    queue_size: int = 0  # per-rank feature queue for the codes (SwAV: 3840 for small batches); 0: none
-    queue_start_step: int = 0  # the step from which the queue is used
-    projector: HeadOptions = _head(2048, 128)
+    model: str
+    in_chans: int
+    patch_size: int
+    seed: int
 
 
 @dataclass
@@ -113,37 +37,39 @@ class TrainConfig:
     # a checkpoint folder (RUN/checkpoints/step-N): start from it (weights, optimizer, position) in a fresh run_dir
     method: str = "mae"  # a registered method (medscale.trainer.methods.METHODS)
     model: str = "vit_tiny_patch16_224"  # a timm model name
-    patch_size: int = 16
-    in_chans: int = 3
+    patch_size: int = 16  # ViT patch size (ignored by convolutional networks)
+    in_chans: int = 3  # 1 (grey, as stored) or 3 (grey repeated)
     max_steps: int = 1000  # the schedule's length (optimizer steps)
     stop_at_step: Optional[int] = None  # stop, save and exit 0 after this step; the schedule is unchanged
-    warmup_steps: int = 40
+    warmup_steps: int = 40  # linear warmup from 0, then a half-cycle cosine to min_lr
     blr: float = 1.5e-4  # lr = blr x effective batch / 256 (MAE's rule)
-    min_lr: float = 0.0
+    min_lr: float = 0.0  # the cosine schedule's floor
     weight_decay: float = 0.05  # not on biases, norms, position embeddings or cls/mask tokens
     betas: List[float] = field(default_factory=lambda: [0.9, 0.95])  # Adam-type optimizers
     optimizer: str = "adamw"  # adamw (DeepSpeed's fused AdamW) | any timm optimizer name: lars, lamb, sgd, momentum...
     momentum: float = 0.9  # SGD-type optimizers (sgd, momentum, lars)
-    grad_accum: int = 1
+    grad_accum: int = 1  # micro-batches per optimizer step
     clip_grad: float = 0.0  # 0: no clipping
-    zero_stage: int = 2
+    zero_stage: int = 2  # DeepSpeed ZeRO stage: 0 (DDP-like) | 1 | 2 | 3
     precision: str = "auto"  # auto: bf16 on GPUs that have it, fp32 on CPU | fp32 | fp16 (loss scaling) | bf16
-    seed: int = 0
-    checkpoint_every: int = 100
-    keep_last: int = 3
+    seed: int = 0  # weights, masks and the rank generators
+    checkpoint_every: int = 100  # steps between checkpoints (and exports)
+    keep_last: int = 3  # complete checkpoints kept; older ones are removed
     log_every: int = 10  # steps between TensorBoard scalars
     image_every: int = 0  # steps between reconstruction grids besides those at checkpoints (0: checkpoints only)
-    progress: bool = True
+    progress: bool = True  # a progress bar on rank 0
     deepspeed: Dict[str, Any] = field(default_factory=dict)  # extra DeepSpeed config keys, merged last
-    mae: MaeOptions = field(default_factory=MaeOptions)
-    simclr: SimclrOptions = field(default_factory=SimclrOptions)
-    moco: MocoOptions = field(default_factory=MocoOptions)
-    mocov3: Mocov3Options = field(default_factory=Mocov3Options)
-    byol: ByolOptions = field(default_factory=ByolOptions)
-    swav: SwavOptions = field(default_factory=SwavOptions)
+
+    def method_options(self) -> Any:
+        """The options of `train.method` (its section), or None for a method without options."""
+        return getattr(self, self.method, None)
+
+    def model_spec(self) -> ModelSpec:
+        """What the method builds its backbone from."""
+        return ModelSpec(self.model, self.in_chans, self.patch_size, self.seed)
 
     def validate(self, origin: str, methods: tuple = ()) -> None:
-        """Value checks; `methods` are the registered method names (the root passes them)."""
+        """Value checks, each method's section's own among them; `methods`: the registered names."""
         if methods:
             check_choice(self.method, methods, origin, "train.method")
         check(self.resume in RESUME_MODES or "/" in self.resume, origin, "train.resume",
@@ -169,25 +95,5 @@ class TrainConfig:
         check(self.in_chans in (1, 3), origin, "train.in_chans", "1 or 3", self.in_chans)
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), origin, "train.betas",
               "two numbers in [0, 1)", self.betas)
-        check(0.0 < self.mae.mask_ratio < 1.0, origin, "train.mae.mask_ratio", "a number in (0, 1)",
-              self.mae.mask_ratio)
-        check(self.mae.decoder_dim % self.mae.decoder_heads == 0, origin, "train.mae.decoder_heads",
-              "a divisor of train.mae.decoder_dim", self.mae.decoder_heads)
         check(0 <= self.momentum < 1, origin, "train.momentum", "a number in [0, 1)", self.momentum)
-        for name in ("simclr", "moco", "mocov3", "swav"):
-            value = getattr(self, name).temperature
-            check(value > 0, origin, f"train.{name}.temperature", "a number > 0", value)
-        for name in ("moco", "mocov3", "byol"):
-            value = getattr(self, name).momentum
-            check(0 <= value <= 1, origin, f"train.{name}.momentum", "a number in [0, 1]", value)
-        check(self.moco.queue_size >= 1, origin, "train.moco.queue_size", "an int >= 1", self.moco.queue_size)
-        swav = self.swav
-        check(swav.prototypes >= 2, origin, "train.swav.prototypes", "an int >= 2", swav.prototypes)
-        check(swav.sinkhorn_eps > 0, origin, "train.swav.sinkhorn_eps", "a number > 0", swav.sinkhorn_eps)
-        check(swav.sinkhorn_iters >= 1, origin, "train.swav.sinkhorn_iters", "an int >= 1", swav.sinkhorn_iters)
-        for key in ("small_crops", "freeze_prototypes_steps", "queue_size", "queue_start_step"):
-            check(getattr(swav, key) >= 0, origin, f"train.swav.{key}", "an int >= 0", getattr(swav, key))
-        for name in ("simclr", "moco", "mocov3", "byol", "swav"):
-            for head in ("projector", "predictor"):
-                if hasattr(getattr(self, name), head):
-                    getattr(getattr(self, name), head).validate(origin, f"train.{name}.{head}")
+        validate_sections(self, methods, origin, "train")

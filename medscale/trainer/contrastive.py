@@ -8,10 +8,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from medscale.trainer.config import HeadOptions, TrainConfig
+from medscale.trainer.config import ModelSpec
 from medscale.trainer.heads import MlpHead
 from medscale.trainer.methods import PretrainMethod, timm_backbone
 from medscale.trainer.momentum import cosine_momentum, ema_update, frozen_copy
+from medscale.trainer.options import HeadOptions
 
 FROZEN_NETWORKS = "keeps frozen networks (a momentum encoder or EMA target), which ZeRO-3 does not restore from " \
                   "its checkpoints"
@@ -44,12 +45,12 @@ class ContrastiveMethod(PretrainMethod):
     fp32_weights = True
     picture_tag = "views"
 
-    def __init__(self, cfg: TrainConfig, image_size: int, multi_size: bool = False) -> None:
+    def __init__(self, spec: ModelSpec, image_size: int, multi_size: bool = False) -> None:
         super().__init__()
-        vit = {"patch_size": cfg.patch_size, **({"dynamic_img_size": True} if multi_size else {})}
-        self.encoder, self._kwargs = timm_backbone(cfg, image_size, **vit)
+        vit = {"patch_size": spec.patch_size, **({"dynamic_img_size": True} if multi_size else {})}
+        self.encoder, self._kwargs = timm_backbone(spec, image_size, **vit)
         self.width = int(self.encoder.num_features)
-        self.seed = cfg.seed
+        self.seed = spec.seed
 
     def backbone(self) -> nn.Module:
         """The encoder: what is exported."""
@@ -72,9 +73,9 @@ class PredictorMethod(ContrastiveMethod):
 
     no_zero3 = FROZEN_NETWORKS
 
-    def __init__(self, cfg: TrainConfig, image_size: int, projector: HeadOptions, predictor: HeadOptions,
+    def __init__(self, spec: ModelSpec, image_size: int, projector: HeadOptions, predictor: HeadOptions,
                  momentum: float, criterion: nn.Module) -> None:
-        super().__init__(cfg, image_size)
+        super().__init__(spec, image_size)
         self.projector = head(self.width, projector)
         self.predictor = head(projector.out_dim, predictor)
         self.criterion = criterion

@@ -3,6 +3,8 @@ deepspeed launcher, or nothing for one process), and the preemption flag that ev
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import socket
@@ -10,6 +12,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, Tuple
 
 import torch
@@ -59,8 +62,26 @@ def init_distributed() -> Dist:
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend)
+        if backend == "gloo":
+            announce_build("deepspeed_shm_comm", "shared-memory collectives")
+        with contextlib.redirect_stdout(io.StringIO()) as said:  # DeepSpeed prints its op builds: -v shows them
+            deepspeed.init_distributed(dist_backend=backend)
+        for line in said.getvalue().splitlines():
+            logger.debug("%s", line)
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
+
+
+def announce_build(op: str, what: str) -> None:
+    """Say (rank 0) that DeepSpeed compiles its op `op` now, when it has not been built on this machine: the
+    first run's otherwise silent minute."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        built = any(Path(_get_build_directory(op, False)).glob("*.so"))
+    except Exception:  # another torch: say nothing rather than guess
+        return
+    if not built and os.environ.get("RANK", "0") == "0":
+        logger.info("compiling DeepSpeed's %s (the first run on this machine only: a minute or two)", what)
 
 
 def die_with_launcher(poll_s: float = LAUNCHER_POLL_S) -> None:

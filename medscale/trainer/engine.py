@@ -24,7 +24,7 @@ from medscale.core.storage import filesystem
 from medscale.core.summary import Summary
 from medscale.data.augment import normalize_batch
 from medscale.data.config import LoaderConfig
-from medscale.data.manifest import kept_digest
+from medscale.data.manifest import check_corpus
 from medscale.trainer.config import RESUME_MODES, TrainConfig
 from medscale.trainer.distributed import (
     Dist,
@@ -117,13 +117,13 @@ def _leased(cfg: TrainConfig, loader_cfg: LoaderConfig, force: bool, flag: Preem
             create_loader) -> PretrainSummary:
     data, run_dir = check_run_config(cfg, loader_cfg)
     fs, root = filesystem(data, loader_cfg.storage_options)
-    digest = kept_digest(fs, root, data)  # a missing or empty corpus is one line before DeepSpeed starts
+    check_corpus(fs, root, data)  # a missing corpus is one line before anything starts
     world = init_distributed()
     run = RunDir(run_dir, cfg.storage_options, cfg.local_dir, world)
     run.take_lease(force)
     failure: Optional[BaseException] = None
     try:
-        return _pretrain(cfg, loader_cfg, world, run, digest, flag, create_loader)
+        return _pretrain(cfg, loader_cfg, world, run, flag, create_loader)
     except BaseException as exc:
         failure = exc
         raise
@@ -132,8 +132,8 @@ def _leased(cfg: TrainConfig, loader_cfg: LoaderConfig, force: bool, flag: Preem
             run.release_lease()  # stale by itself
 
 
-def _pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, world: Dist, run: RunDir, digest: Tuple[str, int],
-              flag: PreemptionFlag, create_loader) -> PretrainSummary:
+def _pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, world: Dist, run: RunDir, flag: PreemptionFlag,
+              create_loader) -> PretrainSummary:
     torch.manual_seed(cfg.seed + world.rank)
     method = create_method(cfg.method, cfg, loader_cfg.image_size)
     loader_cfg = loader_cfg.for_model(method.augment, method.small_crops, cfg.in_chans)  # unless the config says
@@ -144,6 +144,7 @@ def _pretrain(cfg: TrainConfig, loader_cfg: LoaderConfig, world: Dist, run: RunD
         # there; on CPU the normalisation costs this process what it saves the workers, so they do it
         loader_cfg.batch_dtype = "uint8" if world.device.type == "cuda" else "float32"
     loader = create_loader(cfg.data, loader_cfg, rank=world.rank, world_size=world.world_size)
+    digest = loader.corpus_digest  # what it reads (an empty corpus: one line before DeepSpeed starts)
 
     steps = run.complete_steps()
     if cfg.resume not in RESUME_MODES and dist.is_initialized():
@@ -293,7 +294,7 @@ def _loop(engine, method, batches, loader, generator, cfg: TrainConfig, world: D
         if cfg.image_every and step % cfg.image_every == 0 and step % cfg.checkpoint_every:
             rows = picture(method, inputs, cfg.seed)  # every rank: ZeRO-3 gathers weights in the forward
             if world.is_main and rows is not None:
-                log.picture(step, rows, method.picture_tag)
+                log.picture(step, rows, method.picture_tag, method.picture_rows)
         stopping = signalled > 0 or step == last
         if step % cfg.checkpoint_every == 0 or stopping:
             summary.checkpoint = save_checkpoint(engine, method, loader, generator, cfg, world, run, log, step,

@@ -10,10 +10,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from medscale.trainer.collectives import gather, world
-from medscale.trainer.config import TrainConfig
+from medscale.trainer.config import ModelSpec
 from medscale.trainer.contrastive import FROZEN_NETWORKS, ContrastiveMethod, PredictorMethod, encode_views, head
 from medscale.trainer.losses import KeyInfoNCELoss, QueueInfoNCELoss
 from medscale.trainer.momentum import ema_update, frozen_copy
+from medscale.trainer.options import MocoOptions, Mocov3Options
 
 
 def has_per_rank_batchnorm(module: nn.Module) -> bool:
@@ -40,15 +41,16 @@ class MocoMethod(ContrastiveMethod):
     negatives a queue of `moco.queue_size` keys of earlier batches from every rank."""
 
     no_zero3 = FROZEN_NETWORKS
+    Options = MocoOptions
 
-    def __init__(self, cfg: TrainConfig, image_size: int) -> None:
-        super().__init__(cfg, image_size)
-        self.options = cfg.moco
-        self.projector = head(self.width, cfg.moco.projector)
+    def __init__(self, options: MocoOptions, spec: ModelSpec, image_size: int) -> None:
+        super().__init__(spec, image_size)
+        self.options = options
+        self.projector = head(self.width, options.projector)
         self.key_encoder, self.key_projector = frozen_copy(self.encoder), frozen_copy(self.projector)
-        self.criterion = QueueInfoNCELoss(cfg.moco.temperature)
-        start = torch.randn(cfg.moco.queue_size, cfg.moco.projector.out_dim,
-                            generator=torch.Generator().manual_seed(cfg.seed))  # alike on every rank
+        self.criterion = QueueInfoNCELoss(options.temperature)
+        start = torch.randn(options.queue_size, options.projector.out_dim,
+                            generator=torch.Generator().manual_seed(spec.seed))  # alike on every rank
         self.register_buffer("queue", F.normalize(start, dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._pending: List[torch.Tensor] = []
@@ -104,9 +106,10 @@ class Mocov3Method(PredictorMethod):
     """MoCo v3: queries `backbone -> projector -> predictor`, keys `backbone -> projector` of the momentum copy
     (momentum rising from `mocov3.momentum` to 1), InfoNCE over the keys of the whole batch, both ways."""
 
-    def __init__(self, cfg: TrainConfig, image_size: int) -> None:
-        options = cfg.mocov3
-        super().__init__(cfg, image_size, options.projector, options.predictor, options.momentum,
+    Options = Mocov3Options
+
+    def __init__(self, options: Mocov3Options, spec: ModelSpec, image_size: int) -> None:
+        super().__init__(spec, image_size, options.projector, options.predictor, options.momentum,
                          KeyInfoNCELoss(options.temperature))
         patch_embed = getattr(self.encoder, "patch_embed", None)
         if options.freeze_patch_embed and patch_embed is not None:  # ViTs: a fixed random patch projection

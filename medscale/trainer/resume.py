@@ -30,7 +30,7 @@ SCHEDULE_KEYS = ("max_steps", "blr", "min_lr", "warmup_steps", "weight_decay", "
 
 def model_keys(cfg: TrainConfig, image_size: int) -> Dict[str, Any]:
     """What defines the model: a checkpoint cannot be resumed with any of it changed."""
-    options = getattr(cfg, cfg.method, None)  # a method of another package has no section of its own
+    options = cfg.method_options()  # None: a method without options
     return {"method": cfg.method, "model": cfg.model, "patch_size": cfg.patch_size, "in_chans": cfg.in_chans,
             "image_size": image_size, "method_options": dataclasses.asdict(options)
             if dataclasses.is_dataclass(options) and not isinstance(options, type) else {}}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 import torch
 
@@ -53,26 +53,37 @@ class RunLog:
             self._writer.flush()
             self.event("scalars", step=step, **values)
 
-    def picture(self, step: int, rows: List[torch.Tensor], tag: str = "reconstruction") -> None:
-        """A grid of `rows`, each `[N, C, H, W]` normalised as the loader does (shown de-normalised; smaller views
-        scaled up to the first row's size), to TensorBoard under `tag` and to PNG."""
+    def picture(self, step: int, rows: List[torch.Tensor], tag: str = "reconstruction",
+                names: Sequence[str] = ()) -> None:
+        """A grid of `rows`, each `[N, C, H, W]` normalised as the loader does (shown de-normalised, every tile
+        scaled up to at least 96 px), each row named on its left (`names`, else "view 1"...), to TensorBoard
+        under `tag` and to PNG."""
         if self._writer is None:
             return
+        import numpy as np
         import torch.nn.functional as F
-        from torchvision.utils import make_grid, save_image
+        from PIL import Image, ImageDraw
+        from torchvision.utils import make_grid
 
         from medscale.data.augment import IMAGENET_MEAN, IMAGENET_STD
 
-        size = tuple(rows[0].shape[-2:])
-        images = torch.cat([r if tuple(r.shape[-2:]) == size else F.interpolate(r, size=size, mode="nearest")
-                            for r in rows])
+        side = rows[0].shape[-1] * max(1, -(-96 // rows[0].shape[-1]))  # an integer scale: pixels stay square
+        images = torch.cat([F.interpolate(r, size=(side, side), mode="nearest") for r in rows])
         c = images.shape[1]
         mean, std = (torch.tensor(v[:c]).view(1, c, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
-        grid = make_grid((images * std + mean).clamp(0, 1), nrow=rows[0].shape[0], padding=2)
-        self._writer.add_image(tag, grid, step)
+        grid = make_grid((images * std + mean).clamp(0, 1), nrow=rows[0].shape[0], padding=4, pad_value=1.0)
+        tiles = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        margin = 110
+        sheet = Image.new("RGB", (tiles.width + margin, tiles.height), "white")
+        sheet.paste(tiles, (margin, 0))
+        draw = ImageDraw.Draw(sheet)
+        for i in range(len(rows)):
+            name = names[i] if i < len(names) else f"view {i + 1}"
+            draw.text((6, 4 + i * (side + 4) + side // 2 - 6), name, fill="black")
+        self._writer.add_image(tag, np.asarray(sheet), step, dataformats="HWC")
         folder = self.run_dir / ck.IMAGES
         folder.mkdir(exist_ok=True)
-        save_image(grid, folder / f"step-{step:08d}.png")
+        sheet.save(folder / f"step-{step:08d}.png")
 
     def close(self) -> None:
         """Flush and close; draw the loss curve (`loss.png`) from the log."""

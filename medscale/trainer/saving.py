@@ -111,7 +111,7 @@ def save_checkpoint(engine, method, loader, generator: torch.Generator, cfg: Tra
         shutil.rmtree(latest, ignore_errors=True)
         tmp.rename(latest)
         if rows is not None:
-            log.picture(step, rows, method.picture_tag)
+            log.picture(step, rows, method.picture_tag, method.picture_rows)
         log.event("checkpoint", step=step, path=run.where(path))
     run.prune(cfg.keep_last)
     run.sync()

@@ -6,18 +6,21 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from medscale.trainer.config import TrainConfig
+from medscale.trainer.config import ModelSpec
 from medscale.trainer.contrastive import ContrastiveMethod, encode_views, head
 from medscale.trainer.losses import NTXentLoss
+from medscale.trainer.options import SimclrOptions
 
 
 class SimclrMethod(ContrastiveMethod):
     """SimCLR on a timm backbone: `backbone -> projector -> NT-Xent`."""
 
-    def __init__(self, cfg: TrainConfig, image_size: int) -> None:
-        super().__init__(cfg, image_size)
-        self.projector = head(self.width, cfg.simclr.projector)
-        self.criterion = NTXentLoss(cfg.simclr.temperature)
+    Options = SimclrOptions
+
+    def __init__(self, options: SimclrOptions, spec: ModelSpec, image_size: int) -> None:
+        super().__init__(spec, image_size)
+        self.projector = head(self.width, options.projector)
+        self.criterion = NTXentLoss(options.temperature)
 
     def forward(self, views: Sequence[torch.Tensor], generator: Optional[torch.Generator] = None
                 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:

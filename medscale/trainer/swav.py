@@ -8,10 +8,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from medscale.trainer.config import TrainConfig
+from medscale.trainer.config import ModelSpec
 from medscale.trainer.contrastive import ContrastiveMethod, encode_views, head
 from medscale.trainer.heads import Prototypes
 from medscale.trainer.losses import SwavLoss
+from medscale.trainer.options import SwavOptions
 
 ASSIGN = (0, 1)  # the views whose codes are predicted: the two large ones
 
@@ -23,15 +24,17 @@ class SwavMethod(ContrastiveMethod):
 
     no_zero3 = "normalises its prototypes in place, which ZeRO-3's partitioned parameters do not allow"
 
-    def __init__(self, cfg: TrainConfig, image_size: int) -> None:
-        super().__init__(cfg, image_size, multi_size=True)
-        self.options = cfg.swav
-        self.small_crops = cfg.swav.small_crops
-        self.projector = head(self.width, cfg.swav.projector)
-        self.prototypes = Prototypes(cfg.swav.projector.out_dim, cfg.swav.prototypes)
-        self.criterion = SwavLoss(cfg.swav.temperature, cfg.swav.sinkhorn_eps, cfg.swav.sinkhorn_iters)
+    Options = SwavOptions
+
+    def __init__(self, options: SwavOptions, spec: ModelSpec, image_size: int) -> None:
+        super().__init__(spec, image_size, multi_size=True)
+        self.options = options
+        self.small_crops = options.small_crops
+        self.projector = head(self.width, options.projector)
+        self.prototypes = Prototypes(options.projector.out_dim, options.prototypes)
+        self.criterion = SwavLoss(options.temperature, options.sinkhorn_eps, options.sinkhorn_iters)
         # this rank's queue (SwAV keeps one per rank): saved in the rank's own state, not DeepSpeed's
-        self.register_buffer("queue", torch.zeros(len(ASSIGN), cfg.swav.queue_size, cfg.swav.projector.out_dim),
+        self.register_buffer("queue", torch.zeros(len(ASSIGN), options.queue_size, options.projector.out_dim),
                              persistent=False)
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long), persistent=False)
         self._frozen, self._use_queue = True, False

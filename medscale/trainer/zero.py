@@ -155,6 +155,7 @@ def initialize(method: torch.nn.Module, cfg: TrainConfig, batch_size: int, world
     the engine."""
     import deepspeed
 
+    from medscale.trainer.distributed import announce_build
     from medscale.trainer.dsio import install
 
     if cfg.zero_stage == 3 and method.no_zero3:
@@ -164,6 +165,8 @@ def initialize(method: torch.nn.Module, cfg: TrainConfig, batch_size: int, world
     ds_config = deepspeed_config(cfg, batch_size, world_size, precision, lr,
                                  sum(p.numel() for p in method.parameters()), client=optimizer is not None,
                                  autocast=method.fp32_weights)
+    if optimizer is None and not ds_config["optimizer"]["params"]["torch_adam"]:
+        announce_build("fused_adam", "fused Adam")
     engine, _, _, _ = deepspeed.initialize(model=method, model_parameters=None if optimizer else groups,
                                            optimizer=optimizer, config=_merge(ds_config, extra or {}))
     install(engine)  # loads that run no code; save failures that every rank learns of

@@ -8,8 +8,7 @@ import sys
 import pytest
 import yaml
 
-from medscale.config import MedscaleConfig
-from medscale.core.config import load_config
+from medscale.config import load
 from tests.trainer.conftest import MAE_TINY, REPO
 
 RUN = ["train.run_dir=s3://medscale-test/runs/spot", "train.data=s3://medscale-test/corpus", "launch.nodes=2",
@@ -42,7 +41,7 @@ def test_the_task_recovers_on_75_runs_the_launcher_from_skypilots_variables_and_
     config_text = run.split("<<'MEDSCALE_CONFIG_END'\n", 1)[1].split("\nMEDSCALE_CONFIG_END\n", 1)[0]
     shipped = tmp_path / "shipped.yaml"
     shipped.write_text(config_text)
-    cfg = load_config(MedscaleConfig, shipped)  # the config the nodes read is a valid one: the same run
+    cfg = load(shipped)  # the config the nodes read is a valid one: the same run
     assert cfg.train.run_dir == "s3://medscale-test/runs/spot" and cfg.train.storage_options == {}
     assert subprocess.run(["bash", "-n", "-c", run]).returncode == 0
 

@@ -28,6 +28,30 @@ def test_round_trip_in_plain_timm(tmp_path):
     torch.testing.assert_close(loaded(x), model(x))
 
 
+def test_an_export_as_a_hub_folder_loads_in_timm_by_name_with_its_preprocessing(tmp_path):
+    """`medscale hf-export RUN OUT`: timm's `local-dir:` loader (the hub format, offline) rebuilds the same model,
+    with the export's input size, mean and std as its data config."""
+    import subprocess
+    import sys
+
+    from tests.eval.conftest import make_export
+
+    run = tmp_path / "run"
+    make_export(run / "export")  # a run directory: its export/ is taken
+    done = subprocess.run([sys.executable, "-m", "medscale", "hf-export", str(run), str(tmp_path / "hub")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "local-dir:" in done.stdout, done.stderr[-2000:]
+    assert {p.name for p in (tmp_path / "hub").iterdir()} == {"config.json", "model.safetensors", "card.json"}
+    config = json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert config["pretrained_cfg"]["tag"] == "medscale-export-step7" and "license" not in config["pretrained_cfg"]
+    hub = timm.create_model(f"local-dir:{tmp_path / 'hub'}", pretrained=True).eval()
+    model, card = load_backbone(run / "export")
+    x = torch.randn(2, 3, 28, 28)
+    assert torch.equal(hub(x), model(x))
+    data = timm.data.resolve_data_config({}, model=hub)
+    assert (data["input_size"], data["mean"], data["std"]) == ((3, 28, 28), [0.5] * 3, [0.25] * 3)
+
+
 def test_wrong_folder_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="not an exported backbone"):
         load_backbone(tmp_path)

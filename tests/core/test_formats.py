@@ -41,6 +41,19 @@ def test_a_version_1_corpus_still_reads_with_the_digest_its_run_recorded():
     assert kept_digest(fs, root, str(V1 / "corpus")) == (meta["manifest_digest"], meta["kept_samples"])
 
 
+@pytest.mark.parametrize("kind", ["torch", "dali"])
+def test_each_loader_takes_the_corpus_digest_from_its_own_index(kind):
+    """The digest a resume checks is the loader's (what it reads), equal to the manifest's kept set's."""
+    if kind == "dali":
+        pytest.importorskip("nvidia.dali")
+    from medscale.data.config import LoaderConfig
+    from medscale.data.loaders import create_loader
+
+    meta = runs.read_meta(V1 / "run" / "checkpoints" / "step-00000002")
+    loader = create_loader(str(V1 / "corpus"), LoaderConfig(loader=kind, device="cpu", batch_size=4, num_workers=0))
+    assert loader.corpus_digest == (meta["manifest_digest"], meta["kept_samples"])
+
+
 def test_a_version_1_run_directory_lists_reads_and_would_resume():
     run = V1 / "run"
     [checkpoint] = runs.complete_checkpoints(run)

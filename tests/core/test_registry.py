@@ -41,8 +41,8 @@ def test_the_factories_name_the_closest_choice():
     from medscale.eval.registry import create_task
     from medscale.trainer.registry import create_method
 
-    cases = ((lambda: create_method("simclar", None), "simclr"), (lambda: create_task("retreival", None), "retrieval"),
-             (lambda: create_strategy("every_n"), "every-n"))
+    cases = ((lambda: create_method("simclar", None, 32), "simclr"),
+             (lambda: create_task("retreival", None), "retrieval"), (lambda: create_strategy("every_n"), "every-n"))
     for make, right in cases:
         with pytest.raises(ValueError, match=f"did you mean '{right}'"):
             make()
@@ -68,6 +68,8 @@ PLUGIN = {
         """,
     "plugdemo/__init__.py": '''
         """A user's package: a method, an evaluation task and a dedup strategy of its own."""
+        from dataclasses import dataclass
+
         from medscale.dedup.strategies import EveryN
         from medscale.eval.retrieval import KnnTask
         from medscale.trainer.methods import MaeMethod
@@ -83,15 +85,24 @@ PLUGIN = {
             """kNN, as a package's own task."""
 
 
+        @dataclass
+        class PlugOptions:
+            """The strategy's own section, `dedup.plugevery`."""
+
+            every: int = 3
+
+
         class PlugStrategy(EveryN):
             """Every third slice, as a package's own strategy."""
+
+            Options = PlugOptions
 
             def __init__(self, every_n: int = 3) -> None:
                 super().__init__(every_n)
 
             @classmethod
             def from_config(cls, cfg):
-                return cls()
+                return cls(cfg.plugevery.every)
         ''',
 }
 
@@ -127,12 +138,16 @@ def test_a_package_adds_a_method_a_task_and_a_strategy_through_entry_points(plug
         names = {"methods": list(METHODS), "tasks": list(TASKS), "strategies": list(STRATEGIES)}
         names["torch_before_use"] = "torch" in sys.modules  # listing names imported nothing heavy
         cfg = load(None, ["train.method=plugmae", "eval.tasks=[plugknn]", "dedup.strategy=plugevery",
-                          "train.mae.decoder_depth=1", "train.patch_size=8"])
+                          "train.plugmae.decoder_depth=1", "train.patch_size=8"])
+        names["own_section"] = cfg.train.plugmae.decoder_depth  # the method's Options: its own train.plugmae
         method = create_method("plugmae", cfg.train, 32)
         import torch
         loss, logged = method(torch.randn(2, 3, 32, 32), torch.Generator().manual_seed(0))
         names["loss"] = float(loss)
         names["strategy"] = create_strategy("plugevery").n
+        from medscale.dedup.strategies import strategy_from_config
+        names["strategy_section"] = strategy_from_config(
+            load(None, ["dedup.strategy=plugevery", "dedup.plugevery.every=5"]).dedup).n
         names["builtin_kept"] = STRATEGIES.load("every-n").__module__  # a plugin may not take a medscale name
         print(json.dumps(names))
     """)
@@ -141,6 +156,7 @@ def test_a_package_adds_a_method_a_task_and_a_strategy_through_entry_points(plug
     assert result["strategies"][-1] == "plugevery" and result["builtin_kept"] == "medscale.dedup.strategies"
     assert "strategy 'every-n' of package medscale-plugin-demo ignored: medscale already has" in done.stderr
     assert not result["torch_before_use"] and result["loss"] > 0 and result["strategy"] == 3
+    assert result["own_section"] == 1 and result["strategy_section"] == 5  # sections of their own
     helped = subprocess.run([sys.executable, "-m", "medscale", "dedup", "--help"], capture_output=True, text=True,
                             env=plugin_env, cwd=REPO)
     assert "plugevery" in helped.stdout and "plugdemo:PlugStrategy (package medscale-plugin-demo)" in " ".join(
@@ -155,7 +171,7 @@ def test_medscale_pretrains_with_a_packages_method(plugin_env, tmp_path):
     done = subprocess.run([sys.executable, "-m", "medscale", "pretrain", "-c", str(MAE_TINY), f"train.data={corpus}",
                            f"train.run_dir={tmp_path / 'run'}", "train.method=plugmae", "train.max_steps=2",
                            "train.checkpoint_every=2", "train.progress=false", "loader.batch_size=8",
-                           "loader.num_workers=0", "train.mae.decoder_depth=1", "train.optimizer=sgd"],
+                           "loader.num_workers=0", "train.plugmae.decoder_depth=1", "train.optimizer=sgd"],
                           capture_output=True, text=True, env=dict(plugin_env, OMP_NUM_THREADS="1"), cwd=REPO,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

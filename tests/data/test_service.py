@@ -91,6 +91,13 @@ def test_shards_every_source_and_quarantines_every_bad_kind(corpus, tmp_path):
     assert not (tmp_path / "out" / "_staging").exists()
 
 
+def test_the_progress_bar_counts_the_slices_written(corpus, tmp_path, capsys):
+    """Volumes' slice counts are estimates until read: the bar ends at the slices written, total and count."""
+    summary = run_sharding(shard_config(_inputs(corpus), tmp_path / "out", shard_size=50, progress=True))
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert f"{summary.slices}/{summary.slices} [" in last and "slice/s" in last, last
+
+
 def test_rerun_does_nothing_and_new_inputs_extend(corpus, tmp_path):
     out = tmp_path / "out"
     first = {k: v for k, v in corpus.items() if k != "npz"}

@@ -13,16 +13,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from medscale.eval.config import EvalConfig
 from medscale.eval.pool import evaluate
+from medscale.eval.registry import eval_config
 from tests.eval.conftest import BREAST, make_export
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _cfg(out, checkpoints, tasks, **kwargs):
-    cfg = EvalConfig(checkpoints=[str(c) for c in checkpoints], tasks=tasks, datasets=[BREAST], out=str(out),
-                     bootstrap=100, progress=False, **kwargs)
+    cfg = eval_config(checkpoints=[str(c) for c in checkpoints], tasks=tasks, datasets=[BREAST], out=str(out),
+                      bootstrap=100, progress=False, **kwargs)
     cfg.finetune.epochs, cfg.finetune.frozen_epochs = 1, 0
     return cfg
 

@@ -10,8 +10,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from medscale.trainer.collectives import all_reduce_sum, gather, world
-from medscale.trainer.config import HeadOptions, SimclrOptions, TrainConfig
 from medscale.trainer.losses import sinkhorn
+from medscale.trainer.options import HeadOptions, SimclrOptions
+from medscale.trainer.registry import train_config
 from medscale.trainer.simclr import SimclrMethod
 
 BATCH = 8
@@ -22,10 +23,10 @@ def main(out: str) -> None:
         dist.init_process_group("gloo")
     rank, size = world()
     share = slice(rank * BATCH // size, (rank + 1) * BATCH // size)
-    cfg = TrainConfig(method="simclr", model="vit_tiny_patch16_224", patch_size=4, in_chans=1,
-                      simclr=SimclrOptions(temperature=0.2, projector=HeadOptions(64, 16, 2, batch_norm=False)))
+    cfg = train_config(method="simclr", model="vit_tiny_patch16_224", patch_size=4, in_chans=1,
+                       simclr=SimclrOptions(temperature=0.2, projector=HeadOptions(64, 16, 2, batch_norm=False)))
     torch.manual_seed(0)  # the same initial weights on every rank, as DeepSpeed's broadcast makes them
-    method = SimclrMethod(cfg, 16)
+    method = SimclrMethod(cfg.simclr, cfg.model_spec(), 16)
     data = torch.Generator().manual_seed(1)
     views = [torch.randn(BATCH, 1, 16, 16, generator=data) for _ in range(2)]
     loss, _ = method([v[share] for v in views])

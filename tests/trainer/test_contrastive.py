@@ -74,7 +74,8 @@ def test_every_method_trains_on_two_ranks_with_zero_2(straight_runs, method):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["moco", "byol", "swav"])
+# byol's momentum targets are saved as moco's; every method resumes in-process in test_methods
+@pytest.mark.parametrize("method", ["moco", "swav"])
 def test_exact_resume_restores_momentum_encoders_queues_and_targets(straight_runs, train_corpus, tmp_path, method):
     """The step-3 checkpoint of the straight run, resumed in a fresh launch, gives its steps 4-6 bit for bit."""
     run_dir = tmp_path / "run"

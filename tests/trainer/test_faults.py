@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,11 +204,24 @@ def test_a_checkpoint_missing_a_ranks_rng_file_is_damaged(straight_run, train_co
     assert _hex(logged_losses(run_dir), range(1, 7)) == _hex(logged_losses(straight_run), range(1, 7))
 
 
-@pytest.mark.parametrize("corpus", ["missing", "empty"])
+V1_CORPUS = Path(__file__).parents[1] / "core" / "v1" / "corpus"
+
+
+@pytest.mark.parametrize("corpus", ["missing", "empty", "all excluded"])
 def test_a_bad_corpus_is_one_line_before_deepspeed_starts(tmp_path, corpus):
-    path = tmp_path / corpus
+    import pyarrow as pa
+
+    from medscale.core.storage import filesystem
+    from medscale.data.manifest import read_manifest, update_rows
+
+    path = tmp_path / corpus.replace(" ", "-")
     if corpus == "empty":
         path.mkdir()
+    if corpus == "all excluded":  # a contamination check that excluded everything
+        shutil.copytree(V1_CORPUS, path)
+        fs, root = filesystem(str(path))
+        keys = read_manifest(fs, root, ["key"])["key"]
+        update_rows(fs, root, pa.table({"key": keys, "status": ["excluded"] * len(keys)}))
     done = run_cmd([sys.executable, *mae_args(path, tmp_path / "run")], timeout=120)
     line = one_line_error(done)
     assert str(path) in line and ("does not exist" in line or "no kept samples" in line)

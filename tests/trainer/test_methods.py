@@ -1,6 +1,8 @@
 """The methods as modules (one process, plain torch): every one learns a fixed tiny set, builds on ResNets and ViTs
 with 1 or 3 channels and exports a backbone plain timm rebuilds; MoCo's queue; the optimizer factory's rules."""
 
+import copy
+
 import numpy as np
 import pytest
 import timm
@@ -9,8 +11,9 @@ import torch
 from medscale.core.errors import ConfigError
 from medscale.data.augment import contrastive_transform
 from medscale.demo import DEMO_DATA
-from medscale.trainer.config import HeadOptions, TrainConfig
-from medscale.trainer.registry import METHODS, create_method
+from medscale.trainer.config import TrainConfig
+from medscale.trainer.options import HeadOptions
+from medscale.trainer.registry import METHODS, create_method, train_config
 from medscale.trainer.zero import client_optimizer, deepspeed_config
 
 CONTRASTIVE = [name for name in METHODS if name != "mae"]
@@ -18,7 +21,7 @@ CONTRASTIVE = [name for name in METHODS if name != "mae"]
 
 def small_config(method: str, model: str = "resnet18", in_chans: int = 1, **train) -> TrainConfig:
     """A config with narrow heads, a short queue and few prototypes (fast on 2 cores)."""
-    cfg = TrainConfig(method=method, model=model, in_chans=in_chans, patch_size=4, **train)
+    cfg = train_config(method=method, model=model, in_chans=in_chans, patch_size=4, **train)
     for name in CONTRASTIVE:
         options = getattr(cfg, name)
         for head in ("projector", "predictor"):
@@ -26,8 +29,31 @@ def small_config(method: str, model: str = "resnet18", in_chans: int = 1, **trai
                 setattr(options, head, HeadOptions(128, 32, getattr(options, head).layers,
                                                    getattr(options, head).batch_norm))
     cfg.moco.queue_size, cfg.swav.prototypes, cfg.swav.small_crops = 16, 20, 2
-    cfg.swav.freeze_prototypes_steps = 3
+    cfg.swav.freeze_prototypes_steps, cfg.swav.queue_size, cfg.swav.queue_start_step = 3, 8, 1
+    cfg.mae.decoder_dim, cfg.mae.decoder_depth, cfg.mae.decoder_heads = 64, 1, 4
     return cfg
+
+
+def _inputs(model, generator: torch.Generator):
+    """A batch of 4 for `model`: images `[4, 3, 16, 16]` (augment mae) or its views (the small ones 8 px)."""
+    if model.augment == "mae":
+        return torch.randn(4, 3, 16, 16, generator=generator)
+    return [torch.randn(4, 3, 16, 16, generator=generator) for _ in range(2)] + [
+        torch.randn(4, 3, 8, 8, generator=generator) for _ in range(model.small_crops)]
+
+
+def _steps(model, optimizer, steps, max_steps: int = 10) -> list:
+    """Optimizer steps `steps` on fixed random batches (one per step); their losses."""
+    losses = []
+    for step in steps:
+        model.begin_step(step, max_steps)
+        loss, _ = model(_inputs(model, torch.Generator().manual_seed(step)), torch.Generator().manual_seed(99 + step))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        model.end_step(step, max_steps)
+        losses.append(float(loss.detach()))
+    return losses
 
 
 @pytest.mark.parametrize("method", CONTRASTIVE)
@@ -54,18 +80,39 @@ def test_every_method_learns_a_fixed_tiny_set(method):
     assert late < 0.92 * early, losses
 
 
-@pytest.mark.parametrize("method", CONTRASTIVE)
-def test_methods_build_on_vits_with_3_channels_and_export_for_plain_timm(method):
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_builds_on_a_vit_with_3_channels_and_exports_for_plain_timm(method):
     torch.manual_seed(0)
     model = create_method(method, small_config(method, "vit_tiny_patch16_224", 3), 16)
-    views = [torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)] + [torch.randn(4, 3, 8, 8)] * model.small_crops
     model.begin_step(0, 10)
-    loss, _ = model(views)
+    loss, _ = model(_inputs(model, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1))
     loss.backward()
-    assert torch.isfinite(loss) and model.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert torch.isfinite(loss) and model.backbone().blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     rebuilt = timm.create_model("vit_tiny_patch16_224", pretrained=False, **model.backbone_kwargs())
     rebuilt.load_state_dict(model.backbone().state_dict())
     assert model.backbone_kwargs()["img_size"] == 16 and rebuilt(torch.randn(1, 3, 16, 16)).shape == (1, 192)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_resumes_exactly_from_its_saved_state(method):
+    """Two steps, the state saved (weights and buffers, optimizer, the rank's own state); two more steps; a model
+    built from another seed and restored repeats those two steps bit for bit (queues, targets, schedules)."""
+    cfg = small_config(method, "vit_tiny_patch16_224", 3)
+    torch.manual_seed(0)
+    model = create_method(method, cfg, 16)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    _steps(model, optimizer, range(2))
+    saved = copy.deepcopy((model.state_dict(), optimizer.state_dict(), model.rank_state()))
+    torch.manual_seed(5)
+    straight = _steps(model, optimizer, range(2, 4))
+    torch.manual_seed(1)
+    other = create_method(method, cfg, 16)
+    other_optimizer = torch.optim.AdamW([p for p in other.parameters() if p.requires_grad], lr=1e-3)
+    other.load_state_dict(saved[0])
+    other_optimizer.load_state_dict(saved[1])
+    other.load_rank_state(saved[2])
+    torch.manual_seed(5)
+    assert _steps(other, other_optimizer, range(2, 4)) == straight
 
 
 def test_a_resnet_takes_no_image_size_and_mocov3_freezes_only_a_vits_patch_embedding():

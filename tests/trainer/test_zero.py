@@ -18,13 +18,14 @@ def _losses(stage: int, share: bool) -> list:
     import torch
 
     from medscale.trainer import zero
-    from medscale.trainer.config import MaeOptions, TrainConfig
     from medscale.trainer.methods import MaeMethod
+    from medscale.trainer.options import MaeOptions
+    from medscale.trainer.registry import train_config
 
     torch.manual_seed(0)
-    cfg = TrainConfig(zero_stage=stage, patch_size=8, mae=MaeOptions(decoder_dim=64, decoder_depth=1,
+    cfg = train_config(zero_stage=stage, patch_size=8, mae=MaeOptions(decoder_dim=64, decoder_depth=1,
                                                                       decoder_heads=4))
-    method = MaeMethod(cfg, 32)
+    method = MaeMethod(cfg.mae, cfg.model_spec(), 32)
     if share:
         engine = zero.initialize(method, cfg, 4, 2, "fp32", 1e-3)
         shared = [m.untyped_storage().data_ptr() == p.untyped_storage().data_ptr()
