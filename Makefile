@@ -6,12 +6,12 @@ STAMP := $(VENV)/.installed
 # the exact set the tests passed with (`make lock` refreshes it); setup.cfg keeps ranges for library users
 LOCK := requirements.lock
 
-.PHONY: demo test test-fast lint bench install lock clean
+.PHONY: demo test test-fast lint docs bench install lock clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml $(LOCK) medscale/hashing/_lanczos.c medscale/hashing/_lanczos_kernel.h medscale/hashing/_lanczos_transpose.h
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c $(LOCK) -e ".[test,cloud,gpu]"
+	$(PY) -m pip install -q -c $(LOCK) -e ".[test,cloud,gpu,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,7 +21,7 @@ lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install -q --upgrade pip
-	.lock-venv/bin/pip install -q -e ".[test,cloud,gpu]"
+	.lock-venv/bin/pip install -q -e ".[test,cloud,gpu,docs]"
 	.lock-venv/bin/pip freeze --exclude-editable > $(LOCK)
 	rm -rf .lock-venv
 
@@ -32,7 +32,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check medscale tests benchmarks
 	$(VENV)/bin/mypy medscale/core medscale/trainer
 
-test: lint
+# the documentation site: broken links and pages left out of the nav fail the build
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q
+
+test: lint docs
 	$(PY) -m pytest -ra --durations=40
 
 test-fast: lint
@@ -48,6 +52,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/eval.py
 	$(PY) benchmarks/launch.py
 	$(PY) benchmarks/spot.py
+	$(PY) benchmarks/scale.py
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache site

@@ -22,6 +22,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from record import recorded  # noqa: E402
+
 from medscale.data.config import ShardConfig  # noqa: E402
 from medscale.data.service import run_sharding  # noqa: E402
 from medscale.dedup.config import DedupConfig  # noqa: E402
@@ -94,4 +96,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("contamination"):
+        main()

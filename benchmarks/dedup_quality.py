@@ -21,6 +21,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from record import recorded  # noqa: E402
+
 from medscale.core.executor import LocalExecutor  # noqa: E402
 from medscale.dedup.lsh import brute_force_pairs, verified  # noqa: E402
 from medscale.dedup.minhash import signatures  # noqa: E402
@@ -208,4 +210,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("dedup_quality"):
+        main()

@@ -31,6 +31,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from record import recorded  # noqa: E402
+
 from medscale.core.executor import LocalExecutor, RayExecutor, ordered_map  # noqa: E402
 from medscale.dedup.lsh import brute_force_pairs, merge_pairs, plan_lsh, table_pairs  # noqa: E402
 from medscale.demo import DEMO_DATA  # noqa: E402
@@ -257,4 +259,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("dedup_speed"):
+        main()

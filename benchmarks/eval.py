@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from record import recorded  # noqa: E402
+
 from medscale.core.executor import create_executor, fan_out  # noqa: E402
 from medscale.eval.datasets import load_dataset  # noqa: E402
 from medscale.eval.features import features, parse_checkpoints  # noqa: E402
@@ -104,5 +106,6 @@ def retrieval_against_matmul(queries: int = 10_000, database: int = 100_000, dim
 
 
 if __name__ == "__main__":
-    pool_against_sequential()
-    retrieval_against_matmul()
+    with recorded("eval"):
+        pool_against_sequential()
+        retrieval_against_matmul()

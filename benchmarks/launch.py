@@ -28,6 +28,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from record import recorded  # noqa: E402
+
 from medscale.core.lifeline import descendants  # noqa: E402
 
 ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
@@ -98,4 +100,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("launch"):
+        main()

@@ -22,6 +22,8 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from record import recorded  # noqa: E402
+
 from medscale.data.augment import IMAGENET_MEAN, IMAGENET_STD, mae_transform, normalize_batch  # noqa: E402
 from medscale.data.config import ShardConfig, SourceOptions  # noqa: E402
 from medscale.data.dataset import ShardDataset, ShardLoader  # noqa: E402
@@ -134,4 +136,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("loader"):
+        main()

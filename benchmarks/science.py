@@ -25,6 +25,8 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from record import recorded  # noqa: E402
+
 from medscale.eval.corruptions import corrupt_npz  # noqa: E402
 from medscale.eval.pool import evaluate  # noqa: E402
 from medscale.eval.registry import eval_config  # noqa: E402
@@ -155,4 +157,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("science"):
+        main()

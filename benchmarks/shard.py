@@ -25,6 +25,8 @@ import pydicom
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from record import recorded  # noqa: E402
+
 from medscale.core.executor import choose_executor  # noqa: E402
 from medscale.data.config import ShardConfig  # noqa: E402
 from medscale.data.service import SAMPLE_COST_S, run_sharding  # noqa: E402
@@ -197,4 +199,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("shard"):
+        main()

@@ -22,6 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from record import recorded  # noqa: E402
+
 from benchmarks.launch import ENV, corpus  # noqa: E402
 from tests.cluster.conftest import MetadataServer  # noqa: E402
 from tests.conftest import _free_port  # noqa: E402
@@ -95,4 +97,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("spot"):
+        main()

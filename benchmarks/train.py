@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from record import recorded  # noqa: E402
+
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 from medscale.trainer.config import TrainConfig  # noqa: E402
 from medscale.trainer.methods import MaeMethod  # noqa: E402
@@ -263,4 +265,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("train"):
+        main()

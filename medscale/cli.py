@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from medscale import __version__
-from medscale.config import SECTIONS, MedscaleConfig, load, root_config
+from medscale.config import SECTIONS, MedscaleConfig, load, resolve_config, root_config
 from medscale.core.config import reference, to_yaml
 from medscale.core.errors import ConfigError, MedscaleError
 from medscale.core.executor import EXECUTOR_CHOICES
 from medscale.core.faults import describe, fault_kind, stopped, traceback_text
+from medscale.core.logs import setup_logging
 from medscale.data.config import AUGMENTS
 from medscale.dedup.strategies import STRATEGIES
 from medscale.eval import command as eval_command
@@ -157,8 +158,9 @@ def _launch(args: argparse.Namespace, extra: List[str]) -> int:
         from medscale.launcher.outcome import verdict
 
         return verdict(cfg.train.run_dir, cfg.train.storage_options, args.outcome, args.since or 0.0)
-    return launch(cfg.launch, cfg.train, cfg.loader, args.config, overrides, dry_run=args.dry_run,
-                  on_start=_watch_notices(cfg.cluster))
+    config_file = resolve_config(args.config)  # a preset's name: its file, which every rank reads
+    return launch(cfg.launch, cfg.train, cfg.loader, str(config_file) if config_file else None, overrides,
+                  dry_run=args.dry_run, on_start=_watch_notices(cfg.cluster))
 
 
 def _watch_notices(cluster) -> Optional[Callable]:
@@ -220,33 +222,14 @@ def _preview(args: argparse.Namespace, extra: List[str]) -> int:
 def _hf_export(args: argparse.Namespace, extra: List[str]) -> int:
     from medscale.core.card import save_for_timm_hub
 
-    source = Path(args.export) / "export" if (Path(args.export) / "export").is_dir() else Path(args.export)
-    out = save_for_timm_hub(source, args.out)
-    print(f"{source} -> {out}: timm.create_model('local-dir:{out.resolve()}', pretrained=True)")
+    out = save_for_timm_hub(args.export, args.out)
+    print(f"{args.export} -> {out}: timm.create_model('local-dir:{out.resolve()}', pretrained=True)")
     return 0
 
 
 def _config(args: argparse.Namespace, extra: List[str]) -> int:
-    if args.reference:
-        print(reference(root_config()), end="")
-        return 0
-    print(to_yaml(load(args.config, _overrides_only(extra))), end="")
+    print(reference(root_config()) if args.reference else to_yaml(load(args.config, _overrides_only(extra))), end="")
     return 0
-
-
-class OneLineFormatter(logging.Formatter):
-    """Log records with an exception show its one-line cause, never a traceback (libraries log some, e.g.
-    asyncio's "Task exception was never retrieved" when an S3 endpoint goes away); `-v` shows them whole."""
-
-    def formatException(self, ei) -> str:
-        """The exception's one-line cause (the traceback with -v)."""
-        if logging.getLogger().isEnabledFor(logging.DEBUG):
-            return super().formatException(ei)
-        return f"  ({describe(ei[1])})" if ei and ei[1] is not None else ""
-
-    def formatStack(self, stack_info: str) -> str:
-        """Nothing (the stack with -v)."""
-        return "" if not logging.getLogger().isEnabledFor(logging.DEBUG) else super().formatStack(stack_info)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,13 +358,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `medscale` console script."""
     parser = build_parser()
     args, extra = parser.parse_known_args(eval_command.route(sys.argv[1:] if argv is None else argv))
-    handler = logging.StreamHandler()
-    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
-    if not args.verbose:  # third parties' chatter (torch's CUDA probe, deprecation notices): -v shows it
-        logging.captureWarnings(True)
-        for name in ("py.warnings", "torch.utils.cpp_extension"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+    setup_logging(args.verbose)
     bad = [e for e in extra if e.startswith("-")]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")

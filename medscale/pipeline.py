@@ -4,7 +4,7 @@ ZeRO-2 on 2 ranks under torchrun while `eval watch` evaluates each checkpoint, e
 print one table with every figure, each stage's wall time and the paths worth opening.
 
 Everything is written under one folder; each stage reads only the previous stage's files, so each can be rerun
-alone (the README gives the commands).
+alone (docs/getting-started.md gives the commands).
 """
 
 from __future__ import annotations

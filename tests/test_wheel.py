@@ -1,7 +1,7 @@
 """The front door: a wheel built from this checkout works outside it. Built with pip, installed alone into a
 folder of its own (its dependencies are the test environment's), then used from another directory: the presets
 and the demo data ship inside it, `medscale demo --help` answers, and a tiny `medscale pretrain` runs with a
-preset named, not pathed."""
+preset named, not pathed, printing nothing of third parties (no torch CUDA probe, no DeepSpeed op-build lines)."""
 
 import json
 import os
@@ -48,5 +48,7 @@ def test_the_wheel_works_outside_the_checkout(tmp_path):
                     "train.max_steps=2", "train.checkpoint_every=2", "train.progress=false", "loader.batch_size=8",
                     "loader.num_workers=0", "train.mae.decoder_depth=1", "train.optimizer=sgd")
     assert done.returncode == 0, done.stderr[-3000:]
+    for chatter in ("built successfully", "No CUDA runtime", "Warning", "[INFO]"):  # third parties stay quiet
+        assert chatter not in done.stdout + done.stderr, (chatter, done.stderr[-3000:])
     card = json.loads((elsewhere / "run" / "export" / "card.json").read_text())
     assert card["step"] == 2 and card["model"] == "vit_tiny_patch16_224"

@@ -108,12 +108,15 @@ def load_backbone(directory: str | Path) -> Tuple[Any, Card]:
 
 
 def save_for_timm_hub(directory: str | Path, out: str | Path) -> Path:
-    """The export at `directory` as a Hugging Face hub folder that timm reads: `config.json` (the architecture, its
-    arguments and a `pretrained_cfg` with the export's input size, mean and std), `model.safetensors`, and the
-    medscale card beside them. `timm.create_model("local-dir:OUT", pretrained=True)` loads it; uploaded as a hub
-    repository, so does `timm.create_model("hf-hub:USER/NAME", pretrained=True)`."""
+    """The export at `directory` (or a run directory's `export/`) as a Hugging Face hub folder that timm reads:
+    `config.json` (the architecture, its arguments and a `pretrained_cfg` with the export's input size, mean and
+    std), `model.safetensors`, and the medscale card beside them. `timm.create_model("local-dir:OUT",
+    pretrained=True)` loads it; uploaded as a hub repository, so does `timm.create_model("hf-hub:USER/NAME",
+    pretrained=True)`."""
     from timm.models import save_for_hf
 
+    if (Path(directory) / "export" / CARD).is_file():  # a run directory: its newest export
+        directory = Path(directory) / "export"
     model, card = load_backbone(directory)
     chans = card.in_chans
     out = Path(out)

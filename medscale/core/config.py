@@ -140,7 +140,7 @@ def _describe(root: type, error: OmegaConfBaseException, origin: str, given: str
     if "not in struct" in msg or "Key '" in msg and "not in" in msg:
         whole = given if given.startswith(key + ".") else key
         return (f"{origin}: unknown key '{key}'{key_hint(root, whole)}. Check the spelling against `medscale config` "
-                "or the README.")
+                "or docs/config.md.")
     expected = expected_type(root, key)
     return f"{origin}: bad value for key '{key}'" + (f" (expected {expected})" if expected else "") + f": {msg}"
 

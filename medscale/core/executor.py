@@ -192,7 +192,7 @@ class PoolExecutor:
 
 EXECUTORS: Dict[str, type] = {"ray": RayExecutor, "pool": PoolExecutor, "local": LocalExecutor}
 EXECUTOR_CHOICES = ("auto", *EXECUTORS)  # what `executor:` keys accept; auto applies `choose_executor`
-# measured on a 2-core machine (README, "Speed"): what each way costs before the first task runs
+# measured on a 2-core machine (docs/sharding.md, "Speed"): what each way costs before the first task runs
 RAY_START_S = 2.8  # a local Ray cluster (ray.init) and its first tasks, 2.3-5 s
 POOL_START_S = 0.7  # a forkserver pool, the sharding modules imported once, workers started
 

@@ -37,7 +37,7 @@ class DedupConfig:
     clusters: int = 0  # embedding: k-means clusters; 0 = about sqrt(N)
     against: List[str] = field(default_factory=list)  # evaluation sets for the contamination check
     # the contamination check's own rule: Hash-6 alone finds unrelated small images of one modality alike (28-px
-    # chest X-rays: 39% of a test split), the confirmation keeps resized copies (README, "Contamination")
+    # chest X-rays: 39% of a test split), the confirmation keeps resized copies (docs/dedup.md, "Contamination")
     against_threshold: int = 3  # dHash distance at or under which an evaluation image and a corpus slice match
     against_verify: Optional[str] = "ahash+phash<=6"  # and this too (null: the hash alone)
     exclude: bool = False  # contamination: mark corpus samples near an evaluation image as excluded

@@ -6,6 +6,7 @@ import re
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +45,16 @@ def test_torchrun_elastic_line_parses_with_torchruns_own_parser():
     assert args.module and args.training_script == "medscale" and not args.standalone
     trainer = _trainer_part(args.training_script_args)
     assert trainer[1:3] == ["-c", str(MAE_TINY.resolve())] and trainer[3:] == RUN  # the launch.* overrides stay here
+
+
+def test_a_preset_named_from_another_directory_reaches_the_ranks_as_its_file(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "medscale", "launch", "-c", "mae-tiny", *RUN, "--dry-run"],
+                          capture_output=True, text=True, env=dict(os.environ, **ENV, PYTHONPATH=str(REPO)),
+                          cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    trainer = shlex.split(done.stdout.strip().splitlines()[-1])
+    config = trainer[trainer.index("-c") + 1]
+    assert config.endswith("presets/mae-tiny.yaml") and Path(config).is_file()  # not cwd/mae-tiny
 
 
 def test_one_node_without_an_endpoint_is_standalone():

@@ -259,13 +259,8 @@ def test_an_s3_run_directory_needs_no_shared_filesystem(straight_run, train_corp
 
 
 @pytest.mark.slow
-def test_a_normal_run_shows_no_third_party_chatter_and_verbose_shows_it(tmp_path):
-    """torch's CUDA probe, DeepSpeed's op-build prints and deprecation notices stay out of a normal run's output;
-    `-v` shows them."""
+def test_verbose_shows_the_third_party_chatter_a_normal_run_hides(tmp_path):
+    """`-v` shows DeepSpeed's op-build prints (a normal run keeps them out: tests/test_wheel.py checks its run)."""
     corpus = Path(__file__).parents[1] / "core" / "v1" / "corpus"
-    quiet = _run([sys.executable, *_args(corpus, tmp_path / "quiet", "train.max_steps=1")])
-    assert quiet.returncode == 0, quiet.stderr[-3000:]
-    for chatter in ("built successfully", "No CUDA runtime", "Warning", "[INFO]"):
-        assert chatter not in quiet.stdout + quiet.stderr, (chatter, quiet.stderr[-3000:])
     loud = _run([sys.executable, "-m", "medscale", "-v", *_args(corpus, tmp_path / "loud", "train.max_steps=1")[2:]])
     assert loud.returncode == 0 and "deepspeed_shm_comm_op built successfully" in loud.stderr, loud.stderr[-3000:]
