@@ -1,4 +1,5 @@
-"""Augmentation pipelines for the trainers, on float tensors so 16-bit slices keep their precision until the crop.
+"""Augmentation pipelines for the trainers: 8-bit slices are cropped and resized as bytes (torchvision's uint8
+kernels, ~2x its float ones), 16-bit slices as float32 so that they keep their precision until the crop.
 
 `to_tensor` turns a stored slice (`[H, W]` uint8/uint16 or `[H, W, 3]` uint8) into `[C, H, W]` float32 in [0, 1];
 `mae_transform` is MAE's recipe; `contrastive_transform` returns two (or multi-crop) views as in SimCLR/MoCo/BYOL
@@ -7,7 +8,7 @@ and SwAV. The DALI pipeline (`medscale.data.dali`) implements the same recipes w
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Dict, List, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -32,13 +33,35 @@ def to_tensor(pixels: np.ndarray, channels: int = 3) -> torch.Tensor:
     return x.contiguous()
 
 
+def native_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """A stored slice on its own channels, for the geometry: uint8 -> `[C, H, W]` uint8 (no copy when writable),
+    uint16 -> `[C, H, W]` float32 in [0, 1]."""
+    if pixels.dtype != np.uint8:
+        return to_tensor(pixels, channels=1 if pixels.ndim == 2 else 3)
+    x = torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy())
+    return x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+
+
+def unit_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float32 in [0, 1]; a float tensor passes unchanged."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
 def _channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     """Grey `[1, H, W]` repeated to 3 channels (after the crop: 3x less resampling work), or RGB averaged to 1."""
     if x.shape[0] == 1 and channels == 3:
         return x.expand(3, -1, -1)
     if x.shape[0] == 3 and channels == 1:
+        if x.dtype == torch.uint8:
+            return x.float().mean(dim=0, keepdim=True).round_().to(torch.uint8)
         return x.mean(dim=0, keepdim=True)
     return x
+
+
+def _byte_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 output: grey stays `[1, H, W]` (3x fewer bytes through shared memory and to the GPU; `normalize_batch`
+    repeats it on the training device), RGB is averaged to 1 channel for a 1-channel model."""
+    return x if x.shape[0] == 1 else _channels(x, channels)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -47,31 +70,35 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_batch(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-                    std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
-    """`images: [N, C, H, W]` uint8 (the loader's `batch_dtype: uint8`) -> float32 normalised, on their device (the
-    trainer's side of the uint8 path, as FFCV and timm's prefetcher do); float batches pass unchanged."""
+                    std: Sequence[float] = IMAGENET_STD, channels: Optional[int] = None) -> torch.Tensor:
+    """`images: [N, C, H, W]` uint8 (the loader's `batch_dtype: uint8`; C = 1 for a batch of grey slices) ->
+    `[N, channels, H, W]` float32 normalised, on their device (the trainer's side of the uint8 path, as FFCV and
+    timm's prefetcher do; grey is repeated here, in the same pass); float batches pass unchanged."""
     if images.dtype != torch.uint8:
         return images
-    c = images.shape[1]
+    c = channels or images.shape[1]
+    if images.shape[1] not in (1, c):
+        raise ValueError(f"a batch of {images.shape[1]}-channel images cannot feed a {c}-channel model")
     std_t = torch.tensor(list(std)[:c], device=images.device).view(1, c, 1, 1)
     shift = -torch.tensor(list(mean)[:c], device=images.device).view(1, c, 1, 1) / std_t
-    return torch.addcmul(shift, images.float(), 1.0 / (255.0 * std_t))  # one pass after the conversion
+    return torch.addcmul(shift, images.float(), 1.0 / (255.0 * std_t))  # one pass, broadcast over the channels
 
 
 class _GreyFirst:
-    """Runs `geometry` on the native channels (1 for grey slices), then sets the channel count and normalises
-    (float32 output) or quantises (uint8 output, normalised later by `normalize_batch` on the training device)."""
+    """Runs `geometry` on the native channels and dtype (1 channel for grey slices, bytes for 8-bit ones), then sets
+    the channel count and normalises (float32 output) or quantises (uint8 output, normalised later by
+    `normalize_batch` on the training device)."""
 
     def __init__(self, geometry: Callable, mean: Sequence[float], std: Sequence[float], channels: int,
                  output: str = "float32") -> None:
-        self.geometry, self.channels = geometry, channels
-        self.finish = to_uint8 if output == "uint8" else v2.Normalize(list(mean)[:channels], list(std)[:channels])
+        self.geometry, self.channels, self.output = geometry, channels, output
+        self.normalize = v2.Normalize(list(mean)[:channels], list(std)[:channels])
 
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:
-        x = to_tensor(pixels, channels=1 if pixels.ndim == 2 else 3)
-        if self.finish is to_uint8:  # quantise grey before repeating it: a third of the work
-            return _channels(to_uint8(self.geometry(x)), self.channels)
-        return self.finish(_channels(self.geometry(x), self.channels))
+        x = self.geometry(native_tensor(pixels))
+        if self.output == "uint8":
+            return _byte_channels(x if x.dtype == torch.uint8 else to_uint8(x), self.channels)
+        return self.normalize(_channels(unit_float(x), self.channels))
 
 
 def mae_transform(size: int = 224, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
@@ -96,6 +123,7 @@ def _view(size: int, scale: tuple, blur: float, colour: bool) -> v2.Compose:
     """One contrastive view before normalisation; grey inputs skip the colour-only steps (no-ops on grey)."""
     return v2.Compose([
         v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        unit_float,  # the colour steps in float
         _UnitRange(),
         v2.RandomHorizontalFlip(),
         v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2 if colour else 0.0, 0.1 if colour else 0.0)], p=0.8),
@@ -125,12 +153,14 @@ def contrastive_transform(size: int = 224, small_size: int = 96, small_crops: in
     specs = view_specs(size, small_size, small_crops, crop_scale, small_crop_scale)
     grey = [_view(s, sc, b, colour=False) for s, sc, b in specs]
     rgb = [_view(s, sc, b, colour=True) for s, sc, b in specs]
-    finish = to_uint8 if output == "uint8" else v2.Normalize(list(mean)[:channels], list(std)[:channels])
+    normalize = v2.Normalize(list(mean)[:channels], list(std)[:channels])
 
     def apply(pixels: np.ndarray) -> List[torch.Tensor]:
-        x = to_tensor(pixels, channels=1 if pixels.ndim == 2 else 3)
-        views = grey if x.shape[0] == 1 else rgb
-        return [finish(_channels(view(x).clamp(0.0, 1.0), channels)) for view in views]
+        x = native_tensor(pixels)
+        views = [view(x).clamp(0.0, 1.0) for view in (grey if x.shape[0] == 1 else rgb)]
+        if output == "uint8":
+            return [_byte_channels(to_uint8(v), channels) for v in views]
+        return [normalize(_channels(v, channels)) for v in views]
 
     return apply
 

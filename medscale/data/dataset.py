@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from medscale.core.errors import ConfigError, MedscaleError
 from medscale.core.faults import TRANSIENT, fault_kind
@@ -32,7 +32,7 @@ from medscale.data.order import (
     epoch_order,
     rank_stream,
     remaining,
-    sample_seed,
+    sample_seeds,
     weighted_order,
     worker_stream,
 )
@@ -164,9 +164,10 @@ class ShardDataset(IterableDataset):
         if info is not None:
             stream = worker_stream(stream, info.id, info.num_workers, self.batch_size)
         reader = ShardReader(self.index.root_url, self.storage_options, self.cache_dir)
+        seeds = sample_seeds(self.seed, self.epoch, stream)
         try:
-            for i in stream:
-                sample = self._load(reader, int(i))
+            for i, seed in zip(stream, seeds):
+                sample = self._load(reader, int(i), int(seed))
                 if info is None:
                     self._count(1)
                 if sample is not None:
@@ -176,7 +177,7 @@ class ShardDataset(IterableDataset):
         if info is None:
             self._completed = True
 
-    def _load(self, reader: ShardReader, i: int) -> Optional[Dict[str, Any]]:
+    def _load(self, reader: ShardReader, i: int, seed: int) -> Optional[Dict[str, Any]]:
         ix = self.index
         shard, key = ix.shards[ix.shard_of[i]], ix.keys[i]
         try:
@@ -187,9 +188,14 @@ class ShardDataset(IterableDataset):
             self.skipped += 1
             logger.error("skipping sample %s of %s: %s", key, shard, exc)
             return None
-        with torch.random.fork_rng(devices=[]):  # this sample's own stream: resumes augment alike
-            torch.manual_seed(sample_seed(self.seed, self.epoch, i))
+        # this sample's own stream (resumes augment alike): the CPU generator only, where fork_rng + manual_seed
+        # would seed every accelerator backend too (~0.2 ms a sample)
+        saved = torch.get_rng_state()
+        torch.default_generator.manual_seed(seed)
+        try:
             out = self.transform(pixels)
+        finally:
+            torch.set_rng_state(saved)
         name = "views" if isinstance(out, (list, tuple)) else "image"  # contrastive transforms give several views
         return {"key": key, name: out, "label": int(ix.labels[i]), "index": i}
 
@@ -201,6 +207,25 @@ def ignore_preemption_signals(worker_id: int) -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
+def _same_channels(images: list) -> list:
+    """Grey `[1, H, W]` images repeated to 3 channels where a batch also holds RGB ones (uint8 output keeps grey on
+    one channel), so that they stack."""
+    if len({image.shape[0] for image in images}) == 1:
+        return images
+    return [image.expand(3, -1, -1) if image.shape[0] == 1 else image for image in images]
+
+
+def collate_samples(samples: list) -> Dict[str, Any]:
+    """`default_collate` of `ShardDataset` samples, after aligning the channels of images (or of each view)."""
+    if samples and "image" in samples[0]:
+        images = _same_channels([s["image"] for s in samples])
+        samples = [{**s, "image": image} for s, image in zip(samples, images)]
+    elif samples and "views" in samples[0]:
+        views = [_same_channels(list(v)) for v in zip(*(s["views"] for s in samples))]
+        samples = [{**s, "views": [v[j] for v in views]} for j, s in enumerate(samples)]
+    return default_collate(samples)
+
+
 class ShardLoader(DataLoader):
     """A DataLoader over a `ShardDataset` that counts delivered batches in the main process, so that
     `state_dict()` is exact with any number of workers."""
@@ -210,6 +235,7 @@ class ShardLoader(DataLoader):
             raise ConfigError("ShardLoader needs fresh workers each epoch (persistent_workers=False)")
         kwargs.setdefault("pin_memory", torch.cuda.is_available())
         kwargs.setdefault("worker_init_fn", ignore_preemption_signals)
+        kwargs.setdefault("collate_fn", collate_samples)
         super().__init__(dataset, batch_size=dataset.batch_size, num_workers=num_workers, **kwargs)
 
     def __iter__(self):

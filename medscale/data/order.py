@@ -61,11 +61,24 @@ def worker_stream(stream: np.ndarray, worker: int, num_workers: int, batch_size:
     return np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The seed of sample `index`'s augmentation in `epoch`: a pure function of the three, so that a resumed run
-    (any world size, any number of workers) augments every sample exactly as the uninterrupted run did."""
-    mixed = np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0]
-    return int(mixed >> np.uint64(1))  # torch.manual_seed takes a non-negative int64
+_GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 `x` (wrapping arithmetic): a bijection that spreads every input bit."""
+    with np.errstate(over="ignore"):
+        z = x + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        return z ^ (z >> np.uint64(31))
+
+
+def sample_seeds(seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
+    """The seeds of samples `indices`' augmentations in `epoch` (`[N]` int64, non-negative): SplitMix64 chained over
+    (seed, epoch, index), a pure function of the three, so that a resumed run (any world size, any number of workers)
+    augments every sample exactly as the uninterrupted run did; one vectorised call per worker stream."""
+    key = _splitmix64(_splitmix64(np.array([seed], np.uint64)) ^ np.uint64(epoch))
+    return (_splitmix64(key ^ np.asarray(indices, np.uint64)) >> np.uint64(1)).astype(np.int64)
 
 
 def weighted_order(order: np.ndarray, groups: np.ndarray, weights: Sequence[float], seed: int, epoch: int,

@@ -260,7 +260,7 @@ def _loop(engine, method, batches, loader, generator, cfg: TrainConfig, world: D
             t = time.perf_counter()
             batch = next(batches)
             wait_s += time.perf_counter() - t
-            inputs = _inputs(batch, world.device, input_dtype)
+            inputs = _inputs(batch, world.device, input_dtype, cfg.in_chans)
             loss, logs = engine(inputs, generator)
             engine.backward(loss)
             engine.step()
@@ -321,11 +321,12 @@ def _loop(engine, method, batches, loader, generator, cfg: TrainConfig, world: D
                         f"resume (exit code {ck.PREEMPTED_EXIT})")
 
 
-def _inputs(batch, device: torch.device, dtype: torch.dtype):
-    """The method's input on the training device, normalised: the batch's images, or its list of views."""
+def _inputs(batch, device: torch.device, dtype: torch.dtype, channels: int):
+    """The method's input on the training device, normalised to `channels`: the batch's images, or its views."""
     if "views" in batch:
-        return [normalize_batch(v.to(device, non_blocking=True)).to(dtype) for v in batch["views"]]
-    return normalize_batch(batch["image"].to(device, non_blocking=True)).to(dtype)
+        return [normalize_batch(v.to(device, non_blocking=True), channels=channels).to(dtype)
+                for v in batch["views"]]
+    return normalize_batch(batch["image"].to(device, non_blocking=True), channels=channels).to(dtype)
 
 
 def _memory_gib(device: torch.device) -> float:

@@ -1,6 +1,7 @@
 """Augmentation recipes: shapes, grey handled on one channel then repeated, 16-bit precision kept to the crop."""
 
 import numpy as np
+import pytest
 import torch
 
 from medscale.data.augment import contrastive_transform, mae_transform, resize_transform, to_tensor
@@ -53,10 +54,29 @@ def test_uint8_batches_normalise_on_the_training_side_like_the_float_path():
     as_float = mae_transform(16)(pixels)
     torch.manual_seed(3)
     as_uint8 = mae_transform(16, output="uint8")(pixels)
-    assert as_uint8.dtype == torch.uint8 and as_uint8.shape == as_float.shape
-    back = normalize_batch(as_uint8[None])[0]
-    assert (back - as_float).abs().max() < 0.5 / 255 / 0.224 + 1e-5  # within half a grey level, normalised
-    assert normalize_batch(as_float[None]) is not None and torch.equal(normalize_batch(as_float[None]), as_float[None])
+    assert as_uint8.dtype == torch.uint8 and as_uint8.shape == (1, 16, 16)  # grey crosses as one channel
+    back = normalize_batch(as_uint8[None], channels=3)[0]
+    assert back.shape == as_float.shape
+    torch.testing.assert_close(back, as_float)  # 8-bit slices are cropped as bytes on both paths
+    assert torch.equal(normalize_batch(as_float[None]), as_float[None])
+    with pytest.raises(ValueError, match="3-channel images cannot feed a 1-channel model"):
+        normalize_batch(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), channels=1)
+
+
+def test_uint8_batches_mix_grey_and_rgb_slices_and_average_rgb_for_one_channel_models():
+    from medscale.data.dataset import collate_samples
+
+    grey = (np.arange(20 * 20) % 256).astype(np.uint8).reshape(20, 20)
+    rgb = np.stack([grey, grey // 2, 255 - grey], axis=2)
+    tf = resize_transform(8, output="uint8")
+    batch = collate_samples([{"image": tf(grey), "label": 0}, {"image": tf(rgb), "label": 1}])
+    assert batch["image"].shape == (2, 3, 8, 8) and torch.equal(batch["image"][0, 0], batch["image"][0, 2])
+    assert collate_samples([{"image": tf(grey)}] * 2)["image"].shape == (2, 1, 8, 8)
+    one = resize_transform(8, channels=1, output="uint8")(rgb)
+    assert one.shape == (1, 8, 8) and one.dtype == torch.uint8
+    views = contrastive_transform(8, 4, small_crops=1, output="uint8")
+    batch = collate_samples([{"views": views(grey)}, {"views": views(rgb)}])
+    assert [tuple(v.shape) for v in batch["views"]] == [(2, 3, 8, 8)] * 2 + [(2, 3, 4, 4)]
 
 
 def test_a_trainer_fills_in_views_and_channels_and_the_config_wins_where_set():

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from medscale.data.order import epoch_order, rank_stream, remaining, worker_stream
 
@@ -72,3 +73,15 @@ def test_weighted_order_follows_the_rule():
         assert np.array_equal(out, weighted_order(epoch_order([24], 1, epoch), groups, [2.0, 0.25, 1.5], 1, epoch))
     assert sorted(seen_c) == list(range(8))  # weight 0.25: every sample once in 4 epochs, none repeated
     assert len(order) == 24
+
+
+def test_sample_seeds_are_pure_distinct_and_valid_torch_seeds():
+    from medscale.data.order import sample_seeds
+
+    indices = np.arange(200_000)
+    seeds = sample_seeds(0, 0, indices)
+    assert seeds.dtype == np.int64 and (seeds >= 0).all() and len(np.unique(seeds)) == len(indices)
+    np.testing.assert_array_equal(sample_seeds(0, 0, indices[::-1][:1000]), seeds[::-1][:1000])  # any order, any split
+    others = np.concatenate([sample_seeds(0, 1, indices[:1000]), sample_seeds(1, 0, indices[:1000])])
+    assert len(np.intersect1d(others, seeds[:1000])) == 0 and len(np.unique(others)) == 2000
+    torch.manual_seed(int(seeds[-1]))  # in torch's seed range

@@ -38,7 +38,8 @@ def test_fast_decoder_round_trips_and_falls_back_to_pil():
 
     rng = np.random.default_rng(0)
     for arr in [rng.integers(0, 256, (37, 53), dtype=np.uint8), rng.integers(0, 65536, (20, 31), dtype=np.uint16),
-                rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)]:
+                rng.integers(0, 256, (1, 7), dtype=np.uint8), rng.integers(0, 256, (300, 64), dtype=np.uint8),
+                rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)]:  # any height: the scan runs in log2(H) steps
         data = encode_png(arr)
         assert _decode_up_filtered(data) is not None
         out = decode_png(data)
@@ -46,3 +47,6 @@ def test_fast_decoder_round_trips_and_falls_back_to_pil():
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")  # PIL's own adaptive filters: the PIL path
     assert _decode_up_filtered(buf.getvalue()) is None and np.array_equal(decode_png(buf.getvalue()), arr)
+    damaged = bytearray(encode_png(arr))
+    damaged[45:49] = b"\xff\xff\xff\xff"  # inside the compressed stream: the inflate error is caught, not raised
+    assert _decode_up_filtered(bytes(damaged)) is None

@@ -45,10 +45,11 @@ def logged_losses(run_dir):
 
 
 def mae_args(corpus, run_dir, *extra):
-    """`-m medscale pretrain` of a tiny MAE on `corpus` into `run_dir` (a step each log line), then `extra`."""
+    """`-m medscale pretrain` of a tiny MAE on `corpus` into `run_dir` (a step each log line), then `extra`; uint8
+    batches, normalised by the trainer: the GPU default's CPU twin (the pipeline tests train on float32 batches)."""
     return ["-m", "medscale", "pretrain", "-c", str(MAE_TINY), f"train.data={corpus}", f"train.run_dir={run_dir}",
             "train.progress=false", "train.log_every=1", "train.warmup_steps=2", "loader.batch_size=8",
-            "loader.num_workers=1", "train.mae.decoder_depth=1", *extra]
+            "loader.num_workers=1", "loader.batch_dtype=uint8", "train.mae.decoder_depth=1", *extra]
 
 
 @pytest.fixture(scope="session")
