@@ -48,7 +48,7 @@ def step_flops(method, images: torch.Tensor) -> float:
 
     counter = FlopCounterMode(display=False)
     with counter:
-        loss, _ = method(images, torch.Generator().manual_seed(0))
+        loss, _ = method(images, torch.Generator(device=images.device).manual_seed(0))
         loss.backward()
     method.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())

@@ -358,7 +358,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `medscale` console script."""
     parser = build_parser()
     args, extra = parser.parse_known_args(eval_command.route(sys.argv[1:] if argv is None else argv))
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, getattr(args, "command", None))
     bad = [e for e in extra if e.startswith("-")]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")

@@ -76,20 +76,15 @@ def _launch(command: Sequence[str], log: Path | None = None, env: Dict[str, str]
         return subprocess.Popen(list(command), stdout=stream, stderr=subprocess.STDOUT, env=env)
 
 
-def run_demo(cfg: MedscaleConfig, output: Path, config_file: Path, overrides: Sequence[str], ranks: int = 2,
-             interval: float = 5.0) -> Dict[str, float]:
-    """Every stage in turn into `output`; returns each stage's wall seconds (printed with the results)."""
+def build_demo_corpus(cfg: MedscaleConfig, output: Path, times: Dict[str, float]) -> Path:
+    """Stages 1 and 2 into `output/corpus`: shard the bundled inputs (or `shard.inputs`), reduce them (hash-volume)
+    and exclude what the contamination check finds of the evaluation test splits; each stage's seconds in `times`."""
     from medscale.data.service import run_sharding
     from medscale.dedup.contamination import run_contamination
     from medscale.dedup.service import run_dedup
     from medscale.dedup.volume import slice_reducer
-    from medscale.eval.pool import evaluate
-    from medscale.eval.results import markdown_table, read_results
 
-    output.mkdir(parents=True, exist_ok=True)
-    corpus, run, results = output / "corpus", output / "run", output / "eval"
-    times: Dict[str, float] = {}
-
+    corpus = output / "corpus"
     start = time.perf_counter()
     for name, modality in DEMO_MODALITIES.items():
         cfg.shard.sources.setdefault(name, dataclasses.replace(cfg.shard.defaults, modality=modality))
@@ -107,6 +102,19 @@ def run_demo(cfg: MedscaleConfig, output: Path, config_file: Path, overrides: Se
     check = dataclasses.replace(cfg.dedup, against=write_test_splits(output / "test-splits"), exclude=True)
     print(run_contamination(str(corpus), check).format(), flush=True)
     times["reduce + contamination"] = time.perf_counter() - start
+    return corpus
+
+
+def run_demo(cfg: MedscaleConfig, output: Path, config_file: Path, overrides: Sequence[str], ranks: int = 2,
+             interval: float = 5.0) -> Dict[str, float]:
+    """Every stage in turn into `output`; returns each stage's wall seconds (printed with the results)."""
+    from medscale.eval.pool import evaluate
+    from medscale.eval.results import markdown_table, read_results
+
+    output.mkdir(parents=True, exist_ok=True)
+    run, results = output / "run", output / "eval"
+    times: Dict[str, float] = {}
+    corpus = build_demo_corpus(cfg, output, times)
 
     start = time.perf_counter()
     cfg.eval.datasets = cfg.eval.datasets or eval_datasets()

@@ -33,7 +33,8 @@ def test_the_wheel_works_outside_the_checkout(tmp_path):
     assert installed.returncode == 0, installed.stderr[-3000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(site), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=str(site), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1",
+               MEDSCALE_LOG_DIR=str(tmp_path / "logs"))
 
     def medscale(*args):
         return subprocess.run([sys.executable, "-m", "medscale", *args], capture_output=True, text=True,
@@ -50,5 +51,7 @@ def test_the_wheel_works_outside_the_checkout(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     for chatter in ("built successfully", "No CUDA runtime", "Warning", "[INFO]"):  # third parties stay quiet
         assert chatter not in done.stdout + done.stderr, (chatter, done.stderr[-3000:])
+    logged = "".join(p.read_text() for p in (tmp_path / "logs").glob("medscale-pretrain-*.log"))
+    assert "built successfully" in logged and "medscale.trainer" in logged, logged[-3000:]  # all of it, in its log
     card = json.loads((elsewhere / "run" / "export" / "card.json").read_text())
     assert card["step"] == 2 and card["model"] == "vit_tiny_patch16_224"

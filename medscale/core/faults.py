@@ -137,10 +137,15 @@ def log_dir() -> Path:
     return Path(tempfile.gettempdir())
 
 
+def log_path(what: str) -> Path:
+    """A new log file's path in `log_dir()`, named after `what`, the time and this process."""
+    name = what if what.startswith("medscale") else f"medscale-{what}"
+    return log_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+
+
 def write_log(text: str, what: str) -> Path:
     """Write `text` (a full traceback) to a new log file named after `what`; returns its path."""
-    name = what if what.startswith("medscale") else f"medscale-{what}"
-    path = log_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path = log_path(what)
     try:
         path.write_text(_ANSI.sub("", text))
     except OSError as exc:  # the log's own disk may be the full one: say so, never raise from here

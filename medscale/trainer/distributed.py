@@ -18,6 +18,8 @@ from typing import List, Tuple
 import torch
 import torch.distributed as dist
 
+from medscale.core.logs import THIRD_PARTY
+
 logger = logging.getLogger(__name__)
 LAUNCHER_POLL_S = 1.0  # how often a rank checks that its launcher is alive
 ORPHANED_EXIT = 1
@@ -64,10 +66,10 @@ def init_distributed() -> Dist:
     if not dist.is_initialized():
         if backend == "gloo":
             announce_build("deepspeed_shm_comm", "shared-memory collectives")
-        with contextlib.redirect_stdout(io.StringIO()) as said:  # DeepSpeed prints its op builds: -v shows them
+        with contextlib.redirect_stdout(io.StringIO()) as said:  # DeepSpeed prints its op builds: to the log file
             deepspeed.init_distributed(dist_backend=backend)
         for line in said.getvalue().splitlines():
-            logger.debug("%s", line)
+            THIRD_PARTY.info("deepspeed: %s", line)
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
 
 
