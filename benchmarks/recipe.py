@@ -35,13 +35,13 @@ PROBE_BLR = "eval.linear_probe.blr=1.0"
 # (name, pre-training overrides or None for raw pixels, evaluation overrides, the row whose backbone it reuses)
 ROWS: List[Tuple[str, Optional[List[str]], List[str], Optional[str]]] = [
     ("raw pixels", None, [], None),
+    ("raw pixels, probe blr 1.0", None, [PROBE_BLR], None),
     ("demo default (blr 1.5e-4, mask 0.75, 32 px)", [], [], None),
+    ("demo default, probe blr 1.0", [], [PROBE_BLR], "demo default (blr 1.5e-4, mask 0.75, 32 px)"),
     ("blr 1.5e-3", ["train.blr=1.5e-3"], [], None),
-    ("breast weighted x8", ["loader.source_weights.breastmnist=8.0"], [], None),
     ("mask ratio 0.5", ["train.mae.mask_ratio=0.5"], [], None),
     ("64 px, 8-px patches", ["loader.image_size=64", "train.patch_size=8"], [], None),
-    ("raw pixels, probe blr 1.0", None, [PROBE_BLR], None),
-    ("demo default, probe blr 1.0", [], [PROBE_BLR], "demo default (blr 1.5e-4, mask 0.75, 32 px)"),
+    ("breast weighted x8", ["loader.source_weights.breastmnist=8.0"], [], None),
 ]
 CELLS = [("retrieval", "ACC@1"), ("retrieval", "mAP@5"), ("knn", "auc"), ("linear_probe", "auc")]
 
