@@ -3,8 +3,9 @@ budget. Each row pre-trains the demo's MAE (DeepSpeed ZeRO-2, 2 torchrun ranks, 
 change, then evaluates its export on BreastMNIST and PneumoniaMNIST (retrieval, kNN, linear probe; 95% bootstrap
 intervals), beside raw pixels under the same evaluation settings.
 
-Rows are kept in `OUT/ROW/row.json` as they finish: a rerun adds only the rows still missing (a study outlives a
-session), and the table is printed (and written to docs/results/recipe.md) once every row is there.
+Each row's figures are kept in `benchmarks/rows/recipe/ROW.json` as it finishes (committed with the code: a study
+outlives a session and its machine); a rerun adds only the rows still missing, and the table is printed (and written
+to docs/results/recipe.md) once every row is there. Checkpoints, logs and the corpus go to OUT.
 
 Run: `python benchmarks/recipe.py [--out outputs/recipe] [--rows NAME,NAME]` (the corpus is built in OUT once).
 """
@@ -15,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -26,22 +28,40 @@ sys.path.insert(0, str(ROOT))
 from record import recorded  # noqa: E402
 
 from medscale.config import load  # noqa: E402
+from medscale.core.card import read_card, write_card  # noqa: E402
 from medscale.eval.pool import evaluate  # noqa: E402
 from medscale.eval.results import read_results  # noqa: E402
 from medscale.launcher.commands import torchrun_command, trainer_args  # noqa: E402
 from medscale.pipeline import DEMO_CONFIG, EVAL_SETS, build_demo_corpus, eval_datasets  # noqa: E402
 
 PROBE_BLR = "eval.linear_probe.blr=1.0"
-# (name, pre-training overrides or None for raw pixels, evaluation overrides, the row whose backbone it reuses)
-ROWS: List[Tuple[str, Optional[List[str]], List[str], Optional[str]]] = [
-    ("raw pixels", None, [], None),
-    ("raw pixels, probe blr 1.0", None, [PROBE_BLR], None),
-    ("demo default (blr 1.5e-4, mask 0.75, 32 px)", [], [], None),
-    ("demo default, probe blr 1.0", [], [PROBE_BLR], "demo default (blr 1.5e-4, mask 0.75, 32 px)"),
-    ("blr 1.5e-3", ["train.blr=1.5e-3"], [], None),
-    ("mask ratio 0.5", ["train.mae.mask_ratio=0.5"], [], None),
-    ("64 px, 8-px patches", ["loader.image_size=64", "train.patch_size=8"], [], None),
-    ("breast weighted x8", ["loader.source_weights.breastmnist=8.0"], [], None),
+DEFAULT = "demo default (blr 1.5e-4, mask 0.75, 32 px)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One recipe: pre-training overrides (None: raw pixels), evaluation overrides, and optionally the row whose
+    backbone it evaluates instead of pre-training its own, with `timm.create_model` arguments its export changes."""
+
+    name: str
+    train: Optional[List[str]]
+    eval: List[str] = dataclasses.field(default_factory=list)
+    reuse: Optional[str] = None
+    export_kwargs: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+ROWS: List[Row] = [
+    Row("raw pixels", None),
+    Row("raw pixels, probe blr 1.0", None, [PROBE_BLR]),
+    Row(DEFAULT, []),
+    Row("demo default, probe blr 1.0", [], [PROBE_BLR], reuse=DEFAULT),
+    # the pool changes only how the export reads its tokens, so the default's weights are exactly what it trains
+    Row("demo default, mean-pooled patch tokens", ["train.mae.pool=avg"], reuse=DEFAULT,
+        export_kwargs={"global_pool": "avg"}),
+    Row("mask ratio 0.5", ["train.mae.mask_ratio=0.5"]),
+    Row("64 px, 8-px patches", ["loader.image_size=64", "train.patch_size=8"]),
+    Row("breast weighted x8", ["loader.source_weights.breastmnist=8.0"]),
+    Row("blr 1.5e-3", ["train.blr=1.5e-3"]),
 ]
 CELLS = [("retrieval", "ACC@1"), ("retrieval", "mAP@5"), ("knn", "auc"), ("linear_probe", "auc")]
 
@@ -77,23 +97,38 @@ def evaluate_row(checkpoint: str, out: Path, overrides: Sequence[str]) -> Tuple[
     return time.perf_counter() - start, read_results(out)
 
 
-def run_row(name: str, train: Optional[List[str]], evaluation: List[str], reuse: Optional[str], corpus: Path,
-            out: Path) -> Dict:
-    """Row `name` (pre-training unless it is raw pixels or reuses another row's backbone, then evaluation)."""
-    folder = out / slug(name)
+ROWS_DIR = ROOT / "benchmarks" / "rows" / "recipe"
+
+
+def run_row(row: Row, corpus: Path, out: Path) -> Dict:
+    """`row`'s figures (pre-training unless it is raw pixels or reuses another row's backbone, then evaluation)."""
+    folder = out / slug(row.name)
     pretrain_s = 0.0
-    if train is None:
+    if row.train is None:
         checkpoint = "raw"
-    elif reuse is not None:
-        checkpoint = str(out / slug(reuse) / "run" / "export")
-        pretrain_s = json.loads((out / slug(reuse) / "row.json").read_text())["pretrain_s"]
+    elif row.reuse is not None:
+        checkpoint = str(out / slug(row.reuse) / "run" / "export")
+        if not Path(checkpoint).is_dir():
+            raise SystemExit(f"row {row.name!r} evaluates the backbone of {row.reuse!r}, which is not in {checkpoint}: "
+                             f"delete {ROWS_DIR / (slug(row.reuse) + '.json')} and rerun to pre-train it again")
+        pretrain_s = json.loads((ROWS_DIR / f"{slug(row.reuse)}.json").read_text())["pretrain_s"]
+        if row.export_kwargs:
+            checkpoint = str(reexport(Path(checkpoint), folder / "export", row.export_kwargs))
     else:
-        pretrain_s = pretrain(corpus, folder / "run", train)
+        pretrain_s = pretrain(corpus, folder / "run", row.train)
         checkpoint = str(folder / "run" / "export")
-    eval_s, results = evaluate_row(checkpoint, folder / "eval", evaluation)
+    eval_s, results = evaluate_row(checkpoint, folder / "eval", row.eval)
     cells = {f"{r['dataset']}/{r['task']}/{r['metric']}": [r["value"], r["low"], r["high"]] for r in results}
-    return {"name": name, "train": train, "eval": evaluation, "pretrain_s": pretrain_s, "eval_s": eval_s,
+    return {"name": row.name, "train": row.train, "eval": row.eval, "pretrain_s": pretrain_s, "eval_s": eval_s,
             "cells": cells}
+
+
+def reexport(export: Path, out: Path, kwargs: Dict[str, str]) -> Path:
+    """A copy of `export` in `out` whose card rebuilds the model with `kwargs` changed (the same weights)."""
+    shutil.copytree(export, out, dirs_exist_ok=True)
+    card = read_card(out)
+    write_card(out, dataclasses.replace(card, kwargs={**card.kwargs, **kwargs}))
+    return out
 
 
 def _cell(row: Dict, key: str) -> str:
@@ -114,7 +149,7 @@ def table(rows: List[Dict]) -> str:
                          + " |")
     base = raw.get("raw pixels")
     if base:
-        default_s = next((r["pretrain_s"] + r["eval_s"] for r in rows if r["name"].startswith("demo default")), None)
+        default_s = next((r["pretrain_s"] + r["eval_s"] for r in rows if r["name"] == DEFAULT), None)
         beats = [r["name"] for r in rows if r["train"] is not None and all(
             r["cells"][f"{d}/retrieval/{m}"][0] > base["cells"][f"{d}/retrieval/{m}"][0]
             for d in EVAL_SETS for m in ("ACC@1", "mAP@5")) and
@@ -129,18 +164,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "recipe")
     parser.add_argument("--rows", default="", help="comma-separated row names to run (default: every row)")
     args = parser.parse_args()
-    wanted = [r for r in ROWS if not args.rows or r[0] in args.rows.split(",")]
+    wanted = [r for r in ROWS if not args.rows or r.name in args.rows.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     corpus = args.out / "corpus"
     if not (corpus / "manifest.parquet").exists():
         build_demo_corpus(load(DEMO_CONFIG), args.out, {})
     rows = []
-    for name, train, evaluation, reuse in wanted:
-        saved = args.out / slug(name) / "row.json"
+    for row in wanted:
+        saved = ROWS_DIR / f"{slug(row.name)}.json"
         if not saved.exists():
-            print(f"row: {name}", file=sys.stderr, flush=True)
+            print(f"row: {row.name}", file=sys.stderr, flush=True)
             saved.parent.mkdir(parents=True, exist_ok=True)
-            saved.write_text(json.dumps(run_row(name, train, evaluation, reuse, corpus, args.out), indent=1))
+            saved.write_text(json.dumps(run_row(row, corpus, args.out), indent=1))
         rows.append(json.loads(saved.read_text()))
     print("The demo corpus (bundled MedMNIST and DICOM/NIfTI, hash-volume reduced, test splits excluded); each row "
           "pre-trains the demo's MAE for its 1,000 steps on 2 torchrun ranks with one change, then the demo's "

@@ -98,7 +98,9 @@ class MaeMethod(PretrainMethod):
         if image_size % spec.patch_size:
             raise ConfigError(f"loader.image_size {image_size} is not a multiple of train.patch_size "
                               f"{spec.patch_size}")
-        encoder, self._kwargs = timm_backbone(spec, image_size, patch_size=spec.patch_size)
+        # the pool shapes only the exported feature (training reads every token); no fc_norm keeps `norm` trained
+        encoder, self._kwargs = timm_backbone(spec, image_size, patch_size=spec.patch_size,
+                                              global_pool=options.pool, fc_norm=False)
         try:
             self.mae = MaskedAutoencoder(encoder, options.decoder_dim, options.decoder_depth, options.decoder_heads,
                                          options.mask_ratio, options.norm_pix_loss)

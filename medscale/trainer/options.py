@@ -37,6 +37,9 @@ def _check_momentum(value: float, origin: str, key: str) -> None:
     check(0 <= value <= 1, origin, f"{key}.momentum", "a number in [0, 1]", value)
 
 
+MAE_POOLS = ("token", "avg")  # timm's global_pool values an MAE export may carry
+
+
 @dataclass
 class MaeOptions:
     """MAE (the MedMAE recipe): masking, decoder, loss."""
@@ -46,10 +49,12 @@ class MaeOptions:
     decoder_depth: int = 8  # decoder blocks
     decoder_heads: int = 16  # decoder attention heads (a divisor of decoder_dim)
     norm_pix_loss: bool = True  # per-patch normalised targets (the recommended recipe)
+    pool: str = "token"  # the exported encoder's feature: token (the cls token) or avg (mean of the patch tokens)
 
     def validate(self, origin: str, key: str) -> None:
         """Value checks."""
         check(0.0 < self.mask_ratio < 1.0, origin, f"{key}.mask_ratio", "a number in (0, 1)", self.mask_ratio)
+        check(self.pool in MAE_POOLS, origin, f"{key}.pool", " or ".join(MAE_POOLS), self.pool)
         check(self.decoder_dim % self.decoder_heads == 0, origin, f"{key}.decoder_heads",
               f"a divisor of {key}.decoder_dim", self.decoder_heads)
 

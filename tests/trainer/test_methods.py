@@ -93,6 +93,32 @@ def test_every_method_builds_on_a_vit_with_3_channels_and_exports_for_plain_timm
     assert model.backbone_kwargs()["img_size"] == 16 and rebuilt(torch.randn(1, 3, 16, 16)).shape == (1, 192)
 
 
+def test_an_mae_export_pooled_over_patch_tokens_is_their_mean_after_the_trained_norm():
+    """`train.mae.pool=avg`: plain timm rebuilds the export with the same weights, and its feature is the mean of the
+    normed patch tokens (the cls token left out); `token` gives the cls token; the state dicts are the same."""
+    torch.manual_seed(0)
+    images = torch.randn(2, 1, 16, 16)
+    features = {}
+    for pool in ("token", "avg"):
+        cfg = small_config("mae", "vit_tiny_patch16_224", 1)
+        cfg.mae.pool = pool
+        model = create_method("mae", cfg, 16)
+        rebuilt = timm.create_model("vit_tiny_patch16_224", pretrained=False, **model.backbone_kwargs()).eval()
+        rebuilt.load_state_dict(model.backbone().state_dict())
+        tokens = rebuilt.forward_features(images)  # [N, 1 + L, D], normed
+        features[pool] = rebuilt(images)
+        expected = tokens[:, 1:].mean(dim=1) if pool == "avg" else tokens[:, 0]
+        torch.testing.assert_close(features[pool], expected)
+    assert not torch.allclose(features["token"], features["avg"])
+
+
+def test_an_unknown_mae_pool_is_refused_naming_the_key():
+    cfg = small_config("mae", "vit_tiny_patch16_224", 1)
+    cfg.mae.pool = "max"
+    with pytest.raises(ConfigError, match=r"train\.mae\.pool"):
+        cfg.mae.validate("test", "train.mae")
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_resumes_exactly_from_its_saved_state(method):
     """Two steps, the state saved (weights and buffers, optimizer, the rank's own state); two more steps; a model
