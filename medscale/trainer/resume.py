@@ -36,6 +36,15 @@ def model_keys(cfg: TrainConfig, image_size: int) -> Dict[str, Any]:
             if dataclasses.is_dataclass(options) and not isinstance(options, type) else {}}
 
 
+def with_later_defaults(saved: Dict[str, Any], cfg: TrainConfig) -> Dict[str, Any]:
+    """A checkpoint's model keys with the method options added since it was written at their defaults (an option
+    is added with the default that keeps the earlier behaviour, so an older run still resumes)."""
+    options = cfg.method_options()
+    if "method_options" not in saved or not dataclasses.is_dataclass(options) or isinstance(options, type):
+        return saved
+    return {**saved, "method_options": {**dataclasses.asdict(type(options)()), **saved["method_options"]}}
+
+
 def check_resume(meta: Dict[str, Any], cfg: TrainConfig, image_size: int, digest: Tuple[str, int],
                   path: Path) -> None:
     """The model may not change (an error naming what differs); schedule keys may (a warning each); a changed
@@ -44,7 +53,7 @@ def check_resume(meta: Dict[str, Any], cfg: TrainConfig, image_size: int, digest
         raise ConfigError(f"{path}: this run directory holds checkpoints of {meta.get('method')} "
                           f"{meta.get('model')}, the config asks for {cfg.method} {cfg.model}; use another "
                           "train.run_dir, or the model it was started with")
-    saved, now = meta.get("model_keys", {}), model_keys(cfg, image_size)
+    saved, now = with_later_defaults(meta.get("model_keys", {}), cfg), model_keys(cfg, image_size)
     changed = [k for k in now if k in saved and saved[k] != now[k]]
     if changed:
         what = ", ".join(f"{k}: {saved[k]} -> {now[k]}" for k in changed)
