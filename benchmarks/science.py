@@ -9,6 +9,11 @@
    MedMNIST-C acquisition corruption (severity 5), adapted on the corrupted train split without its labels.
 
     python benchmarks/science.py --demo outputs/demo --volumes /tmp/mricron/usr/share/mricron/templates
+    python benchmarks/science.py --demo outputs/demo-simclr --parts pretraining
+
+Each complete part is also written to `docs/results/` for the docs to include: part 1 as `science-demo-METHOD.md`,
+part 2 as `science-less-is-more.md` (at the default epochs), part 3 as `science-dann-METHOD.md` (`raw` without a
+demo).
 """
 
 from __future__ import annotations
@@ -27,13 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from record import recorded  # noqa: E402
 
+from medscale.core.card import read_card  # noqa: E402
 from medscale.eval.corruptions import corrupt_npz  # noqa: E402
 from medscale.eval.pool import evaluate  # noqa: E402
 from medscale.eval.registry import eval_config  # noqa: E402
-from medscale.pipeline import DEMO_CONFIG, eval_datasets  # noqa: E402
+from medscale.pipeline import DEMO_CONFIG, STAGE_TIMES, eval_datasets  # noqa: E402
 
 PNEUMONIA = dict(s.split("=", 1) for s in eval_datasets())["pneumonia"]
 FAMILIES = ("gaussian_noise", "contrast_down", "brightness_down")
+PARTS = ("pretraining", "less-is-more", "dann")
 
 
 def _cell(rows: List[Dict], **match) -> str:
@@ -44,26 +51,46 @@ def _cell(rows: List[Dict], **match) -> str:
     return f"{r['value']:.3f} [{r['low']:.3f}, {r['high']:.3f}]" if r["low"] == r["low"] else f"{r['value']:.3f}"
 
 
+def demo_method(demo: Path) -> str:
+    """The method a `medscale demo` output pre-trained (from its export's card)."""
+    return read_card(demo / "run" / "export").method or "backbone"
+
+
 def pretraining_helps(demo: Path) -> None:
-    """Part 1: the demo's results, the last checkpoint beside the baselines, then against the step."""
+    """Part 1: the demo's results, the last checkpoint beside the baselines, then against the step; its stage times."""
     rows = pq.read_table(demo / "eval" / "results.parquet").to_pylist()
     steps = sorted({r["step"] for r in rows if r["kind"] == "export"})
     names = {r["kind"]: r["checkpoint"] for r in rows if r["kind"] != "export"}
-    print(f"\n## 1. Pre-training helps (demo at {demo}, MAE step {steps[-1]})\n")
-    print("| dataset | task | metric | MAE | random init | raw pixels |\n|---|---|---|---|---|---|")
+    card = read_card(demo / "run" / "export")
+    method = card.method or "backbone"
+    print(f"\n*Part 1, pre-training helps: `medscale demo`: {method} {card.model}, step {steps[-1]}.*\n")
+    print(f"| dataset | task | metric | {method}, step {steps[-1]} | random init | raw pixels |\n"
+          "|---|---|---|---|---|---|")
     for dataset in ("breast", "pneumonia"):
-        for task, metric in [("retrieval", m) for m in ("mAP@5", "MMV@5", "ACC@1", "ACC@3", "ACC@5")] + \
-                [("linear_probe", "auc"), ("knn", "auc")]:
+        for task, metric in [("retrieval", m) for m in ("ACC@1", "ACC@3", "ACC@5", "mAP@5", "MMV@5")] + \
+                [("knn", "auc"), ("linear_probe", "auc")]:
             cells = [_cell(rows, dataset=dataset, task=task, metric=metric, kind="export", step=steps[-1]),
                      _cell(rows, dataset=dataset, task=task, metric=metric, checkpoint=names.get("random")),
                      _cell(rows, dataset=dataset, task=task, metric=metric, checkpoint=names.get("raw"))]
-            print(f"| {dataset} | {task} | {metric} | " + " | ".join(cells) + " |")
-    print("\n| step | " + " | ".join(f"{d} ACC@1 | {d} linear-probe AUC" for d in ("breast", "pneumonia")) + " |")
+            print(f"| {dataset} | {task} | {metric.replace('auc', 'AUC')} | " + " | ".join(cells) + " |")
+    print("\nAgainst the step (`eval watch`, each checkpoint as it was written):\n")
+    print("| step | " + " | ".join(f"{d} ACC@1 | {d} linear-probe AUC" for d in ("breast", "pneumonia")) + " |")
     print("|---|" + "---|" * 4)
     for step in steps:
         cells = [_cell(rows, dataset=d, task=t, metric=m, kind="export", step=step)
                  for d in ("breast", "pneumonia") for t, m in (("retrieval", "ACC@1"), ("linear_probe", "auc"))]
         print(f"| {step} | " + " | ".join(cells) + " |")
+    if (demo / STAGE_TIMES).exists():
+        stages = json.loads((demo / STAGE_TIMES).read_text())
+        seconds = stages["seconds"]
+        print("\n| stage | wall time |\n|---|---|")
+        for stage, value in seconds.items():
+            print(f"| {stage} | {value:.0f} s |")
+        print(f"| total | {sum(seconds.values()) / 60:.1f} min |")
+        speed = stages.get("images_per_s")
+        if speed:
+            print(f"\nTraining ran at {speed['alone']:.0f} images/s, {speed['while_evaluating']:.0f} while the "
+                  "watch evaluated a checkpoint.")
 
 
 def _pretrain(corpus: Path, run: Path, steps: int) -> Dict:
@@ -102,8 +129,8 @@ def less_is_more(volumes: Path, out: Path, epochs: int) -> None:
     shutil.copytree(base / "full", base / "every-n")
     run_dedup(str(base / "every-n"), DedupConfig(strategy="every-n", every_n=every, executor="local",
                                                  progress=False))
-    print(f"\n## 2. Less is more ({len(inputs)} volume inputs: Colin27 from {volumes}, the demo's DICOM and NIfTI; "
-          f"{epochs} epochs each)\n")
+    print(f"\n*Part 2, less is more: {len(inputs)} volume inputs: Colin27 from {volumes}, the demo's DICOM and NIfTI; "
+          f"{epochs} epochs each.*\n")
     print("| corpus | kept slices | steps | pre-training s | breast LP AUC | pneumonia LP AUC |")
     print("|---|---|---|---|---|---|")
     for variant in ("full", "hash6", "every-n"):
@@ -124,8 +151,8 @@ def less_is_more(volumes: Path, out: Path, epochs: int) -> None:
 def dann_against_mlp(demo: Path | None, out: Path) -> None:
     """Part 3: DANN and the plain network on PneumoniaMNIST -> its corrupted copies."""
     checkpoint = str(demo / "run" / "export") if demo else "raw"
-    print(f"\n## 3. DANN against the plain MLP ({'the demo backbone' if demo else 'raw pixels'}; source "
-          "PneumoniaMNIST, target the same under a corruption at severity 5)\n")
+    print(f"\n*Part 3, DANN against the plain MLP: {'the demo backbone' if demo else 'raw pixels'}; source "
+          "PneumoniaMNIST, target the same under a corruption at severity 5.*\n")
     print("| target | plain: source acc | plain: target acc | plain: target F1 | DANN: source acc | "
           "DANN: target acc | DANN: target F1 |\n|---|---|---|---|---|---|---|")
     for family in FAMILIES:
@@ -148,14 +175,20 @@ def main() -> None:
     parser.add_argument("--volumes", type=Path, help="a folder with Colin27's ch2.nii.gz / ch2bet.nii.gz")
     parser.add_argument("--out", type=Path, default=Path("outputs/science"))
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="which parts to run (pretraining needs --demo, less-is-more --volumes)")
     args = parser.parse_args()
-    if args.demo:
-        pretraining_helps(args.demo)
-    if args.volumes:
-        less_is_more(args.volumes, args.out, args.epochs)
-    dann_against_mlp(args.demo, args.out)
+    if args.demo and "pretraining" in args.parts:
+        with recorded(f"science-demo-{demo_method(args.demo)}", record=True, script="science"):
+            pretraining_helps(args.demo)
+    if args.volumes and "less-is-more" in args.parts:
+        with recorded("science-less-is-more", record=args.epochs == parser.get_default("epochs"),
+                      script="science"):
+            less_is_more(args.volumes, args.out, args.epochs)
+    if "dann" in args.parts:
+        with recorded(f"science-dann-{demo_method(args.demo) if args.demo else 'raw'}", record=True, script="science"):
+            dann_against_mlp(args.demo, args.out)
 
 
 if __name__ == "__main__":
-    with recorded("science"):
-        main()
+    main()

@@ -10,6 +10,7 @@ alone (docs/getting-started.md gives the commands).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import subprocess
@@ -28,6 +29,7 @@ from medscale.launcher.commands import torchrun_command, trainer_args
 
 logger = logging.getLogger(__name__)
 DEMO_CONFIG = DEMO_DATA / "demo.yaml"
+STAGE_TIMES = "stages.json"  # in the demo's output: each stage's wall seconds and the training speed, for reports
 EVAL_SETS = ("breast", "pneumonia")  # the MedMNIST sets the demo evaluates on (their test splits kept out)
 
 
@@ -162,6 +164,8 @@ def run_demo(cfg: MedscaleConfig, output: Path, config_file: Path, overrides: Se
     for stage, seconds in times.items():
         print(f"| {stage} | {seconds:.0f} s |")
     print(f"| total | {sum(times.values()):.0f} s |\n")
+    (output / STAGE_TIMES).write_text(json.dumps({"seconds": times, "images_per_s": slowdown and {
+        "alone": slowdown[0], "while_evaluating": slowdown[1]}}, indent=1))
     if slowdown:
         print(f"training while eval watch evaluated: {slowdown[1]:.0f} images/s, otherwise {slowdown[0]:.0f} "
               f"images/s (median of {slowdown[2]} and {slowdown[3]} logging windows): evaluation beside training "

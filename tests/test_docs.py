@@ -1,7 +1,9 @@
 """The docs hold no stale figures of code: the configuration reference is generated from the config dataclasses
-(regenerated, it is the same file; every key says what it means), and the Python example runs as written."""
+(regenerated, it is the same file; every key says what it means), every figure table is a benchmark's recorded
+output, and the Python example runs as written."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +24,22 @@ def test_the_configuration_reference_is_current_and_every_key_has_a_meaning():
     assert len(rows) > 250 and all(note for key, kind, default, note in rows), [r[0] for r in rows if not r[3]]
     assert ("train.mae.mask_ratio", "float", "0.75", "share of patches removed") in rows  # a method's own section
     assert any(key == "eval.dann.hidden" for key, *_ in rows)
+
+
+NOT_RUN_YET = {"gpu.md"}  # benchmarks/gpu.py needs an NVIDIA GPU; its page says it has not run
+
+
+def test_every_included_result_was_written_by_its_benchmark():
+    """Each `--8<--` include of docs/results names a file there (a missing one would render as nothing) whose first
+    line says which benchmark wrote it; and every results file is on a page."""
+    included = {name for page in sorted((REPO / "docs").glob("*.md"))
+                for name in re.findall(r'--8<-- "docs/results/([\w.-]+)"', page.read_text())}
+    results = REPO / "docs" / "results"
+    assert included - NOT_RUN_YET and all((results / name).exists() for name in included - NOT_RUN_YET), sorted(
+        name for name in included - NOT_RUN_YET if not (results / name).exists())
+    for name in included - NOT_RUN_YET:
+        assert (results / name).read_text().startswith("<!-- written by benchmarks/"), name
+    assert {p.name for p in results.glob("*.md")} <= included, sorted({p.name for p in results.glob("*.md")} - included)
 
 
 @pytest.mark.slow
