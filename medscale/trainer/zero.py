@@ -5,6 +5,7 @@ copy of its weights partition)."""
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from typing import Any, Dict, Optional
 
@@ -149,6 +150,16 @@ def share_fp32_master(optimizer, deepspeed_version: Optional[str] = None) -> int
     return freed
 
 
+def cpu_info_once() -> None:
+    """Make py-cpuinfo answer from memory after its first answer in this process."""
+    import cpuinfo
+
+    # DeepSpeed's op builders ask it for the CPU's architecture and SIMD width each time an op is loaded, and each
+    # answer starts a fresh Python process to read CPUID (about 1 s): a start-up cost paid twice by every rank
+    if not hasattr(cpuinfo.get_cpu_info, "cache_info"):
+        cpuinfo.get_cpu_info = functools.lru_cache(maxsize=1)(cpuinfo.get_cpu_info)
+
+
 def initialize(method: torch.nn.Module, cfg: TrainConfig, batch_size: int, world_size: int, precision: str,
                lr: float, extra: Optional[Dict[str, Any]] = None):
     """`deepspeed.initialize` of `method` with its optimizer and the generated config (and `extra` keys merged last);
@@ -166,6 +177,7 @@ def initialize(method: torch.nn.Module, cfg: TrainConfig, batch_size: int, world
                                  sum(p.numel() for p in method.parameters()), client=optimizer is not None,
                                  autocast=method.fp32_weights)
     if optimizer is None and not ds_config["optimizer"]["params"]["torch_adam"]:
+        cpu_info_once()
         announce_build("fused_adam", "fused Adam")
     engine, _, _, _ = deepspeed.initialize(model=method, model_parameters=None if optimizer else groups,
                                            optimizer=optimizer, config=_merge(ds_config, extra or {}))
